@@ -1,0 +1,209 @@
+"""Run directories: save and load models and training state as safetensors + JSON.
+
+A run directory holds
+
+- ``config.json``          the ``RunConfig`` (model, data, training);
+- ``model.safetensors``    the model's weights;
+- ``train_state.safetensors`` everything needed to continue exactly: weights, optimizer
+  tensors, random-generator states, and (in the file's metadata, as JSON) the epoch,
+  step and optimizer hyperparameters;
+- ``metrics.jsonl``        one JSON object per epoch.
+
+Nothing is pickled. Every file is written to a temporary file, fsynced, and renamed
+into place, so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .config import ConfigError, RunConfig
+from .model import AE, VAE, build_model
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+METRICS = "metrics.jsonl"
+
+
+class CheckpointError(ValueError):
+    """A run directory or checkpoint file is missing, incompatible, or not ours."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def _cpu_tensors(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in d.items()}
+
+
+def save_model(run_dir: str | Path, model: torch.nn.Module, config: RunConfig) -> None:
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / CONFIG, config.to_json().encode())
+    atomic_write(run_dir / WEIGHTS, st_save(_cpu_tensors(unwrap(model).state_dict()), {"format": "pt"}))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with a clear error for anything else."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a safetensors file ({e}); aevb never loads pickled checkpoints") from None
+    return tensors, header.get("__metadata__") or {}
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory; pass the run directory that `aevb train --out` wrote")
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {CONFIG}; it is not an aevb run directory")
+    try:
+        return RunConfig.load(path)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE | AE, RunConfig]:
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    model = build_model(config.model)
+    tensors, _ = read_safetensors(run_dir / WEIGHTS)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{run_dir / WEIGHTS} does not match {CONFIG} ({first})") from None
+    return model.to(device).eval(), config
+
+
+# --- training state ------------------------------------------------------------------
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state_dict into tensors (for safetensors) and the JSON rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, d in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any]) -> None:
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors.update(extra_tensors)
+    meta = {"progress": json.dumps(progress), "optimizer": json.dumps(opt_meta)}
+    atomic_write(Path(run_dir) / TRAIN_STATE, st_save(_cpu_tensors(tensors), meta))
+
+
+def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors, progress, optimizer metadata) of a run's training state."""
+    path = Path(run_dir) / TRAIN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the run cannot be resumed (it finished without training state, "
+                              "or never reached its first checkpoint)")
+    tensors, meta = read_safetensors(path)
+    try:
+        return tensors, json.loads(meta["progress"]), json.loads(meta["optimizer"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: training-state metadata is missing or corrupt ({e})") from None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Run:
+    """A loaded run directory: its model (in eval mode) and configuration."""
+
+    dir: Path
+    config: RunConfig
+    model: VAE | AE
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.dir)
+
+    def dataset(self, data_dir: str | None = None):
+        """The run's data set, read as it was configured for training."""
+        from dataclasses import replace
+
+        from .data import load_dataset
+
+        cfg = self.config.data if data_dir is None else replace(self.config.data, data_dir=data_dir)
+        return load_dataset(cfg)
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild a run's model from its directory alone: ``aevb.load("runs/mnist")``."""
+    model, config = load_model(run_dir, device)
+    return Run(Path(run_dir), config, model)

@@ -1,0 +1,262 @@
+"""The ``aevb`` command.
+
+    aevb train --dataset digits --epochs 100 --out runs/digits
+    aevb evaluate runs/digits --k 1000 --json
+    aevb sample runs/digits
+    aevb reconstruct runs/digits
+
+Every failure a user can cause (a bad flag, a bad value, a missing or corrupt file)
+ends with one line on stderr naming the problem, and exit status 2 (usage) or 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, ConfigError
+
+
+class UserError(click.ClickException):
+    """An error the user can fix; printed as one line."""
+
+
+def _hidden(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer widths such as 500 or 400,400; got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"layer widths must be positive integers; got {value!r}")
+    return sizes
+
+
+def _device_option(f):
+    return click.option("--device", default="cpu", show_default=True,
+                        help="auto, cpu, cuda, cuda:N or mps.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="aevb")
+def cli() -> None:
+    """aevb: variational autoencoders as in Kingma & Welling, Auto-Encoding Variational Bayes."""
+
+
+@cli.command()
+@click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this directory (its own config; --epochs may raise the total).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
+@click.option("--kind", type=click.Choice(KINDS), help="vae, or a deterministic autoencoder (ae).")
+@click.option("--likelihood", type=click.Choice(LIKELIHOODS),
+              help="Decoder: bernoulli, gaussian (learned variance) or gaussian_fixed (MSE).")
+@click.option("--hidden", callback=_hidden, help="Hidden layer widths, e.g. 500 or 400,400.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS))
+@click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
+@click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
+              help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
+@click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS))
+@click.option("--lr", type=float, help="Learning rate (step size).")
+@click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
+@click.option("--seed", type=int)
+@_device_option
+@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
+@click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
+@click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files (else $AEVB_DATA_DIR, cache).")
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data files.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between mid-epoch checkpoints.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Start from a config.json; flags override it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
+def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, device, **flags) -> None:
+    """Train a VAE (or an AE) and write a run directory."""
+    from .train import Trainer, apply_overrides, default_config
+    from .checkpoint import read_config
+    from .config import RunConfig
+
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if hidden is not None:
+        overrides["hidden"] = hidden
+    overrides["device"] = device
+    if no_download:
+        overrides["download"] = False
+    if resume is not None:
+        if out is not None or dataset is not None or config_file is not None:
+            raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset or --config")
+        allowed = {"epochs", "device", "data_dir", "download"}
+        extra = sorted(set(overrides) - allowed)
+        if extra:
+            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir may change (got {', '.join(extra)})")
+        config = read_config(resume)
+        config = apply_overrides(config, overrides)
+        run_dir = resume
+        trainer = Trainer(config, run_dir, progress=not no_progress)
+        trainer.restore()
+    else:
+        if config_file is not None:
+            config = RunConfig.load(config_file)
+            if dataset:
+                overrides["dataset"] = dataset
+        else:
+            config = default_config(dataset or "digits")
+        config = apply_overrides(config, overrides)
+        run_dir = out or Path("runs") / config.data.dataset
+        if (run_dir / "train_state.safetensors").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        trainer = Trainer(config, run_dir, progress=not no_progress)
+    lines = trainer.run()
+    click.echo(f"run directory: {run_dir}")
+    if lines:
+        click.echo(json.dumps(lines[-1]))
+    if not no_figures:
+        _figures(run_dir, config.train.device)
+
+
+def _figures(run_dir: Path, device: str) -> None:
+    from .checkpoint import load
+    from .viz import plot_reconstructions, plot_samples
+
+    run = load(run_dir, device=device)
+    click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
+    x = run.dataset().test.x[:16].to(device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png')}")
+
+
+def _load(run_dir: Path, device: str):
+    from .checkpoint import load
+
+    return load(run_dir, device=device)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--k", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Importance samples per image for log p(x).")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Samples decoded at once per image (bounds memory).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@_device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, as_json) -> None:
+    """Test ELBO and the k-sample importance-weighted log p(x) (nats per example)."""
+    from .evaluate import evaluate as run_eval
+
+    run = _load(run_dir, device)
+    x = run.dataset(data_dir).split(split).x
+    if limit:
+        x = x[:limit]
+    res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
+                   progress=not as_json and sys.stderr.isatty())
+    res["split"] = split
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{run.config.data.dataset} {split} split, {res['n']} images:")
+    for key, value in res.items():
+        if isinstance(value, float):
+            click.echo(f"  {key:24s} {value:.4f}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", type=click.IntRange(min=1, max=1024), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
+@_device_option
+def sample(run_dir, n, seed, out, device) -> None:
+    """A PNG grid of samples from the prior, decoded."""
+    from .viz import plot_samples
+
+    run = _load(run_dir, device)
+    click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", type=click.IntRange(min=1, max=256), default=16, show_default=True)
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG path (default RUN_DIR/reconstructions.png).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@_device_option
+def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
+    """A PNG of test inputs above their reconstructions."""
+    from .viz import plot_reconstructions
+
+    run = _load(run_dir, device)
+    x = run.dataset(data_dir).split(split).x[:n].to(device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n)}")
+
+
+@cli.group()
+def data() -> None:
+    """List data sets, or fetch and verify their files."""
+
+
+@data.command("list")
+def data_list() -> None:
+    """The data sets aevb knows."""
+    from .data import DATASETS
+
+    for name in DATASETS:
+        click.echo(name)
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def data_fetch(name, data_dir) -> None:
+    """Find (or download) a data set's files, check their sha256, and print the splits."""
+    from .config import DataConfig
+    from .data import load_dataset
+
+    ds = load_dataset(DataConfig(dataset=name, data_dir=data_dir))
+    for split in ("train", "valid", "test"):
+        s = getattr(ds, split)
+        if s is not None:
+            click.echo(f"{name} {split}: {tuple(s.x.shape)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command, turning every user error into one line."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    try:
+        cli.main(args=argv, prog_name="aevb", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aevb: aborted", err=True)
+        return 130
+    except click.UsageError as e:
+        where = f"{e.ctx.command_path}: " if e.ctx else ""
+        click.echo(f"aevb: error: {where}{e.format_message()}", err=True)
+        return 2
+    except click.ClickException as e:
+        click.echo(f"aevb: error: {e.format_message()}", err=True)
+        return 1
+    except (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError) as e:
+        click.echo(f"aevb: error: {e}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The data sets aevb knows by name, each read from its original files.
+
+| name | shape | train / valid / test | labels |
+|---|---|---|---|
+| ``digits`` | 1x8x8, grey in [0, 1] (values /16) | 1297 / 200 / 300 (fixed permutation, seed 0) | 10 classes |
+| ``mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (valid = last 10000 of the official train set) | 10 |
+| ``fashion_mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (as mnist) | 10 |
+| ``binarized_mnist`` | 1x28x28, {0, 1} | 50000 / 10000 / 10000 (Larochelle & Murray's files) | none |
+| ``frey_face`` | 1x28x20, grey in [0, 1] | 1565 / 200 / 200 (fixed permutation, seed 0) | none |
+
+``valid_size`` changes how many training examples mnist, fashion_mnist, digits and
+frey_face hold out (0 trains on all of them). Every split is a float32 tensor of
+shape (N, C, H, W); labels are int64 (N,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .files import DataError, FileSpec, locate
+from .formats import read_amat, read_frey, read_idx
+
+_MNIST_URLS = ("https://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/")
+_FASHION_URLS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_BINARIZED_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+
+
+def _idx_files(folder: str, urls: tuple[str, ...], sums: dict[str, str]) -> dict[str, FileSpec]:
+    return {key: FileSpec(f"{folder}/{name}", sha, tuple(u + name for u in urls))
+            for key, (name, sha) in ((k, (f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz", v)) for k, v in sums.items())}
+
+
+MNIST_FILES = _idx_files("mnist", _MNIST_URLS, {
+    "train-images": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+})
+FASHION_FILES = _idx_files("fashion_mnist", _FASHION_URLS, {
+    "train-images": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+})
+# The originals are uncompressed text; a gzip copy (as in the shared data folder) is accepted too.
+BINARIZED_FILES = {
+    split: FileSpec(f"binarized_mnist/binarized_mnist_{split}.amat", raw, (f"{_BINARIZED_URL}binarized_mnist_{split}.amat",),
+                    alternates=((f"binarized_mnist/binarized_mnist_{split}.amat.gz", gz),))
+    for split, raw, gz in (
+        ("train", "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+         "af247bd6075cf9adc4715459dcd5f13eaa99a2c92d8d81379a05da94770b6c0e"),
+        ("valid", "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+         "533b71bc0198f4d73c54ae5fe6c96fc08dc3cf1b3fae24c5521dbc0452507e38"),
+        ("test", "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+         "32a3c54d03504632bf9f131b4a148c7567aa6fc87da017049b044bdc14c2a0f2"),
+    )
+}
+FREY_FILE = FileSpec("frey_face/frey_rawface.mat", "265a83a23adb081755cd3de375509828e690324d1d60f076b8ecebc840d59c64",
+                     ("https://cs.nyu.edu/~roweis/data/frey_rawface.mat",))
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor | None = None  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    valid: Split | None
+    test: Split
+    binary: bool  # every value is exactly 0 or 1
+    num_classes: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str) -> Split:
+        s = {"train": self.train, "valid": self.valid, "test": self.test}.get(name)
+        if s is None:
+            raise DataError(f"data set {self.name} has no {name!r} split")
+        return s
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(self.name, self.train.to(device), self.valid.to(device) if self.valid else None,
+                       self.test.to(device), self.binary, self.num_classes)
+
+
+def _images(arr: np.ndarray, scale: float) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    x /= scale
+    return x.unsqueeze(1) if x.ndim == 3 else x  # (N, H, W) -> (N, 1, H, W)
+
+
+def _labels(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _hold_out(train: Split, n_valid: int) -> tuple[Split, Split | None]:
+    if n_valid == 0:
+        return train, None
+    if n_valid >= len(train):
+        raise DataError(f"valid_size {n_valid} leaves no training data (the training split has {len(train)})")
+    cut = len(train) - n_valid
+    y = train.y
+    return (Split(train.x[:cut], None if y is None else y[:cut]),
+            Split(train.x[cut:], None if y is None else y[cut:]))
+
+
+def _permuted_splits(x: torch.Tensor, y: torch.Tensor | None, n_test: int, n_valid: int) -> tuple[Split, Split | None, Split]:
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(x)))
+    x = x[perm]
+    y = None if y is None else y[perm]
+    test = Split(x[-n_test:], None if y is None else y[-n_test:])
+    train, valid = _hold_out(Split(x[:-n_test], None if y is None else y[:-n_test]), n_valid)
+    return train, valid, test
+
+
+def _digits(cfg: DataConfig) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = _images(d.images, 16.0)
+    train, valid, test = _permuted_splits(x, _labels(d.target), 300, 200 if cfg.valid_size is None else cfg.valid_size)
+    return Dataset("digits", train, valid, test, binary=False, num_classes=10)
+
+
+def _idx_dataset(name: str, files: dict[str, FileSpec], cfg: DataConfig) -> Dataset:
+    def get(key: str, ndim: int) -> np.ndarray:
+        return read_idx(locate(files[key], cfg.data_dir, cfg.download), ndim)
+
+    full = Split(_images(get("train-images", 3), 255.0), _labels(get("train-labels", 1)))
+    test = Split(_images(get("t10k-images", 3), 255.0), _labels(get("t10k-labels", 1)))
+    for split, n in ((full, 60000), (test, 10000)):
+        if len(split.x) != n or len(split.y) != n:
+            raise DataError(f"{name}: expected {n} images and labels, found {len(split.x)} and {len(split.y)}")
+    train, valid = _hold_out(full, 10000 if cfg.valid_size is None else cfg.valid_size)
+    return Dataset(name, train, valid, test, binary=False, num_classes=10)
+
+
+def _binarized_mnist(cfg: DataConfig) -> Dataset:
+    def get(split: str, n: int) -> Split:
+        arr = read_amat(locate(BINARIZED_FILES[split], cfg.data_dir, cfg.download))
+        if arr.shape != (n, 784):
+            raise DataError(f"binarized_mnist {split}: expected ({n}, 784), found {arr.shape}")
+        return Split(_images(arr.reshape(-1, 28, 28), 1.0))
+
+    return Dataset("binarized_mnist", get("train", 50000), get("valid", 10000), get("test", 10000), binary=True)
+
+
+def _frey_face(cfg: DataConfig) -> Dataset:
+    x = _images(read_frey(locate(FREY_FILE, cfg.data_dir, cfg.download)), 255.0)
+    train, valid, test = _permuted_splits(x, None, 200, 200 if cfg.valid_size is None else cfg.valid_size)
+    return Dataset("frey_face", train, valid, test, binary=False)
+
+
+DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
+    "digits": _digits,
+    "mnist": lambda cfg: _idx_dataset("mnist", MNIST_FILES, cfg),
+    "fashion_mnist": lambda cfg: _idx_dataset("fashion_mnist", FASHION_FILES, cfg),
+    "binarized_mnist": _binarized_mnist,
+    "frey_face": _frey_face,
+}
+
+# The decoder each data set is usually modelled with (the paper: Bernoulli for MNIST,
+# learned-variance Gaussian for Frey Face).
+DEFAULT_LIKELIHOOD = {"frey_face": "gaussian"}
+
+
+def _binarize(ds: Dataset, mode: str) -> Dataset:
+    """Static: threshold every split at 0.5. Dynamic: training batches are resampled by the
+    trainer; the evaluation splits are sampled once with a fixed seed so scores are comparable."""
+    if mode == "none" or ds.binary:
+        return ds
+    if mode == "static":
+        f = lambda s: Split((s.x > 0.5).float(), s.y)  # noqa: E731
+    else:
+        g = torch.Generator().manual_seed(12345)
+        f = lambda s: Split(torch.bernoulli(s.x, generator=g), s.y)  # noqa: E731
+        return Dataset(ds.name, ds.train, f(ds.valid) if ds.valid else None, f(ds.test), False, ds.num_classes)
+    return Dataset(ds.name, f(ds.train), f(ds.valid) if ds.valid else None, f(ds.test), True, ds.num_classes)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Read the data set named by ``cfg.dataset`` with its splits, binarization and subset applied."""
+    loader = DATASETS.get(cfg.dataset)
+    if loader is None:
+        raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+    ds = _binarize(loader(cfg), cfg.binarize)
+    if cfg.subset is not None:
+        if cfg.subset > len(ds.train):
+            raise DataError(f"subset {cfg.subset} is larger than the training split ({len(ds.train)})")
+        y = ds.train.y
+        ds = Dataset(ds.name, Split(ds.train.x[: cfg.subset], None if y is None else y[: cfg.subset]),
+                     ds.valid, ds.test, ds.binary, ds.num_classes)
+    return ds

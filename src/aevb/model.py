@@ -1,0 +1,92 @@
+"""The models: ``VAE`` (Gaussian q(z|x), prior N(0, I)) and a plain deterministic ``AE``.
+
+A model holds networks and nothing of training: no optimizer, no step counter, no
+loss. Objectives (``aevb.objectives``) are functions of a model and a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .distributions import Bernoulli, DiagonalGaussian, Gaussian
+from .nets import build_decoder, build_encoder, init_normal_
+
+
+class VAE(nn.Module):
+    """Auto-Encoding Variational Bayes (Kingma & Welling 2013), section 3."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config, heads=("mu", "log_var"))
+        self.decoder = build_decoder(config)
+        if config.init_std is not None:
+            init_normal_(self, config.init_std)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """q(z|x) = N(mu(x), diag(exp(log_var(x)))); x is (B, C, H, W) or (B, C*H*W)."""
+        out = self.encoder(x)
+        log_var = out["log_var"].clamp(self.config.log_var_min, self.config.log_var_max)
+        return DiagonalGaussian(out["mu"], log_var)
+
+    def decode(self, z: Tensor) -> Bernoulli | Gaussian:
+        """p(x|z) with parameters shaped (..., C, H, W)."""
+        return self.decoder(z)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The posterior mean E_q[z|x]: a deterministic code, never sampled."""
+        return self.encoder(x)["mu"]
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoded mean at the posterior mean (no sampling)."""
+        return self.decode(self.embed(x)).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoded means of z ~ N(0, I): n images shaped (n, C, H, W)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.decode(z).mean
+
+
+class AE(nn.Module):
+    """A deterministic autoencoder with the same networks: code = f(x), x' = g(code)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config, heads=("code",))
+        self.decoder = build_decoder(config)
+        if config.init_std is not None:
+            init_normal_(self, config.init_std)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.encoder(x)["code"]
+
+    def decode(self, z: Tensor) -> Bernoulli | Gaussian:
+        return self.decoder(z)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode(self.embed(x)).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoded N(0, I) codes. An AE has no prior: these are usually poor images,
+        which is the point of the AE-vs-VAE comparison."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.decode(z).mean
+
+
+def build_model(config: ModelConfig) -> VAE | AE:
+    return VAE(config) if config.kind == "vae" else AE(config)

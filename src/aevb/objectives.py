@@ -1,0 +1,93 @@
+"""Objectives: pure functions of (model, batch) that return named terms in nats.
+
+Each returns a dict. ``loss`` is the scalar to minimise (mean over the batch); the
+other terms are per example (shape (B,)) with ``reduction="none"`` or batch means
+with ``reduction="mean"`` (the default). Signs: ``elbo`` and ``reconstruction``
+(E_q[log p(x|z)]) are log-densities, higher is better; ``kl`` is >= 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .distributions import standard_normal_log_prob
+
+Terms = dict[str, Tensor]
+
+
+def _reduce(terms: Terms, reduction: str) -> Terms:
+    if reduction == "none":
+        return terms
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
+    return {k: (v if k == "loss" else v.mean()) for k, v in terms.items()}
+
+
+def _as_images(model, x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], *model.config.input_shape)  # (B, D) or (B, C, H, W) -> (B, C, H, W)
+
+
+def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0,
+         generator: torch.Generator | None = None, reduction: str = "mean") -> Terms:
+    """The SGVB estimate of the evidence lower bound (paper section 2.3).
+
+    kl="analytic" is estimator B (eq. 10): KL(q(z|x) || p(z)) in closed form plus
+    the L-sample average of log p(x|z). kl="mc" is estimator A (eq. 6): the whole
+    bound log p(x|z) + log p(z) - log q(z|x) averaged over L samples.
+    ``beta`` weights the KL in the loss only (1 = the ELBO itself).
+    """
+    x = _as_images(model, x)
+    q = model.encode(x)
+    z = q.rsample(samples, generator=generator)  # (L, B, Z)
+    reconstruction = model.decode(z).log_prob(x).mean(0)  # (B,)
+    if kl == "analytic":
+        kl_term = q.kl_to_standard_normal()
+    elif kl == "mc":
+        kl_term = (q.log_prob(z) - standard_normal_log_prob(z)).mean(0)
+    else:
+        raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
+    bound = reconstruction - kl_term
+    loss = -(reconstruction - beta * kl_term).mean()
+    return _reduce({"loss": loss, "elbo": bound, "reconstruction": reconstruction, "kl": kl_term}, reduction)
+
+
+def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = None,
+                chunk: int | None = None) -> Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): shape (k, B).
+
+    ``chunk`` bounds how many samples are decoded at once (memory ~ chunk * B * D).
+    """
+    x = _as_images(model, x)
+    q = model.encode(x)
+    chunk = chunk or k
+    parts = []
+    for start in range(0, k, chunk):
+        z = q.rsample(min(chunk, k - start), generator=generator)  # (c, B, Z)
+        parts.append(model.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z))
+    return torch.cat(parts, 0)
+
+
+def iwae_bound(model, x: Tensor, k: int, generator: torch.Generator | None = None,
+               chunk: int | None = None, reduction: str = "mean") -> Terms:
+    """The importance-weighted bound (Burda et al. 2016): log (1/k) sum_i w_i.
+
+    Equals the ELBO at k=1 and rises to log p(x) as k grows; it is the
+    importance-sampled estimate of log p(x). The log-mean-exp is taken in float64.
+    """
+    lw = log_weights(model, x, k, generator=generator, chunk=chunk)
+    bound = (torch.logsumexp(lw.double(), 0) - math.log(k)).to(lw.dtype)
+    return _reduce({"loss": -bound.mean(), "iwae": bound}, reduction)
+
+
+def ae_loss(model, x: Tensor, reduction: str = "mean", **_: object) -> Terms:
+    """The deterministic autoencoder's loss: -log p(x | z = code(x)).
+
+    With a Bernoulli decoder this is the summed binary cross-entropy; with
+    ``gaussian_fixed`` it is the summed squared error / (2 sigma^2) plus a constant.
+    """
+    x = _as_images(model, x)
+    reconstruction = model.decode(model.embed(x)).log_prob(x)
+    return _reduce({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)
