@@ -22,6 +22,7 @@ ARCHITECTURES = ("mlp",)
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
+DECODER_MEANS = ("sigmoid", "identity")
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,9 @@ class ModelConfig:
     # Gaussian decoders: the fixed standard deviation of "gaussian_fixed" (MSE up to
     # a constant and a scale) and the clamp range of every log-variance.
     fixed_sigma: float = 1.0
+    # Gaussian decoders: "sigmoid" keeps the mean in (0, 1) as the paper's Frey Face
+    # decoder does; "identity" for unbounded real-valued data (and the linear-Gaussian model).
+    decoder_mean: str = "sigmoid"
     log_var_min: float = -10.0
     log_var_max: float = 10.0
     # Standard deviation of the N(0, std^2) weight initialisation (the paper uses
@@ -75,6 +79,7 @@ class ModelConfig:
         _check(isinstance(self.latent_dim, int) and self.latent_dim >= 1,
                f"latent_dim must be a positive integer; got {self.latent_dim!r}")
         _check(all(h >= 1 for h in self.hidden), f"hidden sizes must be positive; got {self.hidden}")
+        _choice("decoder_mean", self.decoder_mean, DECODER_MEANS)
         _check(self.fixed_sigma > 0, f"fixed_sigma must be positive; got {self.fixed_sigma}")
         _check(self.log_var_min < self.log_var_max,
                f"log_var_min ({self.log_var_min}) must be below log_var_max ({self.log_var_max})")

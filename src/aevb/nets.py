@@ -64,7 +64,7 @@ class MLPDecoder(nn.Module):
         out = self.mean(h).view(shape)
         if cfg.likelihood == "bernoulli":
             return Bernoulli(out, event_ndim=3)
-        mean = torch.sigmoid(out)
+        mean = torch.sigmoid(out) if cfg.decoder_mean == "sigmoid" else out
         if self.log_var is not None:
             log_var = self.log_var(h).view(shape).clamp(cfg.log_var_min, cfg.log_var_max)
         else:

@@ -230,13 +230,14 @@ class Trainer:
 
 
 def train(config: RunConfig | None = None, out: str | Path = "runs/run", *, resume: bool = False,
-          progress: bool = True, dataset: Dataset | None = None, stop_after_steps: int | None = None,
+          progress: bool = True, data: Dataset | None = None, stop_after_steps: int | None = None,
           **overrides: Any) -> ckpt.Run:
     """Train a model and return the loaded run.
 
     ``aevb.train(dataset="mnist", binarize="dynamic", epochs=10, out="runs/mnist")``:
     keyword overrides name fields of the model, data or training configuration.
     With ``resume=True`` the configuration is read from ``out`` and training continues.
+    ``data`` passes an already loaded ``Dataset`` instead of reading ``config.data``.
     """
     if resume:
         config = ckpt.read_config(out)
@@ -244,7 +245,7 @@ def train(config: RunConfig | None = None, out: str | Path = "runs/run", *, resu
             config = apply_overrides(config, overrides)
     else:
         config = apply_overrides(config or default_config(overrides.get("dataset", "digits")), overrides)
-    trainer = Trainer(config, out, dataset=dataset, progress=progress)
+    trainer = Trainer(config, out, dataset=data, progress=progress)
     if resume:
         trainer.restore()
     trainer.run(stop_after_steps=stop_after_steps)

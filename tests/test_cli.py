@@ -1,0 +1,91 @@
+"""The `aevb` command end to end, as a user runs it (subprocesses, real data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from aevb.checkpoint import read_config
+from aevb.data import load_dataset
+from aevb.evaluate import evaluate_elbo
+from aevb.model import build_model
+
+from .conftest import run_cli
+
+
+def untrained_test_elbo(run_dir) -> float:
+    cfg = read_config(run_dir)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    return evaluate_elbo(model, load_dataset(cfg.data).test.x)["elbo"]
+
+
+@pytest.mark.slow
+def test_train_evaluate_sample_reconstruct_on_digits(tmp_path):
+    run = tmp_path / "digits"
+    out = run_cli("train", "--dataset", "digits", "--epochs", "40", "--out", str(run), "--no-progress")
+    assert "run directory" in out.stdout
+    for name in ("config.json", "model.safetensors", "train_state.safetensors", "metrics.jsonl",
+                 "samples.png", "reconstructions.png"):
+        assert (run / name).is_file(), name
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
+    res = json.loads(run_cli("evaluate", str(run), "--k", "200", "--json").stdout)
+    assert {"elbo", "log_likelihood", "k", "log_likelihood_stderr", "bits_per_dim"} <= set(res)
+    assert res["k"] == 200 and res["n"] == 300
+    base = untrained_test_elbo(run)
+    assert base < -40  # about 64 * ln 2 for logits near 0
+    assert res["elbo"] > base + 12, (res["elbo"], base)
+    assert res["elbo"] <= res["log_likelihood"] + 3 * res["log_likelihood_stderr"]
+
+    run_cli("sample", str(run), "--n", "16", "--out", str(tmp_path / "s.png"))
+    run_cli("reconstruct", str(run), "--n", "8", "--out", str(tmp_path / "r.png"))
+    for p in ("s.png", "r.png"):
+        with Image.open(tmp_path / p) as im:
+            assert im.size[0] > 100 and im.size[1] > 50
+
+    # continue the same run for more epochs
+    run_cli("train", "--resume", str(run), "--epochs", "42", "--no-progress", "--no-figures")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 42
+
+
+@pytest.mark.slow
+def test_train_on_an_mnist_subset(tmp_path, data_dir):
+    run = tmp_path / "mnist"
+    run_cli("train", "--dataset", "mnist", "--subset", "2000", "--binarize", "dynamic", "--epochs", "8",
+            "--batch-size", "100", "--out", str(run), "--no-progress", "--no-figures")
+    res = json.loads(run_cli("evaluate", str(run), "--k", "50", "--n", "500", "--json").stdout)
+    base = untrained_test_elbo(run)
+    assert base < -500  # about 784 * ln 2
+    assert res["elbo"] > base + 300, (res["elbo"], base)
+    assert res["log_likelihood"] > res["elbo"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "0"], "Invalid value for '--epochs'"),
+    (["train", "--optimizer", "rmsprop"], "Invalid value for '--optimizer'"),
+    (["train", "--hidden", "4x"], "expected comma-separated layer widths"),
+    (["train", "--lr", "-1", "--out", "{tmp}/x"], "learning rate must be positive"),
+    (["train", "--batch-size", "5000", "--out", "{tmp}/x"], "batch size 5000 is larger than the training split"),
+    (["train", "--dataset", "imagenet", "--out", "{tmp}/x"], "unknown data set 'imagenet'"),
+    (["train", "--frobnicate"], "No such option"),
+    (["evaluate", "{tmp}/nope"], "is not a directory"),
+    (["evaluate", "{tmp}", "--k", "0"], "Invalid value for '--k'"),
+    (["sample", "{tmp}"], "no config.json"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, message):
+    proc = run_cli(*[a.format(tmp=tmp_path) for a in args], check=False)
+    assert proc.returncode in (1, 2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("aevb: error:") and message in lines[0], lines[0]
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_module_entry_point_and_help():
+    out = run_cli("--help").stdout
+    for cmd in ("train", "evaluate", "sample", "reconstruct"):
+        assert cmd in out
+    assert "digits" in run_cli("data", "list").stdout
