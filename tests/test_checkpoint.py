@@ -107,3 +107,16 @@ def test_weights_that_do_not_match_the_config(tmp_path):
     (tmp_path / "config.json").write_text(other.to_json())
     with pytest.raises(CheckpointError, match="does not match config.json"):
         load(tmp_path)
+
+
+def test_tensorboard_events_are_written_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")  # installed by the [test] extra, so CI exercises this
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    aevb.train(dataset="digits", epochs=3, hidden=(16,), latent_dim=2, out=tmp_path / "r", progress=False)
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    assert "valid/elbo" in acc.Tags()["scalars"] and "train/kl" in acc.Tags()["scalars"]
+    values = [e.value for e in acc.Scalars("valid/elbo")]
+    metrics = [m["valid_elbo"] for m in aevb.load(tmp_path / "r").metrics]
+    assert values == pytest.approx(metrics, rel=1e-6)

@@ -18,7 +18,9 @@ from typing import Any
 
 import click
 
-from .config import ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, ConfigError
+from .config import ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, PRECISIONS, ConfigError
+
+_ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
 
 class UserError(click.ClickException):
@@ -78,13 +80,26 @@ def cli() -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between mid-epoch checkpoints.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Start from a config.json; flags override it.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Autocast dtype: fp32, bf16 (CPU/CUDA) or fp16 (CUDA); log-likelihoods stay float32.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
-def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, device, **flags) -> None:
-    """Train a VAE (or an AE) and write a run directory."""
-    from .train import Trainer, apply_overrides, default_config
+def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, device, nproc,
+          **flags) -> None:
+    """Train a VAE (or an AE) and write a run directory.
+
+    Several processes: --nproc N here, or torchrun --nproc_per_node=N -m aevb train ... (the
+    batch size is global); see docs/scaling.md for several machines.
+    """
     from .checkpoint import read_config
     from .config import RunConfig
+    from .distributed import shutdown
+    from .train import Trainer, apply_overrides, default_config
+
+    if nproc is not None and nproc > 1:
+        _relaunch_under_torchrun(nproc)
+        return
 
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if hidden is not None:
@@ -116,12 +131,36 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         if (run_dir / "train_state.safetensors").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
         trainer = Trainer(config, run_dir, progress=not no_progress)
-    lines = trainer.run()
+    try:
+        lines = trainer.run()
+    finally:
+        shutdown(trainer.dist)
+    if not trainer.dist.is_main:
+        return
     click.echo(f"run directory: {run_dir}")
     if lines:
         click.echo(json.dumps(lines[-1]))
     if not no_figures:
-        _figures(run_dir, config.train.device)
+        _figures(run_dir, str(trainer.device))
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """Run this same `aevb train` command as N processes under torchrun (one machine)."""
+    import subprocess
+
+    args, skip = [], False
+    for a in _ARGV:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "aevb", *args]
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise click.ClickException(f"the {nproc}-process run failed (exit status {code}); see the messages above")
 
 
 def _figures(run_dir: Path, device: str) -> None:
@@ -238,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
 
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="aevb", standalone_mode=False)
     except click.exceptions.Exit as e:

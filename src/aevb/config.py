@@ -22,6 +22,7 @@ ARCHITECTURES = ("mlp",)
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 (with a gradient scaler) needs CUDA
 DECODER_MEANS = ("sigmoid", "identity")
 
 
@@ -130,6 +131,7 @@ class TrainConfig:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # autocast dtype of the networks; log-likelihoods stay float32
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
 
@@ -142,6 +144,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
         _choice("estimator", self.estimator, ESTIMATORS)
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
+        _choice("precision", self.precision, PRECISIONS)
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
 

@@ -21,6 +21,14 @@ def _wide(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def standard_normal(shape, generator=None, device=None, dtype=None) -> Tensor:
+    """eps ~ N(0, I) from a torch.Generator, or from a noise source with a ``randn(shape, device,
+    dtype)`` method (the data-parallel trainer's per-rank view of a shared generator)."""
+    if generator is not None and hasattr(generator, "randn"):
+        return generator.randn(shape, device, dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 def _sum_event(t: Tensor, event_ndim: int) -> Tensor:
     return t.sum(dim=tuple(range(-event_ndim, 0))) if event_ndim else t
 
@@ -48,7 +56,7 @@ class DiagonalGaussian:
         With ``n`` the result has shape (n, *mu.shape); without, mu.shape.
         """
         shape = self.mu.shape if n is None else (n, *self.mu.shape)
-        eps = torch.randn(shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        eps = standard_normal(shape, generator, self.mu.device, self.mu.dtype)
         return self.mu + self.std * eps
 
     def log_prob(self, z: Tensor) -> Tensor:
@@ -119,5 +127,5 @@ class Gaussian:
         return _sum_event(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)), self.event_ndim)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn(self._mean.shape, generator=generator, device=self._mean.device, dtype=self._mean.dtype)
+        eps = standard_normal(self._mean.shape, generator, self._mean.device, self._mean.dtype)
         return self._mean + self.std * eps

@@ -12,6 +12,10 @@ epsilon and every dynamic binarization draw, whose state is checkpointed. A resu
 run therefore continues bit for bit where it stopped.
 
 Single process:   aevb train --dataset mnist --binarize dynamic --epochs 10 --out runs/mnist
+Data parallel:    torchrun --nproc_per_node=2 -m aevb train ...   (or aevb train --nproc 2 ...;
+                  see aevb.distributed)
+Mixed precision:  --precision bf16 (CPU and CUDA) or fp16 (CUDA, with a gradient scaler);
+                  the networks run in that dtype, every log-density in float32.
 """
 
 from __future__ import annotations
@@ -26,14 +30,30 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from torch import nn
+
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig
 from .data import Dataset, load_dataset
+from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
 from .model import build_model
 from .objectives import ae_loss, elbo
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
+
+
+class ObjectiveModule(nn.Module):
+    """model + objective as one module, so that DistributedDataParallel sees the whole step
+    through ``forward`` (the objective calls encode/decode, not the model's forward)."""
+
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, generator) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, x, generator=generator)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +86,15 @@ def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9, foreach=True)
 
 
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard SummaryWriter into RUN_DIR/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra: pip install "aevb[tensorboard]"
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
@@ -88,18 +117,35 @@ class Trainer:
     def __init__(self, config: RunConfig, out: str | Path, dataset: Dataset | None = None, progress: bool = True):
         self.config = config
         self.out = Path(out)
-        self.progress = progress
-        self.device = resolve_device(config.train.device)
+        t = config.train
+        device = resolve_device(t.device)
+        self.dist: DistInfo = init_from_env(device.type)
+        if self.dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.progress = progress and self.dist.is_main
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(f"batch size {t.batch_size} is global and must divide by the {self.dist.world_size} "
+                              "processes; choose a multiple")
+        if t.precision == "fp16" and device.type != "cuda":
+            raise ConfigError("precision fp16 needs CUDA (it uses a gradient scaler); on CPU use bf16")
         ds = dataset if dataset is not None else load_dataset(config.data)
         _check_data(config, ds)
         self.data = ds.to(self.device)
-        t = config.train
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
             self.model = build_model(config.model).to(self.device)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.objective = make_objective(config)
+        self.step_module: nn.Module = ObjectiveModule(self.model, self.objective)
+        if self.dist.enabled:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        self.step_noise = ShardedNoise(self.noise, self.dist) if self.dist.enabled else self.noise
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.steps_per_epoch = len(self.data.train) // t.batch_size  # the last partial batch is dropped
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0
@@ -107,10 +153,13 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
         self.epoch_seconds = 0.0
         self.metrics_lines = 0
+        self.tb = None
 
     # -- state -----------------------------------------------------------------------
 
     def save_state(self) -> None:
+        if not self.dist.is_main:
+            return
         extra = {"rng.noise": self.noise.get_state()}
         extra.update({f"sums.{k}": v for k, v in self.sums.items()})
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
@@ -134,23 +183,33 @@ class Trainer:
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
         metrics = self.out / ckpt.METRICS  # drop lines written after the checkpoint
-        if metrics.exists():
+        if self.dist.is_main and metrics.exists():
             lines = metrics.read_text().splitlines(keepends=True)[: self.metrics_lines]
             ckpt.atomic_write(metrics, "".join(lines).encode())
 
     # -- loop ------------------------------------------------------------------------
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's shard of the global batch ``idx`` (all of it in a single process)."""
         x = self.data.train.x[idx]
         if self.config.data.binarize == "dynamic" and not self.data.binary:
-            x = torch.bernoulli(x, generator=self.noise)
+            x = torch.bernoulli(x, generator=self.noise)  # drawn for the global batch on every rank
+        if self.dist.enabled:
+            b = len(idx) // self.dist.world_size
+            x = x[self.dist.rank * b : (self.dist.rank + 1) * b]
         return x
 
     def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = self.objective(self.model, x, generator=self.noise)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            terms = self.step_module(x, self.step_noise)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(terms["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms["loss"].backward()
+            self.optimizer.step()
         return terms
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
@@ -160,36 +219,55 @@ class Trainer:
                 self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
 
     def _validate(self) -> dict[str, float]:
+        """Validation ELBO terms; with several processes each scores a shard and the sums are all-reduced."""
         split = self.data.valid or self.data.test
         name = "valid" if self.data.valid is not None else "test"
-        res = evaluate_elbo(self.model, split.x, batch_size=self.config.train.eval_batch_size,
-                            kl=self.config.train.estimator, seed=0)
-        return {f"{name}_{k}": v for k, v in res.items()}
+        x = split.x.tensor_split(self.dist.world_size)[self.dist.rank]
+        res = evaluate_elbo(self.model, x, batch_size=self.config.train.eval_batch_size,
+                            kl=self.config.train.estimator, seed=self.dist.rank)
+        keys = sorted(res)
+        sums = torch.tensor([res[k] * len(x) for k in keys] + [len(x)], dtype=torch.float64, device=self.device)
+        sums = all_reduce_sum(sums, self.dist)
+        return {f"{name}_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
 
     def _end_epoch(self) -> dict[str, Any]:
-        n = max(self.step_in_epoch, 1)
+        n = max(self.step_in_epoch, 1) * self.dist.world_size
         line: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step,
                                 "samples_seen": self.global_step * self.config.train.batch_size}
-        line.update({f"train_{k}": (v / n).item() for k, v in self.sums.items()})
+        keys = sorted(self.sums)
+        if keys:
+            totals = all_reduce_sum(torch.stack([self.sums[k].double() for k in keys]), self.dist)
+            line.update({f"train_{k}": (totals[i] / n).item() for i, k in enumerate(keys)})
         self.model.eval()
         line.update(self._validate())
         self.model.train()
         line["seconds"] = round(self.epoch_seconds, 4)
-        with open(self.out / ckpt.METRICS, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        self.metrics_lines += 1
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = {}
         self.epoch_seconds = 0.0
+        if not self.dist.is_main:
+            return line
+        with open(self.out / ckpt.METRICS, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.metrics_lines += 1
+        if self.tb is not None:
+            for key, value in line.items():
+                if key not in ("epoch", "step", "samples_seen"):
+                    self.tb.add_scalar(key.replace("_", "/", 1), value, self.global_step)
+            self.tb.flush()
         return line
 
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs``; ``stop_after_steps`` stops early (for tests) after
         checkpointing, exactly as a killed run would have after its last checkpoint."""
         t = self.config.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(self.out, self.model, self.config)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.save_model(self.out, self.model, self.config)
+            if self.tb is None:
+                self.tb = tensorboard_writer(self.out)
         self.model.train()
         lines = []
         bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, disable=not self.progress,
@@ -221,11 +299,15 @@ class Trainer:
                 line = self._end_epoch()
                 lines.append(line)
                 valid = {k: v for k, v in line.items() if k.endswith("_elbo") or k.endswith("_reconstruction")}
-                bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()))
-                ckpt.save_model(self.out, self.model, self.config)
-                self.save_state()
+                if main:
+                    bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()))
+                    ckpt.save_model(self.out, self.model, self.config)
+                    self.save_state()
         finally:
             bar.close()
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
         return lines
 
 

@@ -1,0 +1,117 @@
+"""Data-parallel training through torchrun (gloo on CPU), and mixed precision."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from aevb.checkpoint import load
+from aevb.evaluate import evaluate_elbo
+from aevb.train import Trainer, apply_overrides, default_config
+
+from .conftest import run_cli
+
+COMMON = ["train", "--dataset", "digits", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64",
+          "--binarize", "dynamic", "--seed", "3", "--no-progress", "--no-figures"]
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "aevb", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kw)
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_the_weights_of_one(tmp_path):
+    run_cli(*COMMON, "--epochs", "4", "--out", str(tmp_path / "one"))
+    proc = torchrun(2, *COMMON, "--epochs", "4", "--out", str(tmp_path / "two"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("run directory") == 1  # rank 0 alone reports
+    one, two = load(tmp_path / "one"), load(tmp_path / "two")
+    a, b = one.model.state_dict(), two.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    x = one.dataset().test.x
+    e1, e2 = evaluate_elbo(one.model, x)["elbo"], evaluate_elbo(two.model, x)["elbo"]
+    assert e1 == pytest.approx(e2, abs=1e-3)
+    assert len(two.metrics) == 4 and two.metrics[-1]["step"] == one.metrics[-1]["step"]
+
+
+@pytest.mark.slow
+def test_distributed_run_resumes(tmp_path):
+    proc = torchrun(2, *COMMON, "--epochs", "2", "--out", str(tmp_path / "r"))
+    assert proc.wait(timeout=300) == 0
+    proc = torchrun(2, "train", "--resume", str(tmp_path / "r"), "--epochs", "3", "--no-progress", "--no-figures")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert [m["epoch"] for m in load(tmp_path / "r").metrics] == [1, 2, 3]
+
+
+def _pid_with(marker: str, rank: str) -> int | None:
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"AEVB_TEST_MARKER={marker}".encode() in env and f"RANK={rank}".encode() in env \
+                and b"TORCHELASTIC_RUN_ID=none" not in env and f"LOCAL_RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_whole_run(tmp_path):
+    marker = uuid.uuid4().hex
+    run = tmp_path / "k"
+    proc = torchrun(2, *COMMON, "--epochs", "100000", "--out", str(run), env={"AEVB_TEST_MARKER": marker})
+    deadline = time.monotonic() + 120
+    while not (run / "train_state.safetensors").exists():  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    pid = _pid_with(marker, "1")
+    assert pid is not None, "rank 1 not found"
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=90)  # bounded: must not hang
+    assert time.monotonic() - killed < 60
+    assert proc.returncode != 0
+    assert "Signal 9" in err or "SIGKILL" in err or "failed" in err.lower(), err[-2000:]
+
+
+@pytest.mark.slow
+def test_bf16_training_matches_fp32_within_half_a_nat(data_dir):
+    results = {}
+    for precision in ("fp32", "bf16"):
+        cfg = apply_overrides(default_config("mnist"), {
+            "binarize": "dynamic", "epochs": 5, "batch_size": 100, "lr": 2e-3, "precision": precision,
+            "hidden": (200,), "latent_dim": 10, "device": "cpu"})  # all 50,000 training images: near a plateau
+        t = Trainer(cfg, data_dir.parent / "unused", progress=False)  # never written: we only step
+        t.out = Path(os.environ.get("TMPDIR", "/tmp")) / f"aevb-bf16-{uuid.uuid4().hex}"
+        t.run()
+        results[precision] = evaluate_elbo(t.model.eval(), t.data.test.x[:5000])["elbo"]
+    assert results["fp32"] > -125  # it learned
+    assert abs(results["bf16"] - results["fp32"]) < 0.5, results
+
+
+def test_batch_must_divide_by_processes_and_fp16_needs_cuda():
+    from aevb.config import ConfigError
+
+    cfg = apply_overrides(default_config("digits"), {"precision": "fp16", "device": "cpu"})
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        Trainer(cfg, "/tmp/never", progress=False)
+    proc = run_cli("train", "--device", "cuda" if not torch.cuda.is_available() else "mps", "--out", "/tmp/never",
+                   check=False)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in proc.stderr and proc.returncode == 1
