@@ -80,6 +80,10 @@ def cli() -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between mid-epoch checkpoints.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Start from a config.json; flags override it.")
+@click.option("--clip-grad-norm", type=click.FloatRange(min=0, min_open=True), help="Clip the gradient norm to this.")
+@click.option("--skip-grad-norm", type=click.FloatRange(min=0, min_open=True),
+              help="Skip steps whose gradient norm exceeds this (non-finite ones always are).")
+@click.option("--max-skips", type=click.IntRange(min=1), help="Stop after this many consecutive skipped steps.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Autocast dtype: fp32, bf16 (CPU/CUDA) or fp16 (CUDA); log-likelihoods stay float32.")
 @click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
@@ -276,15 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning every user error into one line."""
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .train import TrainingDiverged, TrainingInterrupted
 
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="aevb", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
+    except TrainingInterrupted as e:
+        click.echo(f"aevb: {e}", err=True)
+        return 130
     except click.exceptions.Abort:
         click.echo("aevb: aborted", err=True)
         return 130
+    except TrainingDiverged as e:
+        click.echo(f"aevb: error: {e}", err=True)
+        return 1
     except click.UsageError as e:
         where = f"{e.ctx.command_path}: " if e.ctx else ""
         click.echo(f"aevb: error: {where}{e.format_message()}", err=True)

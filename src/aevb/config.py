@@ -132,6 +132,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # autocast dtype of the networks; log-likelihoods stay float32
+    # Guards: clip the gradient norm (None = off); skip a step whose gradient norm is not
+    # finite or above skip_grad_norm; stop after max_skips consecutive skipped steps.
+    clip_grad_norm: float | None = None
+    skip_grad_norm: float = 1e6
+    max_skips: int = 20
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
 
@@ -145,6 +150,10 @@ class TrainConfig:
         _choice("estimator", self.estimator, ESTIMATORS)
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _choice("precision", self.precision, PRECISIONS)
+        _check(self.clip_grad_norm is None or self.clip_grad_norm > 0,
+               f"clip_grad_norm must be positive; got {self.clip_grad_norm}")
+        _check(self.skip_grad_norm > 0, f"skip_grad_norm must be positive; got {self.skip_grad_norm}")
+        _check(isinstance(self.max_skips, int) and self.max_skips >= 1, f"max_skips must be >= 1; got {self.max_skips!r}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
 

@@ -21,6 +21,8 @@ Mixed precision:  --precision bf16 (CPU and CUDA) or fp16 (CUDA, with a gradient
 from __future__ import annotations
 
 import json
+import math
+import signal
 import time
 from dataclasses import replace
 from functools import partial
@@ -41,6 +43,14 @@ from .model import build_model
 from .objectives import ae_loss, elbo
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or an exploding gradient."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) during training: the state was checkpointed first."""
 
 
 class ObjectiveModule(nn.Module):
@@ -153,6 +163,9 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
         self.epoch_seconds = 0.0
         self.metrics_lines = 0
+        self.skipped = 0  # steps skipped since the run began
+        self.consecutive_skips = 0
+        self.interrupted = False
         self.tb = None
 
     # -- state -----------------------------------------------------------------------
@@ -163,7 +176,8 @@ class Trainer:
         extra = {"rng.noise": self.noise.get_state()}
         extra.update({f"sums.{k}": v for k, v in self.sums.items()})
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                    "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines}
+                    "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
+                    "skipped": self.skipped}
         ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress)
 
     def restore(self) -> None:
@@ -182,6 +196,10 @@ class Trainer:
         self.global_step = progress["global_step"]
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
+        self.skipped = progress.get("skipped", 0)
+        if self.dist.is_main:  # temporary files of a write that a crash interrupted
+            for stale in self.out.glob("*.tmp"):
+                stale.unlink()
         metrics = self.out / ckpt.METRICS  # drop lines written after the checkpoint
         if self.dist.is_main and metrics.exists():
             lines = metrics.read_text().splitlines(keepends=True)[: self.metrics_lines]
@@ -199,18 +217,45 @@ class Trainer:
             x = x[self.dist.rank * b : (self.dist.rank + 1) * b]
         return x
 
-    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One optimizer step; None when the step was skipped by the guard."""
+        t = self.config.train
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             terms = self.step_module(x, self.step_noise)
         self.optimizer.zero_grad(set_to_none=True)
+        loss = terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])
+        loss.backward()
         if self.scaler is not None:
-            self.scaler.scale(terms["loss"]).backward()
+            self.scaler.unscale_(self.optimizer)
+        # The norm is of the all-reduced gradient, so every rank takes the same decision.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm or math.inf)
+        norm = float(norm)
+        if not math.isfinite(norm) or norm > t.skip_grad_norm:
+            self._skip(norm)
+            if self.scaler is not None:
+                self.scaler.update()
+            return None
+        self.consecutive_skips = 0
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            terms["loss"].backward()
             self.optimizer.step()
         return terms
+
+    def _skip(self, norm: float) -> None:
+        t = self.config.train
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= t.max_skips:
+            what = "not finite (NaN or Inf)" if not math.isfinite(norm) else f"{norm:.3g} > {t.skip_grad_norm:g}"
+            state = self.out / ckpt.TRAIN_STATE
+            kept = f"the last good checkpoint {state} is intact" if state.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training stopped at step {self.global_step}: {self.consecutive_skips} consecutive steps skipped "
+                f"because the loss or gradient norm was {what}; {kept}. Lower --lr, set --clip-grad-norm, "
+                "or check the data for NaN/Inf")
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
@@ -242,6 +287,7 @@ class Trainer:
         line.update(self._validate())
         self.model.train()
         line["seconds"] = round(self.epoch_seconds, 4)
+        line["skipped_steps"] = self.skipped
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = {}
@@ -258,6 +304,20 @@ class Trainer:
             self.tb.flush()
         return line
 
+    def _catch_sigint(self):
+        """Ctrl-C finishes the current step, checkpoints, and stops (main thread only)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.interrupted:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        return signal.signal(signal.SIGINT, handler)
+
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs``; ``stop_after_steps`` stops early (for tests) after
         checkpointing, exactly as a killed run would have after its last checkpoint."""
@@ -272,6 +332,7 @@ class Trainer:
         lines = []
         bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, disable=not self.progress,
                    unit="step", dynamic_ncols=True)
+        previous_handler = self._catch_sigint()
         try:
             while self.epoch < t.epochs:
                 perm = epoch_permutation(len(self.data.train), t.seed, self.epoch, self.device)
@@ -279,7 +340,8 @@ class Trainer:
                 while self.step_in_epoch < self.steps_per_epoch:
                     i = self.step_in_epoch * t.batch_size
                     terms = self.step(self._batch(perm[i : i + t.batch_size]))
-                    self._accumulate(terms)
+                    if terms is not None:
+                        self._accumulate(terms)
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(1)
@@ -295,6 +357,11 @@ class Trainer:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
                         return lines
+                    if self.interrupted:
+                        self.epoch_seconds += time.perf_counter() - start
+                        self.save_state()
+                        raise TrainingInterrupted(f"interrupted at step {self.global_step}; checkpoint saved in "
+                                                  f"{self.out}; continue with: aevb train --resume {self.out}")
                 self.epoch_seconds += time.perf_counter() - start
                 line = self._end_epoch()
                 lines.append(line)
@@ -305,6 +372,8 @@ class Trainer:
                     self.save_state()
         finally:
             bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             if self.tb is not None:
                 self.tb.close()
                 self.tb = None
