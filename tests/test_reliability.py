@@ -124,3 +124,30 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, reference):
     assert "checkpoint saved" in err and f"aevb train --resume {out}" in err
     run_cli("train", "--resume", str(out), "--no-progress", "--no-figures")
     _assert_same(reference, out)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bernoulli_decoder_rejects_data_outside_unit_interval(tmp_path):
+    ds = load_dataset(cfg().data)
+    data = Dataset(ds.name, Split(ds.train.x * 2 - 0.5, ds.train.y), ds.valid, ds.test, False, 10)
+    with pytest.raises(ValueError, match=r"Bernoulli decoder needs data in \[0, 1\]"):
+        Trainer(cfg(), tmp_path / "r", dataset=data, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_truncated_local_file_is_a_checksum_error(data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from aevb.config import DataConfig
+    from aevb.data import DataError
+
+    monkeypatch.delenv("AEVB_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shutil.copytree(data_dir / "frey_face", tmp_path / "frey_face")
+    f = tmp_path / "frey_face" / "frey_rawface.mat"
+    f.chmod(0o644)
+    f.write_bytes(f.read_bytes()[:5000])
+    with pytest.raises(DataError, match="sha256 mismatch .* corrupt or truncated"):
+        load_dataset(DataConfig(dataset="frey_face", data_dir=str(tmp_path), download=False))
