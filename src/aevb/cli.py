@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from .config import ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, PRECISIONS, ConfigError
+from .config import (ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS,
+                     PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
@@ -66,6 +67,12 @@ def cli() -> None:
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
 @click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), help="Train on the ELBO or the IWAE bound.")
+@click.option("--iwae-k", type=click.IntRange(min=1), help="Samples of the IWAE training bound.")
+@click.option("--beta", type=click.FloatRange(min=0), help="KL weight (beta-VAE); 1 is the ELBO.")
+@click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
+@click.option("--free-bits", type=click.FloatRange(min=0), help="Nats per latent dimension not pushed to the prior.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS))
 @click.option("--lr", type=float, help="Learning rate (step size).")
 @click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")

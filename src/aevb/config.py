@@ -22,7 +22,9 @@ ARCHITECTURES = ("mlp",)
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 (with a gradient scaler) needs CUDA
+PRECISIONS = ("fp32", "bf16", "fp16")
+OBJECTIVES = ("elbo", "iwae")
+KL_SCHEDULES = ("constant", "linear", "cyclical")  # fp16 (with a gradient scaler) needs CUDA
 DECODER_MEANS = ("sigmoid", "identity")
 
 
@@ -129,6 +131,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     estimator: str = "analytic"
     samples: int = 1
+    # What the loss is: the ELBO (SGVB) or the importance-weighted bound with iwae_k samples.
+    objective: str = "elbo"
+    iwae_k: int = 5
+    # The KL weight: beta (beta-VAE), scheduled by kl_schedule over warmup_steps (see
+    # aevb.schedules); free_bits: nats per latent dimension below which the KL is not pushed.
+    beta: float = 1.0
+    kl_schedule: str = "constant"
+    warmup_steps: int = 0
+    free_bits: float = 0.0
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # autocast dtype of the networks; log-likelihoods stay float32
@@ -150,6 +161,15 @@ class TrainConfig:
         _choice("estimator", self.estimator, ESTIMATORS)
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _choice("precision", self.precision, PRECISIONS)
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("kl_schedule", self.kl_schedule, KL_SCHEDULES)
+        _check(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"iwae_k must be >= 1; got {self.iwae_k!r}")
+        _check(self.beta >= 0, f"beta must be >= 0; got {self.beta}")
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+               f"warmup_steps must be >= 0; got {self.warmup_steps!r}")
+        _check(self.kl_schedule == "constant" or self.warmup_steps > 0,
+               f"kl_schedule {self.kl_schedule!r} needs warmup_steps > 0")
+        _check(self.free_bits >= 0, f"free_bits must be >= 0; got {self.free_bits}")
         _check(self.clip_grad_norm is None or self.clip_grad_norm > 0,
                f"clip_grad_norm must be positive; got {self.clip_grad_norm}")
         _check(self.skip_grad_norm > 0, f"skip_grad_norm must be positive; got {self.skip_grad_norm}")

@@ -60,14 +60,21 @@ class DiagonalGaussian:
         return self.mu + self.std * eps
 
     def log_prob(self, z: Tensor) -> Tensor:
-        mu, log_var, z = _wide(self.mu), _wide(self.log_var), _wide(z)
-        return _sum_event(-0.5 * (LOG_2PI + log_var + (z - mu) ** 2 * torch.exp(-log_var)), 1)
+        return self.log_prob_per_dim(z).sum(-1)
+
+    def kl_per_dim(self) -> Tensor:
+        """KL(q_j || N(0, 1)) for each latent dimension j (shape of mu)."""
+        mu, log_var = _wide(self.mu), _wide(self.log_var)
+        return -0.5 * (1 + log_var - mu**2 - torch.exp(log_var))
 
     def kl_to_standard_normal(self) -> Tensor:
         """KL(q || N(0, I)) in closed form (paper appendix B):
         -1/2 * sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)."""
-        mu, log_var = _wide(self.mu), _wide(self.log_var)
-        return -0.5 * _sum_event(1 + log_var - mu**2 - torch.exp(log_var), 1)
+        return self.kl_per_dim().sum(-1)
+
+    def log_prob_per_dim(self, z: Tensor) -> Tensor:
+        mu, log_var, z = _wide(self.mu), _wide(self.log_var), _wide(z)
+        return -0.5 * (LOG_2PI + log_var + (z - mu) ** 2 * torch.exp(-log_var))
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

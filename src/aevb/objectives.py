@@ -30,27 +30,37 @@ def _as_images(model, x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], *model.config.input_shape)  # (B, D) or (B, C, H, W) -> (B, C, H, W)
 
 
-def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0,
+def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0, free_bits: float = 0.0,
          generator: torch.Generator | None = None, reduction: str = "mean") -> Terms:
     """The SGVB estimate of the evidence lower bound (paper section 2.3).
 
     kl="analytic" is estimator B (eq. 10): KL(q(z|x) || p(z)) in closed form plus
     the L-sample average of log p(x|z). kl="mc" is estimator A (eq. 6): the whole
     bound log p(x|z) + log p(z) - log q(z|x) averaged over L samples.
-    ``beta`` weights the KL in the loss only (1 = the ELBO itself).
+
+    The loss may differ from -ELBO in two ways, neither of which changes the reported
+    ``elbo``: ``beta`` weights the KL (beta-VAE, warm-up), and ``free_bits`` (lambda, nats
+    per latent dimension; Kingma et al. 2016) replaces each dimension's batch-mean KL
+    by max(lambda, KL_j), so dimensions below lambda are not pushed further to the prior.
     """
     x = _as_images(model, x)
     q = model.encode(x)
     z = q.rsample(samples, generator=generator)  # (L, B, Z)
     reconstruction = model.decode(z).log_prob(x).mean(0)  # (B,)
     if kl == "analytic":
-        kl_term = q.kl_to_standard_normal()
+        kl_dims = q.kl_per_dim()  # (B, Z)
     elif kl == "mc":
-        kl_term = (q.log_prob(z) - standard_normal_log_prob(z)).mean(0)
+        log_p_z = -0.5 * (math.log(2 * math.pi) + z.float() ** 2)
+        kl_dims = (q.log_prob_per_dim(z) - log_p_z).mean(0)  # q and p factorise over dimensions
     else:
         raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
+    kl_term = kl_dims.sum(-1)
     bound = reconstruction - kl_term
-    loss = -(reconstruction - beta * kl_term).mean()
+    if free_bits > 0:
+        kl_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum()
+    else:
+        kl_loss = kl_term.mean()
+    loss = -reconstruction.mean() + beta * kl_loss
     return _reduce({"loss": loss, "elbo": bound, "reconstruction": reconstruction, "kl": kl_term}, reduction)
 
 
@@ -71,7 +81,7 @@ def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = No
 
 
 def iwae_bound(model, x: Tensor, k: int, generator: torch.Generator | None = None,
-               chunk: int | None = None, reduction: str = "mean") -> Terms:
+               chunk: int | None = None, reduction: str = "mean", **_: object) -> Terms:
     """The importance-weighted bound (Burda et al. 2016): log (1/k) sum_i w_i.
 
     Equals the ELBO at k=1 and rises to log p(x) as k grows; it is the

@@ -40,7 +40,8 @@ from .data import Dataset, load_dataset
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
 from .model import build_model
-from .objectives import ae_loss, elbo
+from .objectives import ae_loss, elbo, iwae_bound
+from .schedules import kl_weight
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 
@@ -62,8 +63,8 @@ class ObjectiveModule(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, x: torch.Tensor, generator) -> dict[str, torch.Tensor]:
-        return self.objective(self.model, x, generator=generator)
+    def forward(self, x: torch.Tensor, generator, **kw) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, x, generator=generator, **kw)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,9 +83,12 @@ def resolve_device(name: str) -> torch.device:
 
 def make_objective(config: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
     """The training objective named by the configuration."""
+    t = config.train
     if config.model.kind == "ae":
         return ae_loss
-    return partial(elbo, samples=config.train.samples, kl=config.train.estimator)
+    if t.objective == "iwae":
+        return partial(iwae_bound, k=t.iwae_k)
+    return partial(elbo, samples=t.samples, kl=t.estimator, free_bits=t.free_bits)
 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
@@ -224,8 +228,9 @@ class Trainer:
     def step(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """One optimizer step; None when the step was skipped by the guard."""
         t = self.config.train
+        beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            terms = self.step_module(x, self.step_noise)
+            terms = self.step_module(x, self.step_noise, beta=beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss = terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])
         loss.backward()
@@ -292,6 +297,8 @@ class Trainer:
         self.model.train()
         line["seconds"] = round(self.epoch_seconds, 4)
         line["skipped_steps"] = self.skipped
+        t = self.config.train
+        line["kl_weight"] = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = {}
