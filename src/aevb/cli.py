@@ -202,17 +202,25 @@ def _load(run_dir: Path, device: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_device_option
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Score the codes as classifier features (needs labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, as_json) -> None:
-    """Test ELBO and the k-sample importance-weighted log p(x) (nats per example)."""
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json) -> None:
+    """The evaluation suite: ELBO, k-sample importance-sampled log p(x) with its standard
+    error, bits/dim, active units, KL per latent dimension, latent-probe accuracy."""
     from .evaluate import evaluate as run_eval
 
     run = _load(run_dir, device)
-    x = run.dataset(data_dir).split(split).x
+    ds = run.dataset(data_dir)
+    s = ds.split(split)
+    x, y = s.x, s.y
     if limit:
-        x = x[:limit]
+        x, y = x[:limit], None if y is None else y[:limit]
+    probe_data = None
+    if probe and y is not None and ds.train.y is not None:
+        probe_data = (ds.train.x.to(device), ds.train.y, y)
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
-                   progress=not as_json and sys.stderr.isatty())
+                   progress=not as_json and sys.stderr.isatty(), probe=probe_data)
     res["split"] = split
     if as_json:
         click.echo(json.dumps(res))
@@ -221,6 +229,10 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     for key, value in res.items():
         if isinstance(value, float):
             click.echo(f"  {key:24s} {value:.4f}")
+        elif isinstance(value, int) and key not in ("n", "data_dim"):
+            click.echo(f"  {key:24s} {value}")
+        elif isinstance(value, list):
+            click.echo(f"  {key:24s} " + " ".join(f"{v:.2f}" for v in value))
 
 
 @cli.command()
