@@ -266,6 +266,45 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n)}")
 
 
+def _json_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        v = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON ({e.msg}); give an array such as [0.5, 1.0, -0.5]") from None
+    if not isinstance(v, list):
+        raise click.BadParameter("must be a JSON array")
+    return v
+
+
+@cli.command()
+@click.option("--x", "x", callback=_json_list, help="Input, e.g. '[0.5, 1.0, -0.5]'.")
+@click.option("--W-e", "W_e", callback=_json_list, help="Encoder weights (hidden x inputs).")
+@click.option("--b-e", "b_e", callback=_json_list)
+@click.option("--W-mu", "W_mu", callback=_json_list)
+@click.option("--b-mu", "b_mu", callback=_json_list)
+@click.option("--W-lv", "W_lv", callback=_json_list, help="Log-variance head weights.")
+@click.option("--b-lv", "b_lv", callback=_json_list)
+@click.option("--eps", callback=_json_list, help="The noise epsilon (default zeros).")
+@click.option("--W-d", "W_d", callback=_json_list, help="Linear decoder weights (inputs x latent).")
+@click.option("--b-d", "b_d", callback=_json_list)
+@click.option("--x-recon", "x_recon", callback=_json_list, help="Use this x' instead of decoding z.")
+@click.option("--activation", type=click.Choice(["linear", "tanh", "relu"]), default="linear", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+def explain(as_json, activation, **values) -> None:
+    """A worked forward pass through a tiny VAE (3 inputs, 2 latent dimensions), each step
+    with its formula and value. The defaults reproduce the tutorials' worked example."""
+    from .explain import Example, explain as run_explain, format_steps
+
+    ex = Example(activation=activation, **{k: v for k, v in values.items() if v is not None})
+    steps = run_explain(ex)
+    if as_json:
+        click.echo(json.dumps({s["name"]: s["value"] for s in steps}))
+    else:
+        click.echo(format_steps(steps))
+
+
 @cli.group()
 def data() -> None:
     """List data sets, or fetch and verify their files."""
