@@ -176,12 +176,14 @@ def _relaunch_under_torchrun(nproc: int) -> None:
 
 def _figures(run_dir: Path, device: str) -> None:
     from .checkpoint import load
+    from .report import write_report
     from .viz import plot_reconstructions, plot_samples
 
     run = load(run_dir, device=device)
     click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
     x = run.dataset().test.x[:16].to(device)
     click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png')}")
+    click.echo(f"wrote {write_report(run)}")
 
 
 def _load(run_dir: Path, device: str):
@@ -264,6 +266,47 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     run = _load(run_dir, device)
     x = run.dataset(data_dir).split(split).x[:n].to(device)
     click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n)}")
+
+
+def _dims(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two latent dimensions such as 0,1; got {value!r}") from None
+    return a, b
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--kind", "kinds", multiple=True, default=["all"], show_default=True,
+              type=click.Choice(["all", "samples", "reconstructions", "manifold", "scatter", "interpolate", "traverse",
+                                 "curves"]), help="Which figure(s); repeat the option for several.")
+@click.option("--dims", callback=_dims, default="0,1", show_default=True, help="Latent dimensions of the manifold.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder (default RUN_DIR/figures).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@_device_option
+def plot(run_dir, kinds, dims, out, data_dir, device) -> None:
+    """PNG figures of what the model learned."""
+    from .report import KINDS, plot as draw
+
+    run = _load(run_dir, device)
+    data = run.dataset(data_dir)
+    folder = out or run_dir / "figures"
+    for kind in KINDS if "all" in kinds else kinds:
+        if kind == "manifold" and run.model.latent_dim < 2 and "all" in kinds:
+            continue
+        click.echo(f"wrote {draw(run, kind, folder / f'{kind}.png', data=data, dims=dims)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML path (default RUN_DIR/report.html).")
+@_device_option
+def report(run_dir, out, device) -> None:
+    """One self-contained HTML page: configuration, metrics and every figure."""
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(_load(run_dir, device), out)}")
 
 
 def _json_list(ctx, param, value):
