@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .commands_viz import register as _register_viz
 from .config import (ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS,
                      PRECISIONS, ConfigError)
 
@@ -49,6 +50,9 @@ def _device_option(f):
 @click.version_option(package_name="aevb")
 def cli() -> None:
     """aevb: variational autoencoders as in Kingma & Welling, Auto-Encoding Variational Bayes."""
+
+
+_register_viz(cli)
 
 
 @cli.command()
@@ -182,6 +186,9 @@ def _figures(run_dir: Path, device: str) -> None:
     click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
     x = run.dataset().test.x[:16].to(device)
     click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png')}")
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(run)}")
 
 
 def _load(run_dir: Path, device: str):

@@ -71,3 +71,212 @@ def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, 
         ax.set_ylabel("input" if i % 2 == 0 else "recon.", rotation=0, ha="right", va="center")
     axes[0].set_title(title or "test inputs (top) and reconstructions at the posterior mean (bottom)")
     return save_figure(fig, path)
+
+
+# --- the latent space ------------------------------------------------------------------
+
+PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _figsize(h: int, w: int, rows: int, cols: int, width: float = 7.0) -> tuple[float, float]:
+    """A figure size whose image area keeps the grid's aspect ratio (plus room for titles)."""
+    aspect = (rows * h) / max(cols * w, 1)
+    return width, max(1.6, width * aspect + 0.9)
+
+
+def gaussian_quantiles(n: int, lo: float = 0.05, hi: float = 0.95) -> torch.Tensor:
+    """n points of N(0, 1) at evenly spaced probabilities in [lo, hi] (the inverse CDF)."""
+    p = torch.linspace(lo, hi, n, dtype=torch.float64)
+    return torch.distributions.Normal(0.0, 1.0).icdf(p).float()
+
+
+def _check_dims(dims: tuple[int, int], latent_dim: int) -> tuple[int, int]:
+    a, b = (int(d) for d in dims)
+    if not (0 <= a < latent_dim and 0 <= b < latent_dim and a != b):
+        raise ValueError(f"dims must be two different latent dimensions in 0..{latent_dim - 1}; got {a},{b}")
+    return a, b
+
+
+@torch.no_grad()
+def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20) -> Path:
+    """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates mapped
+    through the inverse Gaussian CDF (the paper's figure 4); other dimensions held at 0."""
+    zdim = model.latent_dim
+    if zdim < 2:
+        raise ValueError("a manifold plot needs a latent space of at least 2 dimensions")
+    a, b = _check_dims(dims, zdim)
+    values = gaussian_quantiles(n)
+    z = torch.zeros(n, n, zdim, device=_device(model))
+    z[..., a] = values.view(1, n).to(z.device)  # columns: z[a] increasing to the right
+    z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: z[b] increasing upwards
+    images = model.decode(z.view(-1, zdim)).mean  # (n*n, C, H, W)
+    h, w = images.shape[-2:]
+    fig, ax = plt.subplots(figsize=_figsize(h, w, n, n))
+    arr = image_grid(images, ncol=n, pad=1)  # white lines between cells keep blurry digits apart
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+              extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+    ticks = sorted(set(range(0, n, max(1, n // 5))) | {n - 1})
+    ax.set_xticks(ticks, [f"{values[i]:.2f}" for i in ticks])
+    ax.set_yticks(ticks, [f"{values.flip(0)[i]:.2f}" for i in ticks])
+    ax.set_xlabel(f"z[{a}]  (Gaussian quantiles 5%..95%)")
+    ax.set_ylabel(f"z[{b}]")
+    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at 0"
+    ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def latent_codes(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means (VAE) or codes (AE) of ``x``, on the CPU, shaped (N, latent_dim)."""
+    dev = _device(model)
+    return torch.cat([model.embed(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
+    """(N, 2) points to draw, axis labels, and the PCA (mean, components) used (None for 2-D codes)."""
+    if codes.shape[1] == 2:
+        return codes, ["z[0]", "z[1]"], None, None
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1), ["z[0]", "(none)"], None, None
+    mean = codes.double().mean(0)
+    centred = codes.double() - mean
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    share = (s**2) / (s**2).sum()
+    comps = v[:2]  # (2, D)
+    labels = [f"principal component {i + 1} of z ({100 * share[i]:.0f}% of variance)" for i in range(2)]
+    return (centred @ comps.T).float(), labels, mean.float(), comps.float()
+
+
+@torch.no_grad()
+def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Path, max_points: int = 5000) -> Path:
+    """Posterior means of ``x`` coloured by label (PCA to 2-D when the latent has more dimensions)."""
+    x = x[:max_points]
+    xy, labels, _, _ = project_2d(latent_codes(model, x))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if y is not None:
+        y = y[:max_points].cpu()
+        classes = torch.unique(y).tolist()
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            m = y == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.7, color=cmap(i % cmap.N), label=str(c), linewidths=0)
+        ax.legend(title="label", markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=5, alpha=0.7, linewidths=0)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    what = "posterior means" if model.config.kind == "vae" else "codes"
+    ax.set_title(f"{what} of {len(x)} test images" + (", coloured by label" if y is not None else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def _image_row(fig_axes, rows: list[torch.Tensor], row_labels: list[str], col_labels: list[str] | None) -> None:
+    for ax, imgs, label in zip(fig_axes, rows, row_labels):
+        _show(ax, image_grid(imgs, ncol=len(imgs)))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if col_labels:
+        ax = fig_axes[-1]
+        n = len(col_labels)
+        w = rows[-1].shape[-1] + 1
+        ax.set_xticks([i * w + (w - 1) / 2 for i in range(n)], col_labels, fontsize=8)
+
+
+@torch.no_grad()
+def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | Path, steps: int = 10) -> Path:
+    """Decoded means along the straight line between the posterior means of two images,
+    with the two inputs at the ends."""
+    dev = _device(model)
+    x_a, x_b = x_a.to(dev), x_b.to(dev)
+    za, zb = model.embed(x_a[None]), model.embed(x_b[None])
+    t = torch.linspace(0, 1, steps, device=dev).view(-1, 1)
+    images = model.decode((1 - t) * za + t * zb).mean  # (steps, C, H, W)
+    row = torch.cat([x_a[None], images, x_b[None]])
+    h, w = row.shape[-2:]
+    fig, ax = plt.subplots(figsize=_figsize(h, w, 1, len(row), width=min(12, 0.7 * len(row) + 1)))
+    _image_row([ax], [row], [""], ["A"] + [f"{v:.2f}" for v in t.view(-1).tolist()] + ["B"])
+    ax.set_xlabel("interpolation weight t in z = (1 - t) z_A + t z_B  (ends: the two inputs)", fontsize=9)
+    ax.set_title("interpolation between two test images in latent space", fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: int = 10, steps: int = 9) -> Path:
+    """Each latent dimension (the first ``max_dims``) swept over Gaussian quantiles with the
+    others fixed at the posterior mean of ``x`` (or at 0 when ``x`` is None)."""
+    dev = _device(model)
+    zdim = model.latent_dim
+    k = min(zdim, max_dims)
+    base = model.embed(x.to(dev)[None])[0] if x is not None else torch.zeros(zdim, device=dev)
+    values = gaussian_quantiles(steps).to(dev)
+    z = base.repeat(k, steps, 1)  # (k, steps, zdim)
+    for d in range(k):
+        z[d, :, d] = values
+    images = model.decode(z.view(-1, zdim)).mean.view(k, steps, *model.config.input_shape)
+    h, w = images.shape[-2:]
+    fig, axes = plt.subplots(k, 1, figsize=_figsize(h, w, k, steps, width=min(10, 0.7 * steps + 1.2)))
+    axes = np.atleast_1d(axes)
+    _image_row(list(axes), list(images), [f"z[{d}]" for d in range(k)], [f"{v:.2f}" for v in values.tolist()])
+    axes[-1].set_xlabel("value of the swept dimension (Gaussian quantiles)", fontsize=9)
+    where = "a test image's posterior mean" if x is not None else "0"
+    more = f" (first {k} of {zdim})" if k < zdim else ""
+    axes[0].set_title(f"latent traversal: one dimension swept per row{more}, others at {where}", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_curves(metrics: list[dict], path: str | Path) -> Path:
+    """Training and validation ELBO, KL and reconstruction terms per epoch (nats per example)."""
+    if not metrics:
+        raise ValueError("no training metrics (metrics.jsonl is missing or empty)")
+    epochs = [m.get("epoch", i + 1) for i, m in enumerate(metrics)]
+    terms = [("elbo", "ELBO"), ("reconstruction", "reconstruction  E[log p(x|z)]"), ("kl", "KL(q(z|x) || p(z))")]
+    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s in ("train", "valid"))]
+    if not terms:
+        raise ValueError("metrics.jsonl has no train_/valid_ elbo, kl or reconstruction values")
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, (key, title) in zip(axes, terms):
+        for split, style in (("train", "-"), ("valid", "--")):
+            pts = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, metrics) if m.get(f"{split}_{key}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=split)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per example")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("training curves", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, split: str = "test",
+              dims: tuple[int, int] = (0, 1), n: int | None = None, seed: int = 0,
+              index_a: int = 0, index_b: int = 1, dataset=None) -> Path:
+    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``)."""
+    if kind not in PLOT_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
+    model = run.model
+    if kind == "manifold":
+        return plot_manifold(model, path, dims=dims, n=n or 20)
+    if kind == "samples":
+        return plot_samples(model, path, n=n or 64, seed=seed)
+    if kind == "curves":
+        return plot_curves(run.metrics, path)
+    ds = dataset if dataset is not None else run.dataset(data_dir)
+    data = ds.split(split)
+    dev = _device(model)
+    if kind == "scatter":
+        return plot_scatter(model, data.x, data.y, path, max_points=n or 5000)
+    if kind == "reconstructions":
+        return plot_reconstructions(model, data.x[: n or 16].to(dev), path, n=n or 16)
+    if kind == "interpolate":
+        for i in (index_a, index_b):
+            if not 0 <= i < len(data.x):
+                raise ValueError(f"image index {i} is outside the {split} split (0..{len(data.x) - 1})")
+        return plot_interpolation(model, data.x[index_a], data.x[index_b], path, steps=n or 10)
+    return plot_traversal(model, data.x[index_a], path, steps=n or 9)

@@ -1,0 +1,125 @@
+"""One self-contained HTML page per run: configuration, metrics and every figure.
+
+    aevb report runs/mnist            # writes runs/mnist/report.html
+
+Figures are PNGs embedded as base64 ``data:`` URIs, so the page can be mailed or moved
+on its own. A figure that cannot be drawn for this run (no metrics yet, a 1-D latent for
+the manifold) is replaced by a one-line note saying why; the page is still written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .checkpoint import atomic_write
+from .viz import PLOT_KINDS, make_plot
+
+CAPTIONS = {
+    "manifold": "Decoded means over a grid of two latent dimensions, the grid mapped through the inverse "
+                "Gaussian CDF (Kingma & Welling, figure 4).",
+    "scatter": "Posterior means of test images, coloured by label (PCA to 2-D for larger latents).",
+    "samples": "Decoded means of z drawn from the prior N(0, I).",
+    "reconstructions": "Test inputs above their reconstructions at the posterior mean.",
+    "interpolate": "Decoded means along the straight line between two test images' posterior means.",
+    "traverse": "Each latent dimension swept over Gaussian quantiles, the others at a test image's posterior mean.",
+    "curves": "Training and validation ELBO, reconstruction and KL terms per epoch (nats per example).",
+}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
+.note{color:#a33}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _config_table(config) -> str:
+    rows = []
+    for section in ("model", "data", "train"):
+        for key, value in getattr(config, section).__dict__.items():
+            rows.append(f"<tr><th>{section}.{html.escape(key)}</th><td>{_fmt(value)}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _metrics_table(metrics: list[dict]) -> str:
+    if not metrics:
+        return '<p class="note">no metrics.jsonl in the run directory</p>'
+    last = metrics[-1]
+    keys = [k for k in ("elbo", "reconstruction", "kl") if f"train_{k}" in last or f"valid_{k}" in last]
+    head = "<tr><th>term (nats per example)</th><th>train</th><th>valid</th></tr>"
+    rows = "".join(f"<tr><th>{k}</th><td class=num>{_fmt(last.get(f'train_{k}', ''))}</td>"
+                   f"<td class=num>{_fmt(last.get(f'valid_{k}', ''))}</td></tr>" for k in keys)
+    other = {k: v for k, v in last.items() if not k.startswith(("train_", "valid_"))}
+    extra = "".join(f"<tr><th>{html.escape(k)}</th><td class=num colspan=2>{_fmt(v)}</td></tr>" for k, v in other.items())
+    return f"<p>After epoch {_fmt(last.get('epoch', len(metrics)))}:</p><table>{head}{rows}{extra}</table>"
+
+
+def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
+    """Every plot kind for ``run``: PNG bytes, or a string saying why it could not be drawn."""
+    out: dict[str, bytes | str] = {}
+    dataset, data_error = None, None
+    try:
+        dataset = run.dataset(data_dir)
+    except (ValueError, OSError) as e:  # DataError is a ValueError
+        data_error = f"data set unavailable: {e}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in PLOT_KINDS:
+            needs_data = kind in ("scatter", "reconstructions", "interpolate", "traverse")
+            if needs_data and dataset is None:
+                out[kind] = data_error or "data set unavailable"
+                continue
+            try:
+                path = make_plot(run, kind, Path(tmp) / f"{kind}.png", dataset=dataset)
+                out[kind] = path.read_bytes()
+            except ValueError as e:
+                out[kind] = str(e)
+    return out
+
+
+def render(run, data_dir: str | None = None) -> str:
+    """The report as an HTML string."""
+    cfg = run.config
+    m = cfg.model
+    title = (f"aevb run {run.dir.name}: {m.kind.upper()} on {cfg.data.dataset}, "
+             f"{m.latent_dim}-D latent, {m.likelihood} decoder")
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>Run directory <code>{html.escape(str(run.dir))}</code>; report written "
+             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
+             "<h2>Metrics</h2>", _metrics_table(run.metrics),
+             "<h2>Figures</h2>"]
+    for kind, fig in figures(run, data_dir).items():
+        if isinstance(fig, bytes):
+            b64 = base64.b64encode(fig).decode()
+            parts.append(f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption><b>{kind}</b>: {html.escape(CAPTIONS[kind])}</figcaption></figure>")
+        else:
+            parts.append(f'<figure id="fig-{kind}"><figcaption><b>{kind}</b>: '
+                         f'<span class="note">not drawn: {html.escape(fig)}</span></figcaption></figure>')
+    parts += ["<h2>Configuration</h2>", _config_table(cfg),
+              "<details><summary>config.json</summary><pre>" + html.escape(cfg.to_json()) + "</pre></details>",
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(run, path: str | Path | None = None, data_dir: str | None = None) -> Path:
+    """Write the run's HTML report (default RUN_DIR/report.html) and return its path."""
+    path = Path(path) if path is not None else run.dir / "report.html"
+    atomic_write(path, render(run, data_dir).encode())
+    return path
+
+
+__all__ = ["CAPTIONS", "figures", "render", "write_report"]
