@@ -9,8 +9,8 @@ The defaults reproduce the worked example that circulates in VAE tutorials:
 
 (the hand calculation in circulation gets 0.00675, with a wrong sign and arithmetic; the
 0.0015051 quoted in issue 4 is a rounding slip: the exact value rounds to 0.0015047). The
-reconstruction x' = W_d z + b_d comes from a linear decoder whose defaults give the example's x' = [0.044, 0.137, 0.23] (squared
-error 1.485605); ``x_recon`` overrides it.
+reconstruction x' = W_d z + b_d comes from a linear decoder whose defaults give the
+example's x' = [0.044, 0.137, 0.23] (squared error 1.485605); ``x_recon`` overrides it.
 """
 
 from __future__ import annotations
