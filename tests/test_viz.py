@@ -96,3 +96,8 @@ def test_plot_command_writes_pngs_and_rejects_bad_input(tmp_path, capsys):
     assert rc == 2 and "--dims" in err
     rc, _, err = aevb(capsys, "plot", tmp_path / "missing")
     assert rc == 1 and err.count("\n") == 1
+
+
+def test_n_is_bounded_per_kind(tmp_path):
+    with pytest.raises(ValueError, match="between 2 and 64"):
+        viz.make_plot(digits_run(2), "manifold", tmp_path / "m.png", n=500)

@@ -35,7 +35,7 @@ def _device_option(f):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the PNGs (default RUN_DIR/plots).")
 @click.option("--dims", default="0,1", show_default=True, callback=_dims,
               help="manifold: the two latent dimensions to span (others at 0).")
-@click.option("--n", type=click.IntRange(min=2, max=1024),
+@click.option("--n", type=click.IntRange(min=2, max=10000),
               help="Grid side (manifold), images (samples, reconstructions), points (scatter) or steps.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--a", "index_a", type=click.IntRange(min=0), default=0, show_default=True,

@@ -260,6 +260,10 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
     """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``)."""
     if kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
+    limits = {"manifold": 64, "samples": 1024, "reconstructions": 256, "interpolate": 64, "traverse": 64,
+              "scatter": 10000}
+    if n is not None and kind in limits and not 2 <= n <= limits[kind]:
+        raise ValueError(f"n for a {kind} plot must be between 2 and {limits[kind]}; got {n}")
     model = run.model
     if kind == "manifold":
         return plot_manifold(model, path, dims=dims, n=n or 20)
