@@ -87,8 +87,8 @@ def decoded_pixels(pg, selector: str = "#decoded") -> np.ndarray:
 
 
 def wait_for_new_src(pg, selector: str, old: str) -> None:
-    pg.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); return i.src && i.src !== old && i.complete; }",
-                         arg=[selector, old], timeout=10000)
+    pg.wait_for_function("([sel, old]) => { const i = document.querySelector(sel);"
+                         " return i.src && i.src !== old && i.complete; }", arg=[selector, old], timeout=10000)
 
 
 def test_slider_redecodes(page):

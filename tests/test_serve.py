@@ -229,3 +229,13 @@ def test_serve_command_binds_localhost_by_default():
 
     host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"
+
+
+def test_autoencoder_runs_are_served_too():
+    run = digits_run(2, kind="ae")
+    c = TestClient(create_app(run))
+    x = run.dataset().test.x[:1]
+    body = c.post("/api/encode", json={"pixels": x.flatten().tolist()}).json()
+    assert body["std"] == [0.0, 0.0]  # an AE's code is a point
+    assert body["mu"] == pytest.approx(run.model.embed(x)[0].tolist(), abs=1e-5)
+    assert c.post("/api/decode", json={"z": body["mu"]}).status_code == 200

@@ -101,3 +101,9 @@ def test_plot_command_writes_pngs_and_rejects_bad_input(tmp_path, capsys):
 def test_n_is_bounded_per_kind(tmp_path):
     with pytest.raises(ValueError, match="between 2 and 64"):
         viz.make_plot(digits_run(2), "manifold", tmp_path / "m.png", n=500)
+
+
+def test_every_kind_renders_for_an_autoencoder(tmp_path):
+    run = digits_run(2, kind="ae")
+    for kind in viz.PLOT_KINDS:
+        assert png(viz.make_plot(run, kind, tmp_path / f"{kind}.png")).std() > 10
