@@ -56,3 +56,15 @@ def test_train_writes_report(tmp_path, capsys):
                       "--out", tmp_path / "r", "--no-progress")
     assert rc == 0 and "report.html" in out
     assert len(embedded_pngs((tmp_path / "r" / "report.html").read_text())) == len(PLOT_KINDS)
+
+
+def test_report_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_report(digits_run(2), tmp_path / "r.html")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +120,9 @@ def write_report(run, path: str | Path | None = None, data_dir: str | None = Non
     """Write the run's HTML report (default RUN_DIR/report.html) and return its path."""
     path = Path(path) if path is not None else run.dir / "report.html"
     atomic_write(path, render(run, data_dir).encode())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a page to share: not the 0600 of the temporary file it was renamed from
     return path
 
 
