@@ -1,90 +1,109 @@
-"""Every plot kind for 2-D and 10-D latents, grey and colour images; the HTML report."""
+"""`aevb.viz` and `aevb plot`: every kind of figure, for 2-D and 10-D latents, grey and colour."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from aevb.checkpoint import Run, save_model
-from aevb.config import DataConfig, ModelConfig, RunConfig
-from aevb.data import Dataset, Split
-from aevb.report import KINDS, plot, write_report
-from aevb.train import train
-from aevb.viz import image_grid
+from aevb import viz
+from aevb.commands_viz import PLOT_KINDS as CLI_KINDS
 
-from .conftest import run_cli
+from .vizmodels import aevb, colour_run, digits_run
 
 
-def colour_data(n=64) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 3, 6, 5, generator=g)
-    y = torch.arange(n) % 4
-    return Dataset("colour", Split(x, y), None, Split(x, y), binary=False, num_classes=4)
-
-
-def make_run(tmp_path, latent: int, shape=(3, 6, 5)) -> Run:
-    cfg = RunConfig(model=ModelConfig(input_shape=shape, hidden=(16,), latent_dim=latent, likelihood="gaussian"),
-                    data=DataConfig(dataset="digits"))
-    torch.manual_seed(0)
-    from aevb.model import build_model
-
-    model = build_model(cfg.model).eval()
-    save_model(tmp_path, model, cfg)
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"epoch": 1, "train_elbo": -50.0, "train_kl": 3.0, "train_reconstruction": -47.0, "valid_elbo": -52.0, '
-        '"valid_kl": 3.1, "valid_reconstruction": -48.9}\n'
-        '{"epoch": 2, "train_elbo": -40.0, "train_kl": 4.0, "train_reconstruction": -36.0, "valid_elbo": -43.0, '
-        '"valid_kl": 4.1, "valid_reconstruction": -38.9}\n')
-    return Run(tmp_path, cfg, model)
-
-
-@pytest.mark.parametrize("latent", [2, 10])
-@pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_renders_for_colour_data(tmp_path, latent, kind):
-    run = make_run(tmp_path, latent)
-    path = plot(run, kind, tmp_path / f"{kind}.png", data=colour_data())
+def png(path) -> np.ndarray:
     with Image.open(path) as im:
-        assert im.size[0] >= 200 and im.size[1] >= 100
-        arr = np.asarray(im.convert("RGB"))
-    assert arr.std() > 5  # not a blank canvas
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
 
 
-@pytest.mark.slow
-def test_grey_report_with_every_figure(tmp_path):
-    run = train(dataset="digits", epochs=3, hidden=(32,), latent_dim=2, out=tmp_path / "r", progress=False)
-    page = write_report(run).read_text()
-    assert set(re.findall(r'<figure id="(\w+)">', page)) == set(KINDS)
-    assert page.count("data:image/png;base64,") == len(KINDS)
-    assert "valid_elbo" in page and "&quot;latent_dim&quot;: 2" in page
-    out = run_cli("plot", str(tmp_path / "r"), "--kind", "manifold", "--kind", "scatter", "--out", str(tmp_path / "f"))
-    assert out.stdout.count("wrote") == 2
+def test_cli_kinds_match_viz():
+    assert CLI_KINDS == viz.PLOT_KINDS
 
 
-def test_manifold_grid_follows_gaussian_quantiles(tmp_path):
-    run = make_run(tmp_path, 2, shape=(1, 4, 4))
-    decoded = []
-    original = run.model.decode
+@pytest.mark.parametrize("latent_dim", [2, 10])
+@pytest.mark.parametrize("kind", viz.PLOT_KINDS)
+def test_every_kind_renders(tmp_path, latent_dim, kind):
+    run = digits_run(latent_dim)
+    path = viz.make_plot(run, kind, tmp_path / f"{kind}.png")
+    arr = png(path)
+    assert arr.shape[0] > 100 and arr.shape[1] > 100
+    assert arr.std() > 10  # not a blank canvas
 
-    def spy(z):
-        decoded.append(z.clone())
-        return original(z)
 
-    run.model.decode = spy
-    plot(run, "manifold", tmp_path / "m.png")
-    z = decoded[0].view(20, 20, 2)
-    q = torch.distributions.Normal(0, 1).icdf(torch.tensor([0.025, 0.975]))
-    assert z[0, 0, 0].item() == pytest.approx(q[0].item(), abs=1e-5)  # left column: lowest quantile of z[0]
-    assert z[0, 0, 1].item() == pytest.approx(q[1].item(), abs=1e-5)  # top row: highest quantile of z[1]
+@pytest.mark.parametrize("kind", ["manifold", "samples", "reconstructions", "interpolate", "traverse", "scatter"])
+def test_colour_images_render(tmp_path, kind):
+    run = colour_run()
+    x = torch.rand(20, 3, 10, 14)
+    y = torch.arange(20) % 3
+    m = run.model
+    path = tmp_path / f"{kind}.png"
+    {
+        "manifold": lambda: viz.plot_manifold(m, path, dims=(0, 2), n=6),
+        "samples": lambda: viz.plot_samples(m, path, n=9),
+        "reconstructions": lambda: viz.plot_reconstructions(m, x, path, n=5),
+        "interpolate": lambda: viz.plot_interpolation(m, x[0], x[1], path, steps=4),
+        "traverse": lambda: viz.plot_traversal(m, x[0], path, steps=5),
+        "scatter": lambda: viz.plot_scatter(m, x, y, path),
+    }[kind]()
+    arr = png(path)
+    # colour pixels present: some channels differ from each other
+    assert (np.abs(arr[..., 0].astype(int) - arr[..., 1].astype(int)) > 20).any()
+
+
+def test_manifold_grid_follows_inverse_gaussian_cdf():
+    q = viz.gaussian_quantiles(5)
+    assert q[2].item() == pytest.approx(0.0, abs=1e-6)
+    assert q[-1].item() == pytest.approx(1.6449, abs=1e-3)  # Phi^-1(0.95)
+    assert torch.allclose(q, -q.flip(0), atol=1e-6)
+
+
+def test_manifold_rejects_bad_dims(tmp_path):
     with pytest.raises(ValueError, match="two different latent dimensions"):
-        plot(run, "manifold", tmp_path / "m.png", dims=(0, 0))
+        viz.plot_manifold(digits_run(2).model, tmp_path / "m.png", dims=(0, 2))
 
 
-def test_image_grid_layout():
-    imgs = torch.stack([torch.full((1, 2, 3), v) for v in (0.0, 0.5, 1.0)])
-    grid = image_grid(imgs, ncol=2, pad=1)
-    assert grid.shape == (5, 7)
-    assert grid[0, 0] == 0.0 and grid[0, 4] == 0.5 and grid[3, 0] == 1.0 and grid[2, 0] == 1.0  # pad is white
+def test_project_2d_pca_keeps_most_variance():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(500, 6, generator=g) * torch.tensor([5.0, 3.0, 0.1, 0.1, 0.1, 0.1])
+    xy, labels, mean, comps = viz.project_2d(codes)
+    assert xy.shape == (500, 2)
+    assert "principal component 1" in labels[0]
+    assert xy[:, 0].var() > xy[:, 1].var() > 5  # the two big directions survive
+    assert viz.project_2d(codes[:, :2])[1] == ["z[0]", "z[1]"]
+
+
+def test_curves_need_metrics(tmp_path):
+    with pytest.raises(ValueError, match="no training metrics"):
+        viz.plot_curves([], tmp_path / "c.png")
+    path = viz.plot_curves([{"epoch": 1, "train_elbo": -3.0, "train_kl": 1.0},
+                            {"epoch": 2, "train_elbo": -2.0, "train_kl": 1.5}], tmp_path / "c.png")
+    assert png(path).std() > 10
+
+
+def test_plot_command_writes_pngs_and_rejects_bad_input(tmp_path, capsys):
+    run = digits_run(2)
+    rc, out, _ = aevb(capsys, "plot", run.dir, "--kind", "manifold", "--kind", "curves", "--out", tmp_path, "--n", "8")
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "manifold.png"]
+    assert out.count("wrote") == 2
+    rc, _, err = aevb(capsys, "plot", run.dir, "--kind", "interpolate", "--b", "99999")
+    assert rc == 1
+    assert err.count("\n") == 1 and "outside the test split" in err
+    rc, _, err = aevb(capsys, "plot", run.dir, "--dims", "0")
+    assert rc == 2 and "--dims" in err
+    rc, _, err = aevb(capsys, "plot", tmp_path / "missing")
+    assert rc == 1 and err.count("\n") == 1
+
+
+def test_n_is_bounded_per_kind(tmp_path):
+    with pytest.raises(ValueError, match="between 2 and 64"):
+        viz.make_plot(digits_run(2), "manifold", tmp_path / "m.png", n=500)
+
+
+def test_every_kind_renders_for_an_autoencoder(tmp_path):
+    run = digits_run(2, kind="ae")
+    for kind in viz.PLOT_KINDS:
+        assert png(viz.make_plot(run, kind, tmp_path / f"{kind}.png")).std() > 10

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .commands_viz import register as _register_viz
 from .config import (ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS,
                      PRECISIONS, ConfigError)
 
@@ -49,6 +50,9 @@ def _device_option(f):
 @click.version_option(package_name="aevb")
 def cli() -> None:
     """aevb: variational autoencoders as in Kingma & Welling, Auto-Encoding Variational Bayes."""
+
+
+_register_viz(cli)
 
 
 @cli.command()
@@ -266,47 +270,6 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     run = _load(run_dir, device)
     x = run.dataset(data_dir).split(split).x[:n].to(device)
     click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n)}")
-
-
-def _dims(ctx, param, value: str) -> tuple[int, int]:
-    try:
-        a, b = (int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected two latent dimensions such as 0,1; got {value!r}") from None
-    return a, b
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--kind", "kinds", multiple=True, default=["all"], show_default=True,
-              type=click.Choice(["all", "samples", "reconstructions", "manifold", "scatter", "interpolate", "traverse",
-                                 "curves"]), help="Which figure(s); repeat the option for several.")
-@click.option("--dims", callback=_dims, default="0,1", show_default=True, help="Latent dimensions of the manifold.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder (default RUN_DIR/figures).")
-@click.option("--data-dir", type=click.Path(file_okay=False))
-@_device_option
-def plot(run_dir, kinds, dims, out, data_dir, device) -> None:
-    """PNG figures of what the model learned."""
-    from .report import KINDS, plot as draw
-
-    run = _load(run_dir, device)
-    data = run.dataset(data_dir)
-    folder = out or run_dir / "figures"
-    for kind in KINDS if "all" in kinds else kinds:
-        if kind == "manifold" and run.model.latent_dim < 2 and "all" in kinds:
-            continue
-        click.echo(f"wrote {draw(run, kind, folder / f'{kind}.png', data=data, dims=dims)}")
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML path (default RUN_DIR/report.html).")
-@_device_option
-def report(run_dir, out, device) -> None:
-    """One self-contained HTML page: configuration, metrics and every figure."""
-    from .report import write_report
-
-    click.echo(f"wrote {write_report(_load(run_dir, device), out)}")
 
 
 def _json_list(ctx, param, value):

@@ -7,10 +7,10 @@ The defaults reproduce the worked example that circulates in VAE tutorials:
     log_var = W_lv h + b_lv                   = [-0.02, 0.04]
     KL     = -1/2 sum(1 + log_var - mu^2 - exp(log_var)) = 0.00150472
 
-(the hand calculation in circulation gets 0.00675, with a wrong sign and arithmetic; a
-rounded 0.0015051 is also quoted). The reconstruction x' = W_d z + b_d comes from a
-linear decoder whose defaults give the example's x' = [0.044, 0.137, 0.23] (squared
-error 1.485605); ``x_recon`` overrides it.
+(the hand calculation in circulation gets 0.00675, with a wrong sign and arithmetic; the
+0.0015051 quoted in issue 4 is a rounding slip: the exact value rounds to 0.0015047). The
+reconstruction x' = W_d z + b_d comes from a linear decoder whose defaults give the
+example's x' = [0.044, 0.137, 0.23] (squared error 1.485605); ``x_recon`` overrides it.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def format_steps(steps: list[dict]) -> str:
     width = max(len(s["formula"]) for s in steps)
     lines = [f"{s['name']:>22s}  {s['formula']:<{width}s}  = {fmt(s['value'])}" for s in steps]
     lines.append("")
-    lines.append("note: with the default weights the KL is 0.00150472 (0.0015051 is a rounding of it); the hand "
-                 "calculation in circulation, 0.00675, has a wrong sign and arithmetic.")
+    lines.append("note: with the default weights the KL is 0.00150472 (the 0.0015051 quoted in issue 4 is a "
+                 "rounding slip); the hand calculation in circulation, 0.00675, has a wrong sign and arithmetic.")
     lines.append(f"      MSE-as-likelihood: -log N(x; x', I) = error/2 + {len(steps[0]['value'])}/2 log(2 pi) "
                  f"= {steps[8]['value'] / 2 + len(steps[0]['value']) / 2 * math.log(2 * math.pi):.6f} nats")
     return "\n".join(lines)

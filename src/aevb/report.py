@@ -1,105 +1,129 @@
-"""Figures of a run, and one self-contained HTML page with all of them.
+"""One self-contained HTML page per run: configuration, metrics and every figure.
 
-``write_figures`` draws every kind of plot a run supports into RUN_DIR/figures;
-``write_report`` embeds them (base64 PNG), the configuration and the metrics in
-RUN_DIR/report.html, a page that needs no other file.
+    aevb report runs/mnist            # writes runs/mnist/report.html
+
+Figures are PNGs embedded as base64 ``data:`` URIs, so the page can be mailed or moved
+on its own. A figure that cannot be drawn for this run (no metrics yet, a 1-D latent for
+the manifold) is replaced by a one-line note saying why; the page is still written.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
+import os
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
-from . import viz
-from .checkpoint import Run
+from .checkpoint import atomic_write
+from .viz import PLOT_KINDS, make_plot
 
-KINDS = ("samples", "reconstructions", "manifold", "scatter", "interpolate", "traverse", "curves")
+CAPTIONS = {
+    "manifold": "Decoded means over a grid of two latent dimensions, the grid mapped through the inverse "
+                "Gaussian CDF (Kingma & Welling, figure 4).",
+    "scatter": "Posterior means of test images, coloured by label (PCA to 2-D for larger latents).",
+    "samples": "Decoded means of z drawn from the prior N(0, I).",
+    "reconstructions": "Test inputs above their reconstructions at the posterior mean.",
+    "interpolate": "Decoded means along the straight line between two test images' posterior means.",
+    "traverse": "Each latent dimension swept over Gaussian quantiles, the others at a test image's posterior mean.",
+    "curves": "Training and validation ELBO, reconstruction and KL terms per epoch (nats per example).",
+}
 
-
-def plot(run: Run, kind: str, path: str | Path, data=None, dims: tuple[int, int] = (0, 1)) -> Path:
-    """Draw one kind of figure for a loaded run."""
-    model = run.model
-    device = next(model.parameters()).device
-    if kind == "samples":
-        return viz.plot_samples(model, path)
-    if kind == "curves":
-        return viz.plot_curves(run.metrics, path)
-    if kind == "manifold":
-        if model.latent_dim < 2:
-            raise ValueError("the manifold plot needs a latent of at least 2 dimensions")
-        return viz.plot_manifold(model, path, dims=dims)
-    data = data if data is not None else run.dataset()
-    test = data.test
-    x = test.x.to(device)
-    if kind == "reconstructions":
-        return viz.plot_reconstructions(model, x[:16], path)
-    if kind == "scatter":
-        return viz.plot_scatter(model, x, test.y, path)
-    if kind == "interpolate":
-        return viz.plot_interpolation(model, x[0], x[1], path)
-    if kind == "traverse":
-        return viz.plot_traversal(model, x[0], path)
-    raise ValueError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
+.note{color:#a33}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+"""
 
 
-def write_figures(run: Run, folder: str | Path | None = None) -> dict[str, Path]:
-    folder = Path(folder or run.dir / "figures")
-    data = run.dataset()
-    out = {}
-    for kind in KINDS:
-        if kind == "manifold" and run.model.latent_dim < 2:
-            continue
-        if kind == "curves" and not run.metrics:
-            continue
-        out[kind] = plot(run, kind, folder / f"{kind}.png", data=data)
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _config_table(config) -> str:
+    rows = []
+    for section in ("model", "data", "train"):
+        for key, value in getattr(config, section).__dict__.items():
+            rows.append(f"<tr><th>{section}.{html.escape(key)}</th><td>{_fmt(value)}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _metrics_table(metrics: list[dict]) -> str:
+    if not metrics:
+        return '<p class="note">no metrics.jsonl in the run directory</p>'
+    last = metrics[-1]
+    keys = [k for k in ("elbo", "reconstruction", "kl") if f"train_{k}" in last or f"valid_{k}" in last]
+    head = "<tr><th>term (nats per example)</th><th>train</th><th>valid</th></tr>"
+    rows = "".join(f"<tr><th>{k}</th><td class=num>{_fmt(last.get(f'train_{k}', ''))}</td>"
+                   f"<td class=num>{_fmt(last.get(f'valid_{k}', ''))}</td></tr>" for k in keys)
+    other = {k: v for k, v in last.items() if not k.startswith(("train_", "valid_"))}
+    extra = "".join(f"<tr><th>{html.escape(k)}</th><td class=num colspan=2>{_fmt(v)}</td></tr>" for k, v in other.items())
+    return f"<p>After epoch {_fmt(last.get('epoch', len(metrics)))}:</p><table>{head}{rows}{extra}</table>"
+
+
+def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
+    """Every plot kind for ``run``: PNG bytes, or a string saying why it could not be drawn."""
+    out: dict[str, bytes | str] = {}
+    dataset, data_error = None, None
+    try:
+        dataset = run.dataset(data_dir)
+    except (ValueError, OSError) as e:  # DataError is a ValueError
+        data_error = f"data set unavailable: {e}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in PLOT_KINDS:
+            needs_data = kind in ("scatter", "reconstructions", "interpolate", "traverse")
+            if needs_data and dataset is None:
+                out[kind] = data_error or "data set unavailable"
+                continue
+            try:
+                path = make_plot(run, kind, Path(tmp) / f"{kind}.png", dataset=dataset)
+                out[kind] = path.read_bytes()
+            except ValueError as e:
+                out[kind] = str(e)
     return out
 
 
-CAPTIONS = {
-    "samples": "Samples from the prior: decoded means of z ~ N(0, I).",
-    "reconstructions": "Test inputs (top) and their reconstructions at the posterior mean (bottom).",
-    "manifold": "The learned manifold: decoded means over a grid of Gaussian quantiles of two latent dimensions.",
-    "scatter": "Posterior means of test images, coloured by label.",
-    "interpolate": "Interpolation between two test images in latent space.",
-    "traverse": "Each latent dimension swept with the others fixed.",
-    "curves": "Training and validation terms per epoch (nats per example).",
-}
-
-
-def write_report(run: Run, path: str | Path | None = None) -> Path:
-    """RUN_DIR/report.html: configuration, last metrics, every figure embedded."""
-    figures = write_figures(run)
-    path = Path(path or run.dir / "report.html")
-    metrics = run.metrics
-    last = metrics[-1] if metrics else {}
+def render(run, data_dir: str | None = None) -> str:
+    """The report as an HTML string."""
     cfg = run.config
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
-                   else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in last.items())
-    figs = []
-    for kind, fig in figures.items():
-        data = base64.b64encode(fig.read_bytes()).decode()
-        figs.append(f'<figure id="{kind}"><img alt="{kind}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(CAPTIONS[kind])}</figcaption></figure>")
-    title = f"aevb run: {cfg.model.kind.upper()} on {cfg.data.dataset}"
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }} th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Run directory: <code>{html.escape(str(run.dir))}</code>. {len(metrics)} epochs. Values in nats per example.</p>
-<h2>Metrics of the last epoch</h2><table>{rows}</table>
-<h2>Figures</h2>{''.join(figs)}
-<h2>Configuration</h2><pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre>
-</body></html>
-"""
-    from .checkpoint import atomic_write
+    m = cfg.model
+    title = (f"aevb run {run.dir.name}: {m.kind.upper()} on {cfg.data.dataset}, "
+             f"{m.latent_dim}-D latent, {m.likelihood} decoder")
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>Run directory <code>{html.escape(str(run.dir))}</code>; report written "
+             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
+             "<h2>Metrics</h2>", _metrics_table(run.metrics),
+             "<h2>Figures</h2>"]
+    for kind, fig in figures(run, data_dir).items():
+        if isinstance(fig, bytes):
+            b64 = base64.b64encode(fig).decode()
+            parts.append(f'<figure id="fig-{kind}"><img alt="{kind}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption><b>{kind}</b>: {html.escape(CAPTIONS[kind])}</figcaption></figure>")
+        else:
+            parts.append(f'<figure id="fig-{kind}"><figcaption><b>{kind}</b>: '
+                         f'<span class="note">not drawn: {html.escape(fig)}</span></figcaption></figure>')
+    parts += ["<h2>Configuration</h2>", _config_table(cfg),
+              "<details><summary>config.json</summary><pre>" + html.escape(cfg.to_json()) + "</pre></details>",
+              "</body></html>"]
+    return "\n".join(parts)
 
-    atomic_write(path, page.encode())
+
+def write_report(run, path: str | Path | None = None, data_dir: str | None = None) -> Path:
+    """Write the run's HTML report (default RUN_DIR/report.html) and return its path."""
+    path = Path(path) if path is not None else run.dir / "report.html"
+    atomic_write(path, render(run, data_dir).encode())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a page to share: not the 0600 of the temporary file it was renamed from
     return path
 
+
+__all__ = ["CAPTIONS", "figures", "render", "write_report"]

@@ -73,55 +73,89 @@ def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, 
     return save_figure(fig, path)
 
 
-def _latent_device(model) -> torch.device:
+# --- the latent space ------------------------------------------------------------------
+
+PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
+
+
+def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def _figsize(h: int, w: int, rows: int, cols: int, width: float = 7.0) -> tuple[float, float]:
+    """A figure size whose image area keeps the grid's aspect ratio (plus room for titles)."""
+    aspect = (rows * h) / max(cols * w, 1)
+    return width, max(1.6, width * aspect + 0.9)
+
+
+def gaussian_quantiles(n: int, lo: float = 0.05, hi: float = 0.95) -> torch.Tensor:
+    """n points of N(0, 1) at evenly spaced probabilities in [lo, hi] (the inverse CDF)."""
+    p = torch.linspace(lo, hi, n, dtype=torch.float64)
+    return torch.distributions.Normal(0.0, 1.0).icdf(p).float()
+
+
+def _check_dims(dims: tuple[int, int], latent_dim: int) -> tuple[int, int]:
+    a, b = (int(d) for d in dims)
+    if not (0 <= a < latent_dim and 0 <= b < latent_dim and a != b):
+        raise ValueError(f"dims must be two different latent dimensions in 0..{latent_dim - 1}; got {a},{b}")
+    return a, b
 
 
 @torch.no_grad()
 def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20) -> Path:
-    """Decoded means over an n x n grid of the latent plane (dims[0], dims[1]), the grid's
-    coordinates mapped through the inverse Gaussian CDF (the paper's figure 4); the other
-    dimensions are held at 0 (the prior mean)."""
+    """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates mapped
+    through the inverse Gaussian CDF (the paper's figure 4); other dimensions held at 0."""
     zdim = model.latent_dim
-    a, b = dims
-    if not (0 <= a < zdim and 0 <= b < zdim and a != b):
-        raise ValueError(f"dims must be two different latent dimensions in 0..{zdim - 1}; got {dims}")
-    quantiles = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
-    values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles).float()
-    z = torch.zeros(n, n, zdim, device=_latent_device(model))
-    z[..., a] = values.view(1, n).to(z.device)  # columns: dimension a, left to right
-    z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: dimension b, top to bottom (high at top)
-    images = model.decode(z.view(-1, zdim)).mean
+    if zdim < 2:
+        raise ValueError("a manifold plot needs a latent space of at least 2 dimensions")
+    a, b = _check_dims(dims, zdim)
+    values = gaussian_quantiles(n)
+    z = torch.zeros(n, n, zdim, device=_device(model))
+    z[..., a] = values.view(1, n).to(z.device)  # columns: z[a] increasing to the right
+    z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: z[b] increasing upwards
+    images = model.decode(z.view(-1, zdim)).mean  # (n*n, C, H, W)
     h, w = images.shape[-2:]
-    fig, ax = plt.subplots(figsize=(7, 7 * h / w))
-    arr = image_grid(images, ncol=n, pad=0)
-    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1,
-              extent=(-0.5, n - 0.5, n - 0.5, -0.5), interpolation="nearest")
-    ticks = list(range(0, n, max(1, n // 5)))
+    fig, ax = plt.subplots(figsize=_figsize(h, w, n, n))
+    arr = image_grid(images, ncol=n, pad=1)  # white lines between cells keep blurry digits apart
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+              extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+    ticks = sorted(set(range(0, n, max(1, n // 5))) | {n - 1})
     ax.set_xticks(ticks, [f"{values[i]:.2f}" for i in ticks])
     ax.set_yticks(ticks, [f"{values.flip(0)[i]:.2f}" for i in ticks])
-    ax.set_xlabel(f"z[{a}]")
+    ax.set_xlabel(f"z[{a}]  (Gaussian quantiles 5%..95%)")
     ax.set_ylabel(f"z[{b}]")
-    rest = "" if zdim == 2 else f" (other {zdim - 2} dimensions at 0)"
-    ax.set_title(f"learned manifold: decoded means over Gaussian quantiles of z[{a}], z[{b}]{rest}")
+    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at 0"
+    ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
     return save_figure(fig, path)
 
 
-def _project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, str]:
+@torch.no_grad()
+def latent_codes(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means (VAE) or codes (AE) of ``x``, on the CPU, shaped (N, latent_dim)."""
+    dev = _device(model)
+    return torch.cat([model.embed(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
+    """(N, 2) points to draw, axis labels, and the PCA (mean, components) used (None for 2-D codes)."""
     if codes.shape[1] == 2:
-        return codes, "z"
-    centred = codes - codes.mean(0)
-    _, s, v = torch.linalg.svd(centred.double(), full_matrices=False)
-    explained = (s[:2] ** 2).sum() / (s**2).sum()
-    return (centred.double() @ v[:2].T).float(), f"PCA of z ({100 * explained:.0f}% of variance)"
+        return codes, ["z[0]", "z[1]"], None, None
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1), ["z[0]", "(none)"], None, None
+    mean = codes.double().mean(0)
+    centred = codes.double() - mean
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    share = (s**2) / (s**2).sum()
+    comps = v[:2]  # (2, D)
+    labels = [f"principal component {i + 1} of z ({100 * share[i]:.0f}% of variance)" for i in range(2)]
+    return (centred @ comps.T).float(), labels, mean.float(), comps.float()
 
 
 @torch.no_grad()
 def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Path, max_points: int = 5000) -> Path:
-    """Posterior means of ``x`` coloured by label (PCA to 2-D for a larger latent)."""
+    """Posterior means of ``x`` coloured by label (PCA to 2-D when the latent has more dimensions)."""
     x = x[:max_points]
-    codes = torch.cat([model.embed(x[i : i + 1000]) for i in range(0, len(x), 1000)]).cpu()
-    xy, label = _project_2d(codes)
+    xy, labels, _, _ = project_2d(latent_codes(model, x))
     fig, ax = plt.subplots(figsize=(7, 6))
     if y is not None:
         y = y[:max_points].cpu()
@@ -129,70 +163,124 @@ def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Pat
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes):
             m = y == c
-            ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(i % cmap.N), label=str(c))
-        ax.legend(title="label", markerscale=3, loc="best", fontsize=8)
+            ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.7, color=cmap(i % cmap.N), label=str(c), linewidths=0)
+        ax.legend(title="label", markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     else:
-        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
-    pca = label != "z"
-    ax.set_xlabel("first principal component of E[z|x]" if pca else "z[0]")
-    ax.set_ylabel("second principal component of E[z|x]" if pca else "z[1]")
-    ax.set_title(f"posterior means of {len(x)} test images" + (", coloured by label" if y is not None else "")
-                 + (f"\n{label}" if pca else ""))
+        ax.scatter(xy[:, 0], xy[:, 1], s=5, alpha=0.7, linewidths=0)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    what = "posterior means" if model.config.kind == "vae" else "codes"
+    ax.set_title(f"{what} of {len(x)} test images" + (", coloured by label" if y is not None else ""), fontsize=10)
+    ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def _image_row(fig_axes, rows: list[torch.Tensor], row_labels: list[str], col_labels: list[str] | None) -> None:
+    for ax, imgs, label in zip(fig_axes, rows, row_labels):
+        _show(ax, image_grid(imgs, ncol=len(imgs)))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if col_labels:
+        ax = fig_axes[-1]
+        n = len(col_labels)
+        w = rows[-1].shape[-1] + 1
+        ax.set_xticks([i * w + (w - 1) / 2 for i in range(n)], col_labels, fontsize=8)
 
 
 @torch.no_grad()
 def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | Path, steps: int = 10) -> Path:
-    """Decoded means along the straight line between the posterior means of two images."""
+    """Decoded means along the straight line between the posterior means of two images,
+    with the two inputs at the ends."""
+    dev = _device(model)
+    x_a, x_b = x_a.to(dev), x_b.to(dev)
     za, zb = model.embed(x_a[None]), model.embed(x_b[None])
-    t = torch.linspace(0, 1, steps, device=za.device).view(-1, 1)
-    images = model.decode(za + t * (zb - za)).mean
-    row = torch.cat([x_a[None], images.reshape(steps, *x_a.shape), x_b[None]])
-    fig, ax = plt.subplots(figsize=(1.0 * (steps + 2), 1.6))
-    _show(ax, image_grid(row, ncol=steps + 2))
-    ax.set_title(f"interpolation in latent space: input A, {steps} decoded steps from z_A to z_B, input B")
+    t = torch.linspace(0, 1, steps, device=dev).view(-1, 1)
+    images = model.decode((1 - t) * za + t * zb).mean  # (steps, C, H, W)
+    row = torch.cat([x_a[None], images, x_b[None]])
+    h, w = row.shape[-2:]
+    fig, ax = plt.subplots(figsize=_figsize(h, w, 1, len(row), width=min(12, 0.7 * len(row) + 1)))
+    _image_row([ax], [row], [""], ["A"] + [f"{v:.2f}" for v in t.view(-1).tolist()] + ["B"])
+    ax.set_xlabel("interpolation weight t in z = (1 - t) z_A + t z_B  (ends: the two inputs)", fontsize=9)
+    ax.set_title("interpolation between two test images in latent space", fontsize=10)
     return save_figure(fig, path)
 
 
 @torch.no_grad()
-def plot_traversal(model, x: torch.Tensor, path: str | Path, max_dims: int = 10, steps: int = 9,
-                   span: float = 3.0) -> Path:
-    """Each latent dimension swept over [-span, span] around the posterior mean of ``x``."""
-    z0 = model.embed(x[None])[0]
-    dims = min(model.latent_dim, max_dims)
-    values = torch.linspace(-span, span, steps, device=z0.device)
-    z = z0.repeat(dims, steps, 1)
-    for d in range(dims):
+def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: int = 10, steps: int = 9) -> Path:
+    """Each latent dimension (the first ``max_dims``) swept over Gaussian quantiles with the
+    others fixed at the posterior mean of ``x`` (or at 0 when ``x`` is None)."""
+    dev = _device(model)
+    zdim = model.latent_dim
+    k = min(zdim, max_dims)
+    base = model.embed(x.to(dev)[None])[0] if x is not None else torch.zeros(zdim, device=dev)
+    values = gaussian_quantiles(steps).to(dev)
+    z = base.repeat(k, steps, 1)  # (k, steps, zdim)
+    for d in range(k):
         z[d, :, d] = values
-    images = model.decode(z.view(-1, model.latent_dim)).mean
-    fig, ax = plt.subplots(figsize=(steps * 0.8, dims * 0.8 + 0.6))
-    arr = image_grid(images, ncol=steps, pad=0)
+    images = model.decode(z.view(-1, zdim)).mean.view(k, steps, *model.config.input_shape)
     h, w = images.shape[-2:]
-    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([w * i + w / 2 - 0.5 for i in range(steps)], [f"{v:.1f}" for v in values.tolist()])
-    ax.set_yticks([h * d + h / 2 - 0.5 for d in range(dims)], [f"z[{d}]" for d in range(dims)])
-    ax.set_xlabel("value of the swept dimension (others at the posterior mean of one test image)")
-    ax.set_title(f"latent traversals ({dims} of {model.latent_dim} dimensions)")
+    fig, axes = plt.subplots(k, 1, figsize=_figsize(h, w, k, steps, width=min(10, 0.7 * steps + 1.2)))
+    axes = np.atleast_1d(axes)
+    _image_row(list(axes), list(images), [f"z[{d}]" for d in range(k)], [f"{v:.2f}" for v in values.tolist()])
+    axes[-1].set_xlabel("value of the swept dimension (Gaussian quantiles)", fontsize=9)
+    where = "a test image's posterior mean" if x is not None else "0"
+    more = f" (first {k} of {zdim})" if k < zdim else ""
+    axes[0].set_title(f"latent traversal: one dimension swept per row{more}, others at {where}", fontsize=10)
     return save_figure(fig, path)
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
-    """Training and validation ELBO, reconstruction term and KL against epochs."""
+    """Training and validation ELBO, KL and reconstruction terms per epoch (nats per example)."""
     if not metrics:
-        raise ValueError("no metrics to plot: metrics.jsonl is empty")
-    epochs = [m["epoch"] for m in metrics]
-    terms = [t for t in ("elbo", "reconstruction", "kl", "iwae") if any(k.endswith("_" + t) for k in metrics[-1])]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.6), squeeze=False)
-    for ax, term in zip(axes[0], terms):
-        for prefix in ("train", "valid", "test"):
-            key = f"{prefix}_{term}"
-            if key in metrics[-1]:
-                ax.plot(epochs, [m.get(key, float("nan")) for m in metrics], label=prefix, marker="." if len(epochs) < 40 else None)
+        raise ValueError("no training metrics (metrics.jsonl is missing or empty)")
+    epochs = [m.get("epoch", i + 1) for i, m in enumerate(metrics)]
+    terms = [("elbo", "ELBO"), ("reconstruction", "reconstruction  E[log p(x|z)]"), ("kl", "KL(q(z|x) || p(z))")]
+    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s in ("train", "valid"))]
+    if not terms:
+        raise ValueError("metrics.jsonl has no train_/valid_ elbo, kl or reconstruction values")
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, (key, title) in zip(axes, terms):
+        for split, style in (("train", "-"), ("valid", "--")):
+            pts = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, metrics) if m.get(f"{split}_{key}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=split)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per example")
-        ax.set_title({"elbo": "ELBO", "reconstruction": "E_q[log p(x|z)]", "kl": "KL(q(z|x) || p(z))",
-                      "iwae": "IWAE bound"}[term])
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    fig.suptitle("training curves", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, split: str = "test",
+              dims: tuple[int, int] = (0, 1), n: int | None = None, seed: int = 0,
+              index_a: int = 0, index_b: int = 1, dataset=None) -> Path:
+    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``)."""
+    if kind not in PLOT_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
+    limits = {"manifold": 64, "samples": 1024, "reconstructions": 256, "interpolate": 64, "traverse": 64,
+              "scatter": 10000}
+    if n is not None and kind in limits and not 2 <= n <= limits[kind]:
+        raise ValueError(f"n for a {kind} plot must be between 2 and {limits[kind]}; got {n}")
+    model = run.model
+    if kind == "manifold":
+        return plot_manifold(model, path, dims=dims, n=n or 20)
+    if kind == "samples":
+        return plot_samples(model, path, n=n or 64, seed=seed)
+    if kind == "curves":
+        return plot_curves(run.metrics, path)
+    ds = dataset if dataset is not None else run.dataset(data_dir)
+    data = ds.split(split)
+    dev = _device(model)
+    if kind == "scatter":
+        return plot_scatter(model, data.x, data.y, path, max_points=n or 5000)
+    if kind == "reconstructions":
+        return plot_reconstructions(model, data.x[: n or 16].to(dev), path, n=n or 16)
+    if kind == "interpolate":
+        for i in (index_a, index_b):
+            if not 0 <= i < len(data.x):
+                raise ValueError(f"image index {i} is outside the {split} split (0..{len(data.x) - 1})")
+        return plot_interpolation(model, data.x[index_a], data.x[index_b], path, steps=n or 10)
+    return plot_traversal(model, data.x[index_a], path, steps=n or 9)

@@ -1,0 +1,288 @@
+"""The latent explorer's HTTP app: decode, sample, encode (drawing or image), interpolate.
+
+    aevb serve runs/mnist2d            # http://127.0.0.1:8000/
+
+Endpoints (JSON in, JSON or PNG out; every rejection is a 4xx with ``{"error": "..."}``):
+
+    GET  /                      the page;  GET /app.js, /app.css  its assets (nothing else is read from disk)
+    GET  /api/info              latent size, image shape, which controls the page shows
+    GET  /api/map               up to MAP_POINTS test-set posterior means with labels (2-D latents only)
+    POST /api/decode            {"z": [...]}                     -> image/png, the decoded mean
+    POST /api/sample            {"seed": 0}                      -> {"z": [...]} drawn from N(0, I)
+    POST /api/encode            {"pixels": [...C*H*W in [0,1]]}  -> {"mu", "std", "png", "input_png"}
+    POST /api/encode-image      raw PNG/JPEG bytes (+ ?invert=1) -> as /api/encode
+    POST /api/interpolate       {"a": [...], "b": [...], "steps": 8} -> {"png": strip, "z": [...]}
+
+Images come back as PNG at the model's own resolution; the page scales them up.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from importlib import resources
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
+MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
+MAX_ABS_Z = 1000.0  # latent values beyond this are certainly a mistake
+MAX_STEPS = 32
+MAX_SLIDERS = 32
+MAP_POINTS = 2000
+IMAGE_FORMATS = {"PNG", "JPEG"}
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/app.css": ("app.css", "text/css; charset=utf-8")}
+
+
+class InputError(ValueError):
+    """A request the explorer rejects: answered with ``status`` and a one-line message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecodeBody(_Body):
+    z: list[float]
+
+
+class SampleBody(_Body):
+    seed: int | None = None
+
+
+class EncodeBody(_Body):
+    pixels: list[float]
+
+
+class InterpolateBody(_Body):
+    a: list[float]
+    b: list[float]
+    steps: int = 8
+
+
+def _static(name: str) -> bytes:
+    return resources.files("aevb.serve").joinpath("static", name).read_bytes()
+
+
+def to_png(images: torch.Tensor) -> bytes:
+    """(C, H, W) or a row (N, C, H, W) in [0, 1] -> PNG bytes (a row is tiled left to right, 1 px apart)."""
+    if images.dim() == 4:
+        n, c, h, w = images.shape
+        strip = torch.ones(c, h, n * (w + 1) - 1)
+        for i in range(n):
+            strip[:, :, i * (w + 1) : i * (w + 1) + w] = images[i]
+        images = strip
+    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (C, H, W)
+    img = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr[:3].transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+class Explorer:
+    """The model-side work of the app, kept apart from HTTP so it can be tested and timed directly."""
+
+    def __init__(self, run, data_dir: str | None = None, map_points: int = MAP_POINTS):
+        self.run = run
+        self.model = run.model.eval()
+        self.device = next(self.model.parameters()).device
+        self.latent_dim = self.model.latent_dim
+        self.shape = tuple(run.config.model.input_shape)  # (C, H, W)
+        self.map_points = map_points
+        self.data_dir = data_dir
+        self._map: dict | None = None
+
+    # --- validation ---------------------------------------------------------------
+    def vector(self, values: list[float], name: str = "z") -> torch.Tensor:
+        if len(values) != self.latent_dim:
+            raise InputError(f"{name} must have {self.latent_dim} values (the latent dimension); got {len(values)}")
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise InputError(f"{name}[{i}] is not a finite number")
+            if abs(v) > MAX_ABS_Z:
+                raise InputError(f"{name}[{i}] = {v} is outside [-{MAX_ABS_Z:g}, {MAX_ABS_Z:g}]")
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def pixels(self, values: list[float]) -> torch.Tensor:
+        c, h, w = self.shape
+        if len(values) != c * h * w:
+            raise InputError(f"pixels must have {c * h * w} values (C*H*W = {c}*{h}*{w}); got {len(values)}")
+        x = torch.tensor(values, dtype=torch.float32)
+        if not torch.isfinite(x).all():
+            raise InputError("pixels must be finite numbers")
+        if x.min() < 0 or x.max() > 1:
+            raise InputError("pixels must lie in [0, 1]")
+        return x.view(1, c, h, w).to(self.device)
+
+    def image(self, data: bytes, invert: bool = False) -> torch.Tensor:
+        """An uploaded PNG/JPEG, checked, converted to the model's channels and resized to (H, W)."""
+        if not data:
+            raise InputError("the request body is empty; send the PNG or JPEG file's bytes")
+        if len(data) > MAX_BODY_BYTES:
+            raise InputError(f"image is {len(data)} bytes; the limit is {MAX_BODY_BYTES}", 413)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format not in IMAGE_FORMATS:
+                    raise InputError(f"image type {img.format} is not accepted; send PNG or JPEG", 415)
+                if img.width > MAX_IMAGE_SIDE or img.height > MAX_IMAGE_SIDE:
+                    raise InputError(f"image is {img.width}x{img.height}; the limit is {MAX_IMAGE_SIDE} pixels a side", 413)
+                img.load()
+                c, h, w = self.shape
+                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.LANCZOS)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except InputError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise InputError(f"not a readable PNG or JPEG image ({type(e).__name__})", 415) from None
+        x = torch.from_numpy(arr)
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, C) -> (C, H, W)
+        if invert:
+            x = 1 - x
+        return x.unsqueeze(0).to(self.device)
+
+    # --- model work ---------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z.view(-1, self.latent_dim)).mean  # (N, C, H, W)
+
+    def decode_png(self, z: torch.Tensor) -> bytes:
+        return to_png(self.decode(z)[0])
+
+    def sample(self, seed: int | None) -> list[float]:
+        g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+        return torch.randn(self.latent_dim, generator=g).tolist()
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> dict:
+        if self.run.config.model.kind == "vae":
+            q = self.model.encode(x)
+            mu, std = q.mu[0], q.std[0]
+        else:
+            mu = self.model.embed(x)[0]
+            std = torch.zeros_like(mu)
+        return {"mu": mu.tolist(), "std": std.tolist(), "png": _b64(self.decode_png(mu)),
+                "input_png": _b64(to_png(x[0]))}
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int) -> dict:
+        if not 2 <= steps <= MAX_STEPS:
+            raise InputError(f"steps must be between 2 and {MAX_STEPS}; got {steps}")
+        t = torch.linspace(0, 1, steps, device=self.device).view(-1, 1)
+        z = (1 - t) * a + t * b
+        return {"png": _b64(to_png(self.decode(z))), "z": z.tolist(), "steps": steps}
+
+    def latent_map(self) -> dict:
+        if self.latent_dim != 2:
+            raise InputError(f"the latent map is for 2-D latents; this model has {self.latent_dim} dimensions", 404)
+        if self._map is None:
+            from ..viz import latent_codes
+
+            try:
+                split = self.run.dataset(self.data_dir).test
+            except (ValueError, OSError) as e:
+                self._map = {"points": [], "labels": None, "note": f"test set unavailable: {e}"}
+                return self._map
+            codes = latent_codes(self.model, split.x[: self.map_points])
+            labels = split.y[: self.map_points].tolist() if split.y is not None else None
+            self._map = {"points": [[round(a, 4), round(b, 4)] for a, b in codes.tolist()], "labels": labels}
+        return self._map
+
+    def info(self) -> dict:
+        cfg = self.run.config
+        return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "kind": cfg.model.kind,
+                "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
+                "input_shape": list(self.shape), "has_map": self.latent_dim == 2,
+                "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
+
+
+def create_app(run, data_dir: str | None = None) -> FastAPI:
+    """The explorer for a loaded run (``aevb.checkpoint.load``)."""
+    ex = Explorer(run, data_dir=data_dir)
+    app = FastAPI(title="aevb latent explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.explorer = ex
+    assets = {route: (_static(name), media) for route, (name, media) in STATIC.items()}
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse({"error": "a Content-Length header is required"}, status_code=411)
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                return JSONResponse({"error": f"request body over the {MAX_BODY_BYTES}-byte limit"}, status_code=413)
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, e: InputError):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        return JSONResponse({"error": message}, status_code=422)
+
+    def page(route: str):
+        body, media = assets[route]
+
+        async def handler() -> Response:
+            return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
+
+        return handler
+
+    for route in assets:
+        app.add_api_route(route, page(route), methods=["GET"], include_in_schema=False)
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return ex.info()
+
+    @app.get("/api/map")
+    def latent_map() -> dict:
+        return ex.latent_map()
+
+    @app.post("/api/decode")
+    def decode(body: DecodeBody) -> Response:
+        return Response(ex.decode_png(ex.vector(body.z)), media_type="image/png")
+
+    @app.post("/api/sample")
+    def sample(body: SampleBody) -> dict:
+        return {"z": ex.sample(body.seed)}
+
+    @app.post("/api/encode")
+    def encode(body: EncodeBody) -> dict:
+        return ex.encode(ex.pixels(body.pixels))
+
+    @app.post("/api/encode-image")
+    async def encode_image(request: Request, invert: bool = False) -> dict:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("image/png", "image/jpeg"):
+            raise InputError(f"Content-Type must be image/png or image/jpeg; got {ctype or 'none'}", 415)
+        data = await request.body()
+        return await run_in_threadpool(lambda: ex.encode(ex.image(data, invert=invert)))
+
+    @app.post("/api/interpolate")
+    def interpolate(body: InterpolateBody) -> dict:
+        return ex.interpolate(ex.vector(body.a, "a"), ex.vector(body.b, "b"), body.steps)
+
+    return app

@@ -1,0 +1,70 @@
+"""`aevb report`: one self-contained HTML page with the configuration, metrics and every figure."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from aevb.report import write_report
+from aevb.viz import PLOT_KINDS
+
+from .vizmodels import aevb, digits_run
+
+
+def embedded_pngs(html: str) -> dict[str, bytes]:
+    found = re.findall(r'<figure id="fig-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    return {kind: base64.b64decode(b64) for kind, b64 in found}
+
+
+def test_report_embeds_every_figure(tmp_path):
+    run = digits_run(2)
+    path = write_report(run, tmp_path / "r.html")
+    html = path.read_text()
+    figs = embedded_pngs(html)
+    assert sorted(figs) == sorted(PLOT_KINDS)
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000 for png in figs.values())
+    assert "not drawn" not in html
+    # configuration and final metrics are on the page
+    assert "model.latent_dim</th><td>2<" in html
+    last = run.metrics[-1]
+    assert f"{last['valid_elbo']:.4f}" in html
+    # self-contained: no external references
+    assert not re.search(r'(src|href)="(?!data:)', html)
+
+
+def test_report_notes_missing_figures(tmp_path):
+    run = digits_run(10)
+    (tmp_path / "run").mkdir()
+    for name in ("config.json", "model.safetensors"):  # a run without metrics.jsonl
+        (tmp_path / "run" / name).write_bytes((run.dir / name).read_bytes())
+    from aevb.checkpoint import load
+
+    html = write_report(load(tmp_path / "run")).read_text()
+    assert "no metrics.jsonl" in html
+    assert "curves</b>: <span class=\"note\">not drawn: no training metrics" in html
+    assert len(embedded_pngs(html)) == len(PLOT_KINDS) - 1
+
+
+def test_report_command(tmp_path, capsys):
+    rc, out, _ = aevb(capsys, "report", digits_run(2).dir, "--out", tmp_path / "x.html")
+    assert rc == 0 and out.strip() == f"wrote {tmp_path / 'x.html'}"
+    assert len(embedded_pngs((tmp_path / "x.html").read_text())) == len(PLOT_KINDS)
+
+
+def test_train_writes_report(tmp_path, capsys):
+    rc, out, _ = aevb(capsys, "train", "--dataset", "digits", "--epochs", "2", "--latent-dim", "2", "--hidden", "16",
+                      "--out", tmp_path / "r", "--no-progress")
+    assert rc == 0 and "report.html" in out
+    assert len(embedded_pngs((tmp_path / "r" / "report.html").read_text())) == len(PLOT_KINDS)
+
+
+def test_report_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_report(digits_run(2), tmp_path / "r.html")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -1,0 +1,241 @@
+"""The explorer's HTTP app: what each endpoint returns, and one test per rejected input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from aevb.serve.app import MAX_BODY_BYTES, MAX_IMAGE_SIDE, create_app  # noqa: E402
+
+from .vizmodels import digits_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    return TestClient(create_app(digits_run(2)))
+
+
+@pytest.fixture(scope="module")
+def client10():
+    return TestClient(create_app(digits_run(10)))
+
+
+def png_array(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        return np.asarray(im)
+
+
+def image_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def error(res, status: int) -> str:
+    assert res.status_code == status, res.text
+    body = res.json()
+    assert set(body) == {"error"} and "\n" not in body["error"]
+    return body["error"]
+
+
+# --- what works -------------------------------------------------------------------------
+
+
+def test_page_and_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="/app.js"' in page.text and 'id="latent-map"' in page.text
+    assert client.get("/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/app.css").status_code == 200
+
+
+def test_info(client, client10):
+    info = client.get("/api/info").json()
+    assert info["latent_dim"] == 2 and info["sliders"] == 2 and info["has_map"] is True
+    assert info["input_shape"] == [1, 8, 8]
+    assert client10.get("/api/info").json()["has_map"] is False
+
+
+def test_decode_returns_the_models_decoded_mean(client):
+    run = digits_run(2)
+    res = client.post("/api/decode", json={"z": [0.5, -1.0]})
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    got = png_array(res.content).astype(np.float32) / 255
+    with torch.no_grad():
+        want = run.model.decode(torch.tensor([[0.5, -1.0]])).mean[0, 0].numpy()
+    assert got.shape == (8, 8)
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+    other = png_array(client.post("/api/decode", json={"z": [-2.0, 2.0]}).content)
+    assert np.abs(other.astype(int) - (got * 255).round().astype(int)).sum() > 100
+
+
+def test_sample_is_seeded(client):
+    a = client.post("/api/sample", json={"seed": 3}).json()["z"]
+    assert len(a) == 2 and a == client.post("/api/sample", json={"seed": 3}).json()["z"]
+    assert a != client.post("/api/sample", json={"seed": 4}).json()["z"]
+
+
+def test_map_holds_test_codes_with_labels(client, client10):
+    m = client.get("/api/map").json()
+    assert len(m["points"]) == 300 and len(m["labels"]) == 300  # digits' test split
+    assert set(m["labels"]) == set(range(10))
+    assert error(client10.get("/api/map"), 404).startswith("the latent map is for 2-D latents")
+
+
+def test_encode_pixels_matches_the_encoder(client):
+    run = digits_run(2)
+    x = run.dataset().test.x[:1]
+    res = client.post("/api/encode", json={"pixels": x.flatten().tolist()})
+    assert res.status_code == 200
+    body = res.json()
+    q = run.model.encode(x)
+    assert body["mu"] == pytest.approx(q.mu[0].tolist(), abs=1e-5)
+    assert body["std"] == pytest.approx(q.std[0].tolist(), abs=1e-5)
+    assert png_array(base64.b64decode(body["png"])).shape == (8, 8)
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "L"), ("JPEG", "RGB"), ("PNG", "RGBA")])
+def test_encode_image_upload(client, fmt, mode):
+    arr = np.zeros((64, 48, {"L": 1, "RGB": 3, "RGBA": 4}[mode]), np.uint8).squeeze()
+    arr[8:56, 20:28] = 255  # a vertical bar: a "1"
+    res = client.post("/api/encode-image", content=image_bytes(arr, fmt),
+                      headers={"content-type": f"image/{fmt.lower()}"})
+    assert res.status_code == 200, res.text
+    inp = png_array(base64.b64decode(res.json()["input_png"]))
+    assert inp.shape == (8, 8) and inp[:, 3:5].mean() > 100 and inp[:, 0].mean() < 30
+    inv = client.post("/api/encode-image?invert=true", content=image_bytes(arr, fmt),
+                      headers={"content-type": f"image/{fmt.lower()}"}).json()
+    assert png_array(base64.b64decode(inv["input_png"]))[:, 0].mean() > 200
+
+
+def test_interpolate_strip(client):
+    res = client.post("/api/interpolate", json={"a": [-2, 0], "b": [2, 0], "steps": 5})
+    body = res.json()
+    assert png_array(base64.b64decode(body["png"])).shape == (8, 5 * 9 - 1)
+    assert body["z"][0] == [-2, 0] and body["z"][-1] == [2, 0] and body["z"][2] == [0, 0]
+
+
+# --- rejections: one test each -----------------------------------------------------------
+
+
+def test_rejects_wrong_vector_length(client):
+    assert "must have 2 values" in error(client.post("/api/decode", json={"z": [0.0, 0.0, 0.0]}), 400)
+
+
+def test_rejects_non_finite_values(client):
+    body = '{"z": [NaN, 0.0]}'  # Python's JSON reader accepts NaN; the app must not
+    res = client.post("/api/decode", content=body, headers={"content-type": "application/json"})
+    assert "not a finite number" in error(res, 400)
+    res = client.post("/api/decode", content='{"z": [0.0, Infinity]}', headers={"content-type": "application/json"})
+    assert "not a finite number" in error(res, 400)
+
+
+def test_rejects_huge_latent_values(client):
+    assert "outside" in error(client.post("/api/decode", json={"z": [1e6, 0.0]}), 400)
+
+
+def test_rejects_wrong_types(client):
+    assert error(client.post("/api/decode", json={"z": ["a", 1]}), 422).startswith("z.0:")
+    assert error(client.post("/api/decode", json={"z": 3}), 422).startswith("z:")
+
+
+def test_rejects_unknown_fields(client):
+    assert "extra" in error(client.post("/api/decode", json={"z": [0, 0], "path": "/etc/passwd"}), 422).lower()
+
+
+def test_rejects_malformed_json(client):
+    error(client.post("/api/decode", content="{not json", headers={"content-type": "application/json"}), 422)
+
+
+def test_rejects_bad_steps(client):
+    assert "steps must be between 2 and 32" in error(
+        client.post("/api/interpolate", json={"a": [0, 0], "b": [1, 1], "steps": 1000}), 400)
+
+
+def test_rejects_interpolation_endpoint_of_wrong_length(client):
+    assert error(client.post("/api/interpolate", json={"a": [0, 0], "b": [1]}), 400).startswith("b must have 2 values")
+
+
+def test_rejects_wrong_pixel_count(client):
+    assert "must have 64 values" in error(client.post("/api/encode", json={"pixels": [0.5] * 63}), 400)
+
+
+def test_rejects_pixels_out_of_range(client):
+    assert "[0, 1]" in error(client.post("/api/encode", json={"pixels": [2.0] * 64}), 400)
+
+
+def test_rejects_oversized_body(client):
+    big = b"\x89PNG" + b"\0" * (MAX_BODY_BYTES + 1)
+    assert "limit" in error(client.post("/api/encode-image", content=big, headers={"content-type": "image/png"}), 413)
+    assert "limit" in error(client.post("/api/encode", content=json.dumps({"pixels": [0.0] * 500_000}),
+                                        headers={"content-type": "application/json"}), 413)
+
+
+def test_rejects_missing_content_length(client):
+    def chunks():
+        yield b'{"z": [0, 0]}'
+
+    res = client.post("/api/decode", content=chunks(), headers={"content-type": "application/json"})
+    assert "Content-Length" in error(res, 411)
+
+
+def test_rejects_unsupported_content_type(client):
+    res = client.post("/api/encode-image", content=b"GIF89a....", headers={"content-type": "image/gif"})
+    assert "image/png or image/jpeg" in error(res, 415)
+
+
+def test_rejects_image_of_other_format_behind_png_header(client):
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, format="GIF")
+    res = client.post("/api/encode-image", content=gif.getvalue(), headers={"content-type": "image/png"})
+    assert "GIF is not accepted" in error(res, 415)
+
+
+def test_rejects_bytes_that_are_not_an_image(client):
+    res = client.post("/api/encode-image", content=b"\x89PNG\r\n\x1a\nnot really", headers={"content-type": "image/png"})
+    assert "not a readable PNG or JPEG" in error(res, 415)
+
+
+def test_rejects_empty_upload(client):
+    assert "empty" in error(client.post("/api/encode-image", content=b"", headers={"content-type": "image/png"}), 400)
+
+
+def test_rejects_image_with_too_many_pixels(client):
+    # A 1-bit PNG this large is only a few kilobytes: the dimension limit, not the byte limit, stops it.
+    data = image_bytes(np.zeros((8, MAX_IMAGE_SIDE + 1), bool))
+    assert len(data) < MAX_BODY_BYTES
+    res = client.post("/api/encode-image", content=data, headers={"content-type": "image/png"})
+    assert "pixels a side" in error(res, 413)
+
+
+def test_serves_nothing_else_from_disk(client):
+    for path in ("/../pyproject.toml", "/static/../app.py", "/app.py", "/%2e%2e/%2e%2e/etc/passwd", "/docs",
+                 "/openapi.json", "/index.html"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_serve_command_binds_localhost_by_default():
+    from aevb.commands_viz import serve
+
+    host = next(p for p in serve.params if p.name == "host")
+    assert host.default == "127.0.0.1"
+
+
+def test_autoencoder_runs_are_served_too():
+    run = digits_run(2, kind="ae")
+    c = TestClient(create_app(run))
+    x = run.dataset().test.x[:1]
+    body = c.post("/api/encode", json={"pixels": x.flatten().tolist()}).json()
+    assert body["std"] == [0.0, 0.0]  # an AE's code is a point
+    assert body["mu"] == pytest.approx(run.model.embed(x)[0].tolist(), abs=1e-5)
+    assert c.post("/api/decode", json={"z": body["mu"]}).status_code == 200
