@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from .commands_viz import register as _register_viz
-from .config import (ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS,
-                     PRECISIONS, ConfigError)
+from .config import (ACTIVATIONS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, KL_SCHEDULES,
+                     LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
@@ -41,6 +41,18 @@ def _hidden(ctx, param, value: str | None) -> tuple[int, ...] | None:
     return sizes
 
 
+def _image_size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        size = tuple(int(v) for v in value.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise click.BadParameter(f"expected a size such as 64 or 48x64 (height x width); got {value!r}")
+    return size * 2 if len(size) == 1 else size  # type: ignore[return-value]
+
+
 def _device_option(f):
     return click.option("--device", default="cpu", show_default=True,
                         help="auto, cpu, cuda, cuda:N or mps.")(f)
@@ -56,14 +68,17 @@ _register_viz(cli)
 
 
 @cli.command()
-@click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face.")
+@click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face, "
+              "folder:PATH (PNG/JPEG images) or npy:PATH (.npy/.npz).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory (its own config; --epochs may raise the total).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
 @click.option("--kind", type=click.Choice(KINDS), help="vae, or a deterministic autoencoder (ae).")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS),
-              help="Decoder: bernoulli, gaussian (learned variance) or gaussian_fixed (MSE).")
+              help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
+@click.option("--architecture", type=click.Choice(ARCHITECTURES), help="mlp, or conv (convolutional).")
+@click.option("--conv-channels", callback=_hidden, help="conv: channels of the stride-2 convolutions, e.g. 32,64.")
 @click.option("--hidden", callback=_hidden, help="Hidden layer widths, e.g. 500 or 400,400.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS))
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
@@ -86,6 +101,9 @@ _register_viz(cli)
 @click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
 @click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
 @click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
+@click.option("--image-size", callback=_image_size, help="folder: bring images to this size, e.g. 64 or 48x64 (HxW).")
+@click.option("--fit", type=click.Choice(FITS), help="folder: resize (default) or crop (centre) to --image-size.")
+@click.option("--channels", type=click.Choice([str(c) for c in CHANNELS]), help="folder: 1 (grey) or 3 (RGB).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files (else $AEVB_DATA_DIR, cache).")
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data files.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between mid-epoch checkpoints.")
@@ -100,8 +118,8 @@ _register_viz(cli)
 @click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
-def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, device, nproc,
-          **flags) -> None:
+def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, conv_channels, channels,
+          device, nproc, **flags) -> None:
     """Train a VAE (or an AE) and write a run directory.
 
     Several processes: --nproc N here, or torchrun --nproc_per_node=N -m aevb train ... (the
@@ -110,7 +128,7 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     from .checkpoint import read_config
     from .config import RunConfig
     from .distributed import shutdown
-    from .train import Trainer, apply_overrides, default_config
+    from .train import Trainer, apply_overrides, default_config, fit_to_data
 
     if nproc is not None and nproc > 1:
         _relaunch_under_torchrun(nproc)
@@ -119,7 +137,15 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if hidden is not None:
         overrides["hidden"] = hidden
+    if conv_channels is not None:
+        overrides["conv_channels"] = conv_channels
+    if channels is not None:
+        overrides["channels"] = int(channels)
     overrides["device"] = device
+    if dataset is not None:
+        from .data.custom import absolute
+
+        dataset = absolute(dataset)  # a run directory must not depend on the working directory
     if no_download:
         overrides["download"] = False
     if resume is not None:
@@ -142,10 +168,13 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         else:
             config = default_config(dataset or "digits")
         config = apply_overrides(config, overrides)
-        run_dir = out or Path("runs") / config.data.dataset
+        data = None
+        if config_file is None:  # the model takes the data's (C, H, W) unless a config file fixed it
+            config, data = fit_to_data(config)
+        run_dir = out or Path("runs") / config.data.dataset.replace(":", "_").replace("/", "_")
         if (run_dir / "train_state.safetensors").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-        trainer = Trainer(config, run_dir, progress=not no_progress)
+        trainer = Trainer(config, run_dir, dataset=data, progress=not no_progress)
     try:
         lines = trainer.run()
     finally:

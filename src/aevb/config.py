@@ -15,10 +15,10 @@ from typing import Any
 
 FORMAT_VERSION = 1  # bump when config.json or the checkpoint layout changes incompatibly
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "linear")
 KINDS = ("vae", "ae")
-ARCHITECTURES = ("mlp",)
+ARCHITECTURES = ("mlp", "conv")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
@@ -26,6 +26,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OBJECTIVES = ("elbo", "iwae")
 KL_SCHEDULES = ("constant", "linear", "cyclical")  # fp16 (with a gradient scaler) needs CUDA
 DECODER_MEANS = ("sigmoid", "identity")
+CHANNELS = (1, 3)  # grey, RGB
+FITS = ("resize", "crop")  # how images of another size are brought to image_size
 
 
 class ConfigError(ValueError):
@@ -46,7 +48,16 @@ class ModelConfig:
     """The networks and likelihood.
 
     ``input_shape`` is (channels, height, width). ``hidden`` lists the widths of the
-    encoder's hidden layers; the decoder mirrors them. The paper's MNIST model is
+    encoder's hidden layers; the decoder mirrors them.
+
+    ``architecture="conv"`` puts a convolutional trunk before (encoder) and after
+    (decoder) those layers: one 3x3 stride-2 convolution per entry of ``conv_channels``
+    (each halves height and width, rounding up), mirrored by 4x4 stride-2 transposed
+    convolutions in the decoder, whose output is cropped to exactly (C, H, W).
+
+    ``likelihood="discretized_logistic"`` is for 8-bit images scaled to [0, 1]: a
+    logistic per pixel integrated over its 1/255-wide bin (``distributions.DiscretizedLogistic``),
+    so log p(x) is a probability of the pixel values and bits/dim are comparable to the literature. The paper's MNIST model is
     ``hidden=(500,), activation="tanh"``; its Frey Face model ``hidden=(200,)`` with
     ``likelihood="gaussian"`` (sigmoid mean, learned log-variance).
     """
@@ -69,10 +80,13 @@ class ModelConfig:
     # Standard deviation of the N(0, std^2) weight initialisation (the paper uses
     # 0.01); None keeps PyTorch's default (Kaiming-uniform) initialisation.
     init_std: float | None = None
+    # "conv" only: output channels of the encoder's stride-2 convolutions, first to last.
+    conv_channels: tuple[int, ...] = (32, 64)
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
         self.hidden = tuple(int(v) for v in self.hidden)
+        self.conv_channels = tuple(int(v) for v in self.conv_channels)
         _check(len(self.input_shape) == 3 and all(v > 0 for v in self.input_shape),
                f"input_shape must be three positive sizes (channels, height, width); got {self.input_shape}")
         _choice("kind", self.kind, KINDS)
@@ -87,6 +101,9 @@ class ModelConfig:
         _check(self.log_var_min < self.log_var_max,
                f"log_var_min ({self.log_var_min}) must be below log_var_max ({self.log_var_max})")
         _check(self.init_std is None or self.init_std > 0, f"init_std must be positive; got {self.init_std}")
+        _check(len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
+               f"conv_channels must be one or more positive channel counts; got {self.conv_channels}")
+        _check(len(self.conv_channels) <= 8, f"conv_channels allows at most 8 layers; got {len(self.conv_channels)}")
 
     @property
     def data_dim(self) -> int:
@@ -111,9 +128,24 @@ class DataConfig:
     valid_size: int | None = None
     subset: int | None = None
     download: bool = True
+    # Your own images (``folder:PATH``; see ``aevb.data.custom``): the (height, width) to
+    # bring every image to (None: all images must already share one size), how
+    # ("resize" ignores the aspect ratio, "crop" scales the shorter side and cuts the
+    # centre), and 1 (grey) or 3 (RGB) channels (None: grey when every image is grey).
+    image_size: tuple[int, int] | None = None
+    fit: str = "resize"
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.dataset), "dataset must be named")
+        if self.image_size is not None:
+            size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
+            _check(len(size) == 2 and all(isinstance(v, int) and v >= 1 for v in size),
+                   f"image_size must be a positive size or (height, width); got {self.image_size!r}")
+            self.image_size = size  # type: ignore[assignment]
+        _choice("fit", self.fit, FITS)
+        _check(self.channels is None or self.channels in CHANNELS,
+               f"channels must be 1 (grey) or 3 (RGB); got {self.channels!r}")
         _choice("binarize", self.binarize, BINARIZE)
         _check(self.valid_size is None or self.valid_size >= 0,
                f"valid_size must be >= 0; got {self.valid_size}")

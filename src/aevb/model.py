@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .distributions import Bernoulli, DiagonalGaussian, Gaussian
+from .distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian
 from .nets import build_decoder, build_encoder, init_normal_
 
 
@@ -35,7 +35,7 @@ class VAE(nn.Module):
         log_var = out["log_var"].clamp(self.config.log_var_min, self.config.log_var_max)
         return DiagonalGaussian(out["mu"], log_var)
 
-    def decode(self, z: Tensor) -> Bernoulli | Gaussian:
+    def decode(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
         """p(x|z) with parameters shaped (..., C, H, W)."""
         return self.decoder(z)
 
@@ -73,7 +73,7 @@ class AE(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         return self.encoder(x)["code"]
 
-    def decode(self, z: Tensor) -> Bernoulli | Gaussian:
+    def decode(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
         return self.decoder(z)
 
     def reconstruct(self, x: Tensor) -> Tensor:

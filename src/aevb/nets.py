@@ -3,6 +3,12 @@
 The MLPs follow the paper's appendix C: each hidden layer is ``activation(W h + b)``;
 the encoder ends in linear heads (mu and log sigma^2 for a VAE, the code for an AE);
 the decoder ends in the likelihood's parameters reshaped to the image (C, H, W).
+
+The convolutional networks (``architecture="conv"``) wrap the same MLP: the encoder is
+stride-2 3x3 convolutions (each maps a size n to ceil(n / 2)), a flatten, the MLP and
+the heads; the decoder is the mirrored MLP, a linear layer to the smallest feature map,
+stride-2 4x4 transposed convolutions (each doubles the size), a 3x3 convolution to the
+likelihood's parameters, and a crop to exactly (C, H, W). Any H, W >= 1 and any C work.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .distributions import Bernoulli, Gaussian
+from .distributions import Bernoulli, DiscretizedLogistic, Gaussian
 
 _ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -46,6 +52,27 @@ class MLPEncoder(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
 
+def _params_per_pixel(cfg: ModelConfig) -> int:
+    """How many numbers the decoder emits per pixel: 2 (location and log-scale/variance) or 1."""
+    return 2 if cfg.likelihood in ("gaussian", "discretized_logistic") else 1
+
+
+def make_likelihood(cfg: ModelConfig, out: Tensor, second: Tensor | None) -> Bernoulli | Gaussian | DiscretizedLogistic:
+    """The likelihood from the decoder's raw outputs, both shaped (..., C, H, W): ``out`` is the
+    logits (Bernoulli) or the pre-activation mean; ``second`` the log-variance or log-scale."""
+    if cfg.likelihood == "bernoulli":
+        return Bernoulli(out, event_ndim=3)
+    mean = torch.sigmoid(out) if cfg.decoder_mean == "sigmoid" else out
+    if cfg.likelihood == "discretized_logistic":
+        # log-scale = log-variance / 2 up to a constant, so the same clamp range, halved
+        return DiscretizedLogistic(mean, second.clamp(0.5 * cfg.log_var_min, 0.5 * cfg.log_var_max), event_ndim=3)
+    if second is not None:
+        log_var = second.clamp(cfg.log_var_min, cfg.log_var_max)
+    else:
+        log_var = torch.full_like(mean, 2.0 * math.log(cfg.fixed_sigma))
+    return Gaussian(mean, log_var, event_ndim=3)
+
+
 class MLPDecoder(nn.Module):
     """z -> h -> likelihood parameters, shaped (..., C, H, W)."""
 
@@ -54,33 +81,95 @@ class MLPDecoder(nn.Module):
         self.cfg = cfg
         sizes = [cfg.latent_dim, *reversed(cfg.hidden)]
         self.trunk = mlp(sizes, cfg.activation)
-        self.mean = nn.Linear(sizes[-1], cfg.data_dim)  # logits for Bernoulli, pre-sigmoid mean for Gaussians
-        self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if cfg.likelihood == "gaussian" else None
+        self.mean = nn.Linear(sizes[-1], cfg.data_dim)  # logits for Bernoulli, pre-sigmoid mean for the others
+        # log-variance (gaussian) or log-scale (discretized_logistic)
+        self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if _params_per_pixel(cfg) == 2 else None
 
-    def forward(self, z: Tensor) -> Bernoulli | Gaussian:
+    def forward(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
         cfg = self.cfg
         h = self.trunk(z)
         shape = (*z.shape[:-1], *cfg.input_shape)  # (..., latent) -> (..., C, H, W)
-        out = self.mean(h).view(shape)
-        if cfg.likelihood == "bernoulli":
-            return Bernoulli(out, event_ndim=3)
-        mean = torch.sigmoid(out) if cfg.decoder_mean == "sigmoid" else out
-        if self.log_var is not None:
-            log_var = self.log_var(h).view(shape).clamp(cfg.log_var_min, cfg.log_var_max)
-        else:
-            log_var = torch.full_like(mean, 2.0 * math.log(cfg.fixed_sigma))
-        return Gaussian(mean, log_var, event_ndim=3)
+        second = self.log_var(h).view(shape) if self.log_var is not None else None
+        return make_likelihood(cfg, self.mean(h).view(shape), second)
+
+
+def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(height, width) of the input and after each stride-2 convolution: n -> ceil(n / 2)."""
+    h, w = cfg.input_shape[1:]
+    sizes = [(h, w)]
+    for _ in cfg.conv_channels:
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, H, W) -> stride-2 convs -> flatten -> MLP -> heads."""
+
+    def __init__(self, cfg: ModelConfig, heads: tuple[str, ...]):
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        layers: list[nn.Module] = []
+        c_in = cfg.input_shape[0]
+        for c_out in cfg.conv_channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        h, w = conv_sizes(cfg)[-1]
+        sizes = [c_in * h * w, *cfg.hidden]
+        self.trunk = mlp(sizes, cfg.activation)
+        self.heads = nn.ModuleDict({name: nn.Linear(sizes[-1], cfg.latent_dim) for name in heads})
+        self.input_shape = cfg.input_shape
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = x.reshape(-1, *self.input_shape)  # (B, D) or (B, C, H, W) -> (B, C, H, W)
+        h = self.trunk(self.convs(x).flatten(1))  # (B, c_last, h, w) -> (B, hidden[-1])
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+class ConvDecoder(nn.Module):
+    """z -> MLP -> linear to (c_last, h, w) -> transposed convs -> conv to parameters -> crop to (C, H, W)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        act = _ACTIVATIONS[cfg.activation]
+        sizes = [cfg.latent_dim, *reversed(cfg.hidden)]
+        self.trunk = mlp(sizes, cfg.activation)
+        self.start = conv_sizes(cfg)[-1]
+        chans = list(reversed(cfg.conv_channels))
+        self.project = nn.Sequential(nn.Linear(sizes[-1], chans[0] * self.start[0] * self.start[1]), act())
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans, chans[1:] + chans[-1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]  # (h, w) -> (2h, 2w)
+        self.deconvs = nn.Sequential(*layers)
+        self.out = nn.Conv2d(chans[-1], cfg.input_shape[0] * _params_per_pixel(cfg), 3, padding=1)
+
+    def forward(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
+        cfg = self.cfg
+        c, height, width = cfg.input_shape
+        lead = z.shape[:-1]
+        h = self.project(self.trunk(z.reshape(-1, z.shape[-1])))  # (..., Z) -> (N, c_last*h*w)
+        h = self.deconvs(h.view(h.shape[0], -1, *self.start))  # (N, c_first, h * 2^n, w * 2^n)
+        params = self.out(h)[:, :, :height, :width]  # crop: h * 2^n >= H by construction
+        params = params.reshape(*lead, -1, c, height, width)  # (..., P, C, H, W)
+        second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
+        return make_likelihood(cfg, params[..., 0, :, :, :], second)
 
 
 def build_encoder(cfg: ModelConfig, heads: tuple[str, ...]) -> nn.Module:
     if cfg.architecture == "mlp":
         return MLPEncoder(cfg, heads)
+    if cfg.architecture == "conv":
+        return ConvEncoder(cfg, heads)
     raise ValueError(f"unknown architecture {cfg.architecture!r}")
 
 
 def build_decoder(cfg: ModelConfig) -> nn.Module:
     if cfg.architecture == "mlp":
         return MLPDecoder(cfg)
+    if cfg.architecture == "conv":
+        return ConvDecoder(cfg)
     raise ValueError(f"unknown architecture {cfg.architecture!r}")
 
 

@@ -405,8 +405,12 @@ def train(config: RunConfig | None = None, out: str | Path = "runs/run", *, resu
         config = ckpt.read_config(out)
         if overrides:
             config = apply_overrides(config, overrides)
+    elif config is None:
+        config = apply_overrides(default_config(overrides.get("dataset", "digits")), overrides)
+        if data is None and "input_shape" not in overrides:
+            config, data = fit_to_data(config)
     else:
-        config = apply_overrides(config or default_config(overrides.get("dataset", "digits")), overrides)
+        config = apply_overrides(config, overrides)
     trainer = Trainer(config, out, dataset=data, progress=progress)
     if resume:
         trainer.restore()
@@ -424,6 +428,13 @@ def default_config(dataset: str = "digits") -> RunConfig:
     cfg.model = replace(cfg.model, input_shape=shapes.get(dataset, (1, 28, 28)),
                         likelihood=DEFAULT_LIKELIHOOD.get(dataset, "bernoulli"))
     return cfg
+
+
+def fit_to_data(config: RunConfig) -> tuple[RunConfig, Dataset]:
+    """Read ``config.data`` and give the model the data's (C, H, W): the default input_shape
+    is only a guess for ``folder:``/``npy:`` data. Returns the config and the loaded data."""
+    ds = load_dataset(config.data)
+    return replace(config, model=replace(config.model, input_shape=ds.shape)), ds
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

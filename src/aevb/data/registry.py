@@ -11,6 +11,8 @@
 ``valid_size`` changes how many training examples mnist, fashion_mnist, digits and
 frey_face hold out (0 trains on all of them). Every split is a float32 tensor of
 shape (N, C, H, W); labels are int64 (N,).
+
+Your own data, ``folder:PATH`` and ``npy:PATH``, is read by ``aevb.data.custom``.
 """
 
 from __future__ import annotations
@@ -197,9 +199,12 @@ def _binarize(ds: Dataset, mode: str) -> Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Read the data set named by ``cfg.dataset`` with its splits, binarization and subset applied."""
-    loader = DATASETS.get(cfg.dataset)
+    from .custom import is_custom, load_custom
+
+    loader = load_custom if is_custom(cfg.dataset) else DATASETS.get(cfg.dataset)
     if loader is None:
-        raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
+                        "folder:PATH or npy:PATH")
     ds = _binarize(loader(cfg), cfg.binarize)
     if cfg.subset is not None:
         if cfg.subset > len(ds.train):
