@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .config import ACTIVATIONS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, ConfigError
+from .config import ACTIVATIONS, ALGORITHMS, BINARIZE, ESTIMATORS, KINDS, LIKELIHOODS, OPTIMIZERS, ConfigError
 
 
 class UserError(click.ClickException):
@@ -62,6 +62,7 @@ def cli() -> None:
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
 @click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
 @click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS))
@@ -142,7 +143,7 @@ def _load(run_dir: Path, device: str):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--k", type=click.IntRange(min=1), default=5000, show_default=True,
+@click.option("--k", type=click.IntRange(min=0), default=5000, show_default=True,
               help="Importance samples per image for log p(x).")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
@@ -152,17 +153,24 @@ def _load(run_dir: Path, device: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_device_option
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, as_json) -> None:
-    """Test ELBO and the k-sample importance-weighted log p(x) (nats per example)."""
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json) -> None:
+    """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
+    KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x)."""
     from .evaluate import evaluate as run_eval
 
     run = _load(run_dir, device)
-    x = run.dataset(data_dir).split(split).x
+    ds = run.dataset(data_dir)
+    part = ds.split(split)
+    x, y = part.x, part.y
     if limit:
-        x = x[:limit]
+        x, y = x[:limit], (y[:limit] if y is not None else None)
+    probe_train = (ds.train.x.to(device), ds.train.y.to(device)) if probe and ds.train.y is not None else None
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
-                   progress=not as_json and sys.stderr.isatty())
+                   progress=not as_json and sys.stderr.isatty(),
+                   y=y.to(device) if (probe and y is not None) else None, probe_train=probe_train)
     res["split"] = split
     if as_json:
         click.echo(json.dumps(res))
@@ -171,6 +179,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     for key, value in res.items():
         if isinstance(value, float):
             click.echo(f"  {key:24s} {value:.4f}")
+        elif key in ("active_units", "latent_dim"):
+            click.echo(f"  {key:24s} {value}")
 
 
 @cli.command()
@@ -231,6 +241,11 @@ def data_fetch(name, data_dir) -> None:
         s = getattr(ds, split)
         if s is not None:
             click.echo(f"{name} {split}: {tuple(s.x.shape)}")
+
+
+from .commands_eval import register as _register_eval  # noqa: E402  (aevb reproduce ...)
+
+_register_eval(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

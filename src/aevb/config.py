@@ -22,6 +22,7 @@ ARCHITECTURES = ("mlp",)
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
+ALGORITHMS = ("aevb", "wake-sleep")  # SGVB, or the wake-sleep baseline (aevb.wake_sleep)
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
+    algorithm: str = "aevb"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -139,6 +141,7 @@ class TrainConfig:
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
+        _choice("algorithm", self.algorithm, ALGORITHMS)
 
 
 @dataclass
