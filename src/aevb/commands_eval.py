@@ -97,7 +97,7 @@ def register(cli: click.Group) -> None:
     @reproduce.command("iwae-table")
     @_budget
     @click.option("--k", type=click.IntRange(min=1), default=5000, show_default=True)
-    @click.option("--n-test", type=click.IntRange(min=1), help="Score only the first N test images.")
+    @click.option("--n-test", type=click.IntRange(min=1), help="Score only N test images (a fixed random subset).")
     @click.option("--subset", type=click.IntRange(min=1), help="Train on the first N training images.")
     @_out
     @_seed

@@ -7,7 +7,7 @@ size chosen from {0.01, 0.02, 0.1} by the training bound after a short trial, M 
 L = 1, weight decay 1/N_train (the N(0, I) parameter prior, per datapoint, because our
 losses are means over the batch), weights initialised from N(0, 0.01^2).
 The plotted bound is the ELBO with the analytic KL (estimator B) for both algorithms,
-on ``n_eval`` fixed training and test images.
+on ``n_eval`` fixed, randomly chosen training and test images.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from ..evaluate import evaluate_elbo
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import PAPER_LRS, Clock, build, eval_schedule, load_paper_data, paper_model_config, train_loop, write_csv
+from .common import PAPER_LRS, Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, train_loop, write_csv
 
 ALGORITHMS = ("aevb", "wake-sleep")
 DEFAULT_NZ = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
@@ -76,8 +76,8 @@ def run(dataset: str, out: str | Path, budget: int = 1_000_000, nzs=None, algori
     nzs = tuple(nzs or DEFAULT_NZ[dataset])
     ds = load_paper_data(dataset, data_dir)
     x_train = ds.train.x
-    x_eval_train = x_train[:n_eval]
-    x_eval_test = ds.test.x[:n_eval]
+    x_eval_train = eval_subset(x_train, n_eval, seed)
+    x_eval_test = eval_subset(ds.test.x, n_eval, seed)
     rows: list[dict[str, Any]] = []
     csv_path = out / f"figure2_{dataset}.csv"
     for nz in nzs:

@@ -30,7 +30,7 @@ from ..distributions import standard_normal_log_prob
 from ..evaluate import log_likelihood
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import Clock, build, eval_schedule, load_paper_data, paper_model_config, train_loop, write_csv
+from .common import Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, train_loop, write_csv
 
 NZ, HIDDEN = 3, 100
 
@@ -115,7 +115,7 @@ def run(out: str | Path, budget: int = 100_000, train_sizes=(1000, 50000), k: in
     """Writes ``figure3.csv`` and ``figure3.png`` under ``out``."""
     out = Path(out)
     ds = load_paper_data("mnist", data_dir)
-    x_test = ds.test.x[:n_eval]
+    x_test = eval_subset(ds.test.x, n_eval, seed)
     rows: list[dict[str, Any]] = []
     csv_path = out / "figure3.csv"
     steps = max(1, budget // batch_size)
@@ -123,7 +123,7 @@ def run(out: str | Path, budget: int = 100_000, train_sizes=(1000, 50000), k: in
     config = paper_model_config("mnist", NZ, hidden=HIDDEN)
     for n_train in train_sizes:
         x_train = ds.train.x[:n_train]
-        x_eval_train = x_train[:n_eval]
+        x_eval_train = eval_subset(x_train, n_eval, seed)
         methods = ["aevb", "wake-sleep"] + (["mcem"] if n_train == min(train_sizes) else [])
         for method in methods:
             model = build(config, seed)

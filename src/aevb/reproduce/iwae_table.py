@@ -21,7 +21,7 @@ from ..config import DataConfig, ModelConfig
 from ..data import load_dataset
 from ..evaluate import evaluate
 from ..objectives import elbo
-from .common import Clock, build, write_csv
+from .common import Clock, build, eval_subset, write_csv
 
 REFERENCE_NATS = -86.76  # IWAE paper, table 1, VAE k=1, one stochastic layer
 BATCH_SIZE = 20
@@ -42,7 +42,7 @@ def run(out: str | Path, budget: int | None = None, k: int = 5000, n_test: int |
     """Train (the schedule truncated to ``budget`` samples) and write ``iwae_table.csv``/``.png``."""
     out = Path(out)
     ds = load_dataset(DataConfig(dataset="mnist", data_dir=data_dir, binarize="dynamic", valid_size=0, subset=subset))
-    x_train, x_test = ds.train.x, ds.test.x[:n_test] if n_test else ds.test.x
+    x_train, x_test = ds.train.x, eval_subset(ds.test.x, n_test, seed)
     stages = schedule_stages(len(x_train))
     full = sum(s for s, _ in stages)
     budget = min(budget or full, full)
