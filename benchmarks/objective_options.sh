@@ -19,7 +19,7 @@ for name in vae free-bits warmup iwae-k5; do
   python - "$name" "$out/$name/eval.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
-kl = sorted(r["kl_per_dim"], reverse=True)
+kl = sorted((v for k, v in r.items() if k.startswith("kl_dim_")), reverse=True)
 print(f"{sys.argv[1]:10s} elbo {r['elbo']:.2f}  log p(x) {r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f}  "
       f"KL {r['kl']:.2f}  active units {r['active_units']}/{r['latent_dim']}  "
       f"KL per dim (sorted) {' '.join(f'{v:.2f}' for v in kl[:12])} ... {kl[-1]:.3f}")

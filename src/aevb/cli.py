@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from .commands_viz import register as _register_viz
-from .config import (ACTIVATIONS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, KL_SCHEDULES,
-                     LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
+from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS,
+                     KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
@@ -84,6 +84,7 @@ _register_viz(cli)
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
 @click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
 @click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), help="Train on the ELBO or the IWAE bound.")
@@ -227,7 +228,7 @@ def _load(run_dir: Path, device: str):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--k", type=click.IntRange(min=1), default=5000, show_default=True,
+@click.option("--k", type=click.IntRange(min=0), default=5000, show_default=True,
               help="Importance samples per image for log p(x).")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
@@ -238,24 +239,23 @@ def _load(run_dir: Path, device: str):
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_device_option
 @click.option("--probe/--no-probe", default=True, show_default=True,
-              help="Score the codes as classifier features (needs labels).")
+              help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json) -> None:
-    """The evaluation suite: ELBO, k-sample importance-sampled log p(x) with its standard
-    error, bits/dim, active units, KL per latent dimension, latent-probe accuracy."""
+    """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
+    KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x)."""
     from .evaluate import evaluate as run_eval
 
     run = _load(run_dir, device)
     ds = run.dataset(data_dir)
-    s = ds.split(split)
-    x, y = s.x, s.y
+    part = ds.split(split)
+    x, y = part.x, part.y
     if limit:
-        x, y = x[:limit], None if y is None else y[:limit]
-    probe_data = None
-    if probe and y is not None and ds.train.y is not None:
-        probe_data = (ds.train.x.to(device), ds.train.y, y)
+        x, y = x[:limit], (y[:limit] if y is not None else None)
+    probe_train = (ds.train.x.to(device), ds.train.y.to(device)) if probe and ds.train.y is not None else None
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
-                   progress=not as_json and sys.stderr.isatty(), probe=probe_data)
+                   progress=not as_json and sys.stderr.isatty(),
+                   y=y.to(device) if (probe and y is not None) else None, probe_train=probe_train)
     res["split"] = split
     if as_json:
         click.echo(json.dumps(res))
@@ -264,10 +264,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     for key, value in res.items():
         if isinstance(value, float):
             click.echo(f"  {key:24s} {value:.4f}")
-        elif isinstance(value, int) and key not in ("n", "data_dim"):
+        elif key in ("active_units", "latent_dim"):
             click.echo(f"  {key:24s} {value}")
-        elif isinstance(value, list):
-            click.echo(f"  {key:24s} " + " ".join(f"{v:.2f}" for v in value))
 
 
 @cli.command()
@@ -367,6 +365,11 @@ def data_fetch(name, data_dir) -> None:
         s = getattr(ds, split)
         if s is not None:
             click.echo(f"{name} {split}: {tuple(s.x.shape)}")
+
+
+from .commands_eval import register as _register_eval  # noqa: E402  (aevb reproduce ...)
+
+_register_eval(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

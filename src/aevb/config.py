@@ -22,12 +22,13 @@ ARCHITECTURES = ("mlp", "conv")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 (with a gradient scaler) needs CUDA
 OBJECTIVES = ("elbo", "iwae")
-KL_SCHEDULES = ("constant", "linear", "cyclical")  # fp16 (with a gradient scaler) needs CUDA
+KL_SCHEDULES = ("constant", "linear", "cyclical")
 DECODER_MEANS = ("sigmoid", "identity")
 CHANNELS = (1, 3)  # grey, RGB
 FITS = ("resize", "crop")  # how images of another size are brought to image_size
+ALGORITHMS = ("aevb", "wake-sleep")  # SGVB, or the wake-sleep baseline (aevb.wake_sleep)
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,7 @@ class TrainConfig:
     max_skips: int = 20
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
+    algorithm: str = "aevb"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -208,6 +210,7 @@ class TrainConfig:
         _check(isinstance(self.max_skips, int) and self.max_skips >= 1, f"max_skips must be >= 1; got {self.max_skips!r}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
+        _choice("algorithm", self.algorithm, ALGORITHMS)
 
 
 @dataclass

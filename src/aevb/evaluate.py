@@ -1,18 +1,31 @@
-"""Evaluation on a data split: the ELBO and the importance-sampled log p(x).
+"""Evaluation on a data split: ELBO, importance-sampled log p(x), and what the codes are worth.
 
 All values are nats per example (summed over pixels, averaged over images) unless the
 name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
+
+- ``log_likelihood``: the k-sample importance-weighted estimate log (1/k) sum_i w_i with
+  z_i ~ q(z|x) (Burda et al. 2016), vectorised over a batch of images and over chunks of
+  samples, log-mean-exp in float64. It is a stochastic lower bound on log p(x) whose bias
+  shrinks as k grows; ``log_likelihood_stderr`` is the standard error of the mean over images.
+- ``active_units``: dimensions u with Var_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, sec. 5.2).
+- ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
+- ``probe_logreg_accuracy`` / ``probe_knn_accuracy``: classifiers fitted on the posterior
+  means (``embed``) of training images and scored on the evaluated split's codes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .objectives import ae_loss, elbo, iwae_bound
+
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 def _batches(x: Tensor, batch_size: int):
@@ -46,10 +59,11 @@ def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl
 @torch.no_grad()
 def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int = 500, seed: int = 0,
                    progress: bool = False) -> Tensor:
-    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,))."""
+    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     out = []
-    for xb in tqdm(list(_batches(x, batch_size)), desc=f"log p(x), k={k}", disable=not progress, leave=False):
+    for xb in tqdm(list(_batches(x, batch_size)), desc=f"log p(x), k={k}", disable=not progress, leave=False,
+                   unit="batch"):
         out.append(iwae_bound(model, xb, k, generator=gen, chunk=min(chunk, k), reduction="none")["iwae"].double())
     return torch.cat(out)
 
@@ -60,65 +74,87 @@ def bits_per_dim(log_px_nats: float, data_dim: int) -> float:
 
 @torch.no_grad()
 def embed(model, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Posterior means E_q[z|x] (an AE's codes), shape (N, Z); never sampled."""
+    """Posterior means E_q[z|x] (an AE's codes), shape (N, latent_dim)."""
     return torch.cat([model.embed(xb) for xb in _batches(x, batch_size)])
 
 
 @torch.no_grad()
-def latent_statistics(model, x: Tensor, batch_size: int = 1000, threshold: float = 0.01) -> dict:
-    """Active units (Burda et al. 2016: dimension j is active when Var_x(E_q[z_j|x]) > 0.01)
-    and the KL of each latent dimension averaged over x (nats)."""
+def latent_statistics(model, x: Tensor, batch_size: int = 1000,
+                      threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict[str, Any]:
+    """Active units and the per-dimension KL of a VAE's posterior on ``x``.
+
+    Returns ``active_units`` (int), ``active_unit_variances`` (list, Var_x E_q[z_u|x] per
+    dimension) and ``kl_per_dim`` (list, mean over x of KL(q(z_u|x) || N(0, 1)) in nats).
+    """
     mus, kls = [], []
     for xb in _batches(x, batch_size):
         q = model.encode(xb)
         mus.append(q.mu.double())
-        kls.append(q.kl_per_dim().double())
-    mu, kl = torch.cat(mus), torch.cat(kls)
+        kls.append((-0.5 * (1 + q.log_var - q.mu**2 - q.log_var.exp())).double().sum(0))  # (Z,)
+    mu = torch.cat(mus)
     var = mu.var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=torch.float64)
-    return {"active_units": int((var > threshold).sum()), "latent_dim": mu.shape[1],
-            "activity": var.tolist(), "kl_per_dim": kl.mean(0).tolist()}
+    kl = torch.stack(kls).sum(0) / len(x)
+    return {"active_units": int((var > threshold).sum().item()), "active_unit_variances": var.tolist(),
+            "kl_per_dim": kl.tolist()}
 
 
-def probe_accuracy(train_codes: Tensor, train_y: Tensor, test_codes: Tensor, test_y: Tensor,
-                   k: int = 5, max_train: int = 10000, seed: int = 0) -> dict[str, float]:
-    """How good the codes are as features: logistic regression and k-NN (scikit-learn) fitted on
-    (at most ``max_train``) training codes, scored on the test codes. Features are standardised."""
+def probe_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor, test_labels: Tensor,
+                   knn_k: int = 5, max_train: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Logistic-regression and k-NN test accuracy of classifiers fitted on codes.
+
+    At most ``max_train`` training codes are used (a fixed random subset); codes are
+    standardised with the training codes' mean and standard deviation.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(train_codes), generator=g)[:max_train]
-    xtr, ytr = train_codes[idx].cpu().numpy(), train_y[idx].cpu().numpy()
-    xte, yte = test_codes.cpu().numpy(), test_y.cpu().numpy()
-    logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(xtr, ytr)
-    knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k)).fit(xtr, ytr)
+    xtr = train_codes.detach().cpu().double().numpy()
+    ytr = train_labels.detach().cpu().numpy()
+    if len(xtr) > max_train:
+        keep = np.random.default_rng(seed).choice(len(xtr), max_train, replace=False)
+        xtr, ytr = xtr[keep], ytr[keep]
+    xte = test_codes.detach().cpu().double().numpy()
+    yte = test_labels.detach().cpu().numpy()
+    scaler = StandardScaler().fit(xtr)
+    xtr, xte = scaler.transform(xtr), scaler.transform(xte)
+    logreg = LogisticRegression(max_iter=1000).fit(xtr, ytr)
+    knn = KNeighborsClassifier(n_neighbors=min(knn_k, len(xtr))).fit(xtr, ytr)
     return {"probe_logreg_accuracy": float(logreg.score(xte, yte)), "probe_knn_accuracy": float(knn.score(xte, yte)),
-            "probe_train_size": len(idx)}
+            "probe_train_size": len(xtr)}
 
 
 def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int = 500, seed: int = 0,
-             progress: bool = False, probe: tuple[Tensor, Tensor, Tensor] | None = None) -> dict:
-    """The evaluation suite on images ``x``, nats per example:
+             progress: bool = False, y: Tensor | None = None, probe_train: tuple[Tensor, Tensor] | None = None,
+             probe_max_train: int = 10000) -> dict[str, Any]:
+    """The evaluation suite on ``x``, as one flat dict (nats per example).
 
-    ``elbo`` (with its ``reconstruction`` and ``kl`` terms), ``log_likelihood``: the k-sample
-    importance-sampled log p(x) (the IWAE bound) with its standard error over images,
-    ``bits_per_dim``, ``active_units`` and ``kl_per_dim`` (VAE), and with
-    ``probe=(train_x, train_y, test_y)`` the logistic-regression and k-NN accuracy of
-    the posterior means as features (train codes from train_x, scored on x's codes).
+    Keys: ``n``, ``k``, ``data_dim``; ``elbo``, ``reconstruction``, ``kl`` (an AE: ``reconstruction``);
+    a VAE adds ``log_likelihood``, ``log_likelihood_stderr``, ``bits_per_dim``, ``elbo_bits_per_dim``,
+    ``active_units``, ``kl_dim_0`` ...; with labels ``y`` and ``probe_train=(x_train, y_train)`` the
+    probe accuracies ``probe_logreg_accuracy`` and ``probe_knn_accuracy``. ``k=0`` skips log p(x).
     """
     model.eval()
     d = model.config.data_dim
-    result: dict = {"n": len(x), "k": k, "data_dim": d}
+    result: dict[str, Any] = {"n": len(x), "k": k, "data_dim": d}
     result.update(evaluate_elbo(model, x, batch_size=max(batch_size, 500), seed=seed))
     if model.config.kind == "vae":
-        ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, seed=seed, progress=progress)
-        mean, se = _mean_and_stderr(ll)
-        result.update(log_likelihood=mean, log_likelihood_stderr=se, bits_per_dim=bits_per_dim(mean, d),
-                      elbo_bits_per_dim=bits_per_dim(result["elbo"], d))
-        result.update(latent_statistics(model, x))
-    if probe is not None:
-        train_x, train_y, test_y = probe
-        result.update(probe_accuracy(embed(model, train_x), train_y, embed(model, x), test_y, seed=seed))
+        if "elbo" in result:
+            result["elbo_bits_per_dim"] = bits_per_dim(result["elbo"], d)
+        if k > 0:
+            ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, seed=seed, progress=progress)
+            mean, se = _mean_and_stderr(ll)
+            result.update(log_likelihood=mean, log_likelihood_stderr=se, bits_per_dim=bits_per_dim(mean, d))
+        stats = latent_statistics(model, x)
+        result["active_units"] = stats["active_units"]
+        result["latent_dim"] = model.config.latent_dim
+        result.update({f"kl_dim_{j}": v for j, v in enumerate(stats["kl_per_dim"])})
+    if y is not None and probe_train is not None and probe_train[1] is not None:
+        x_tr, y_tr = probe_train
+        if probe_max_train and len(x_tr) > probe_max_train:
+            keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:probe_max_train]
+            x_tr, y_tr = x_tr[keep.to(x_tr.device)], y_tr[keep.to(y_tr.device)]
+        with torch.no_grad():
+            result.update(probe_accuracy(embed(model, x_tr), y_tr, embed(model, x), y, seed=seed,
+                                         max_train=probe_max_train))
     return result

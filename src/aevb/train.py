@@ -84,6 +84,12 @@ def resolve_device(name: str) -> torch.device:
 def make_objective(config: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
     """The training objective named by the configuration."""
     t = config.train
+    if config.train.algorithm == "wake-sleep":
+        if config.model.kind != "vae":
+            raise ConfigError("--algorithm wake-sleep needs a recognition model: use --kind vae")
+        from .wake_sleep import wake_sleep_step_loss
+
+        return wake_sleep_step_loss
     if config.model.kind == "ae":
         return ae_loss
     if t.objective == "iwae":
