@@ -72,7 +72,7 @@ def test_train_on_an_mnist_subset(tmp_path, data_dir):
     (["train", "--dataset", "imagenet", "--out", "{tmp}/x"], "unknown data set 'imagenet'"),
     (["train", "--frobnicate"], "No such option"),
     (["evaluate", "{tmp}/nope"], "is not a directory"),
-    (["evaluate", "{tmp}", "--k", "0"], "Invalid value for '--k'"),
+    (["evaluate", "{tmp}", "--k", "-1"], "Invalid value for '--k'"),
     (["sample", "{tmp}"], "no config.json"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, args, message):
