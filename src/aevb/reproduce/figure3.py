@@ -176,7 +176,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("marginal log-likelihood (IS estimate)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=7, loc="lower right")  # the smallest training set has all three methods
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
