@@ -98,6 +98,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..viz import save_figure
+
     nzs = sorted({int(r["nz"]) for r in rows})
     fig, axes = plt.subplots(1, len(nzs), figsize=(3.2 * len(nzs), 3.0), squeeze=False)
     colors = {"aevb": "tab:red", "wake-sleep": "tab:green"}
@@ -125,8 +127,4 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, tight=False)

@@ -159,6 +159,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..viz import save_figure
+
     sizes = sorted({int(r["n_train"]) for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.0), squeeze=False)
     colors = {"aevb": "tab:red", "wake-sleep": "tab:green", "mcem": "tab:blue"}
@@ -178,8 +180,4 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     axes[0][0].set_ylabel("marginal log-likelihood (IS estimate)")
     axes[0][0].legend(fontsize=7, loc="lower right")  # the smallest training set has all three methods
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, tight=False)

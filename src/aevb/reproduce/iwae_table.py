@@ -92,6 +92,8 @@ def plot(row: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..viz import save_figure
+
     fig, ax = plt.subplots(figsize=(4.0, 2.6))
     names = ["IWAE paper\nVAE (k=1)", f"aevb\n{row['passes']:.3g} passes"]
     vals = [-REFERENCE_NATS, -row["test_log_likelihood"]]
@@ -101,8 +103,4 @@ def plot(row: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel(f"test -log p(x), k={row['k']} (nats)")
     ax.set_ylim(min(vals) - 10, max(vals) + 5)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, tight=False)
