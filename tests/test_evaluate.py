@@ -1,17 +1,23 @@
 """The evaluation suite: the importance-sampled log p(x), the bound ordering, the flat result dict."""
 
+import copy
 import json
 import math
 
 import pytest
 import torch
 from click.testing import CliRunner
+import torch.nn.functional as F
 from torch import nn
+
+from aevb import importance
 
 from aevb.cli import cli
 from aevb.config import ModelConfig
 from aevb.distributions import Gaussian
 from aevb.evaluate import evaluate, latent_statistics, log_likelihood, probe_accuracy
+from aevb.importance import (bernoulli_mlp_log_weights, bernoulli_prep, decoder_row_bytes, has_fast_path,
+                            plan_chunks)
 from aevb.model import VAE
 from aevb.objectives import iwae_bound
 from aevb.train import default_config, train
@@ -130,3 +136,75 @@ def test_cli_evaluate_json(digits_run):
                                  "--n", "30"])
     assert r.exit_code == 0, r.output
     assert "active_units" in r.output and "probe" not in r.output and "log_likelihood " not in r.output
+
+
+def bernoulli_mlp_model(input_shape=(1, 28, 28), activation="tanh", hidden=(64, 48), latent_dim=5):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=input_shape, hidden=hidden, activation=activation, latent_dim=latent_dim))
+    with torch.no_grad():
+        for p in model.parameters():  # logits of a few units, as in a trained model (the default init gives ~0.3)
+            p.mul_(2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("input_shape,activation", [((1, 28, 28), "tanh"), ((1, 5, 10), "relu"),
+                                                    ((1, 28, 28), "softplus")])
+def test_fast_bernoulli_path_equals_straightforward_log_weights(input_shape, activation):
+    model = bernoulli_mlp_model(input_shape, activation)
+    assert has_fast_path(model)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, *input_shape, generator=g)
+    x[:4] = x[:4].bernoulli(generator=g)  # binary images, and two grey ones (a Bernoulli log_prob accepts [0, 1])
+    eps = torch.randn(6, 40, model.config.latent_dim, generator=g)
+    with torch.no_grad():
+        q = model.encode(x)
+        fast = bernoulli_mlp_log_weights(model.decoder, bernoulli_prep(model.decoder, x, q.mu, q.log_var), eps)
+        # the straightforward computation, in float64: sum x l - softplus(l) + log p(z) - log q(z|x)
+        m64 = copy.deepcopy(model).double()
+        mu, log_var = q.mu.double()[:, None], q.log_var.double()[:, None]
+        z = mu + torch.exp(0.5 * log_var) * eps.double()
+        logits = m64.decoder(z).logits.flatten(2)
+        log_px_z = (x.double().flatten(1)[:, None] * logits - F.softplus(logits)).sum(-1)
+        log_pz = -0.5 * ((z**2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+        log_qz = (-0.5 * (math.log(2 * math.pi) + log_var + (z - mu) ** 2 * torch.exp(-log_var))).sum(-1)
+        reference = log_px_z + log_pz - log_qz
+    assert fast.shape == (6, 40)
+    # 1e-4 nats plus float32's own rounding of values of this size (|log w| here is 60 to 1500 nats;
+    # the straightforward float32 computation is off by as much)
+    assert ((fast - reference).abs() <= 1e-4 + 1.5e-7 * reference.abs()).all()
+
+
+def test_fast_and_generic_log_likelihood_agree_for_a_seed():
+    model = bernoulli_mlp_model()
+    x = torch.rand(9, 1, 28, 28, generator=torch.Generator().manual_seed(2)).bernoulli()
+    fast = log_likelihood(model, x, k=300, batch_size=4, seed=3)
+    generic = log_likelihood(model, x, k=300, batch_size=4, seed=3, fast=False)
+    assert (fast - generic).abs().max().item() < 1e-4  # the same chunks, hence the same noise, on both paths
+
+
+@pytest.mark.parametrize("k,n,row_bytes,budget", [(5000, 10000, 16704, 16 * 2**20), (1, 7, 100, 10**4),
+                                                  (37, 3, 1000, 5000), (5000, 1, 10**9, 10**6), (10, 1000, 8, 10**9)])
+def test_chunk_plan_never_exceeds_its_budget(k, n, row_bytes, budget):
+    plan = plan_chunks(k, n, row_bytes, budget, max_images=100)
+    assert plan.chunk_bytes <= max(budget, row_bytes)  # one row is the least a chunk can be
+    assert 1 <= plan.images <= min(n, 100) and 1 <= plan.samples <= k
+    n_chunks = math.ceil(k / plan.samples)
+    assert k - (n_chunks - 1) * plan.samples <= plan.samples  # equal chunks, the last one no larger
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_decoded_rows_stay_within_the_byte_budget(monkeypatch, fast):
+    model = bernoulli_mlp_model()
+    budget = 200 * decoder_row_bytes(model)
+    shapes = []
+    real = importance.draw_noise
+
+    def record(generator, images, samples, latent_dim, like):
+        shapes.append((images, samples))
+        return real(generator, images, samples, latent_dim, like)
+
+    monkeypatch.setattr(importance, "draw_noise", record)
+    x = torch.rand(5, 1, 28, 28).bernoulli()
+    log_likelihood(model, x, k=1000, max_chunk_bytes=budget, fast=fast)
+    assert max(b * s for b, s in shapes) <= 200
+    assert sum(b * s for b, s in shapes) == 5 * 1000  # every (image, sample) row once

@@ -4,8 +4,8 @@ All values are nats per example (summed over pixels, averaged over images) unles
 name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
 
 - ``log_likelihood``: the k-sample importance-weighted estimate log (1/k) sum_i w_i with
-  z_i ~ q(z|x) (Burda et al. 2016), vectorised over a batch of images and over chunks of
-  samples, log-mean-exp in float64. It is a stochastic lower bound on log p(x) whose bias
+  z_i ~ q(z|x) (Burda et al. 2016), each image encoded once and its samples decoded in chunks
+  of bounded memory, log-mean-exp in float64 (``aevb.importance``). It is a stochastic lower bound on log p(x) whose bias
   shrinks as k grows; ``log_likelihood_stderr`` is the standard error of the mean over images.
 - ``active_units``: dimensions u with Var_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, sec. 5.2).
 - ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .objectives import ae_loss, elbo, iwae_bound
+from .importance import DEFAULT_CHUNK_BYTES, importance_log_likelihood
+from .objectives import ae_loss, elbo
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -57,15 +58,21 @@ def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl
 
 
 @torch.no_grad()
-def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int = 500, seed: int = 0,
-                   progress: bool = False) -> Tensor:
-    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64)."""
+def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int | None = None, seed: int = 0,
+                   progress: bool = False, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, fast: bool = True,
+                   compile: bool = False) -> Tensor:
+    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64).
+
+    ``batch_size`` images are encoded at once; their (image, sample) rows are decoded in chunks whose
+    working set stays under ``max_chunk_bytes`` (``chunk``, when given, also caps the samples per image
+    in one chunk), so memory does not grow with k. See ``aevb.importance`` for the layout, the fast
+    Bernoulli path (``fast=False`` forces the model's own ``log_prob``) and ``compile``.
+    """
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    out = []
-    for xb in tqdm(list(_batches(x, batch_size)), desc=f"log p(x), k={k}", disable=not progress, leave=False,
-                   unit="batch"):
-        out.append(iwae_bound(model, xb, k, generator=gen, chunk=min(chunk, k), reduction="none")["iwae"].double())
-    return torch.cat(out)
+    with tqdm(total=len(x), desc=f"log p(x), k={k}", disable=not progress, leave=False, unit="img") as bar:
+        return importance_log_likelihood(model, x, k, gen, batch_size=batch_size, max_samples=chunk,
+                                         max_chunk_bytes=max_chunk_bytes, fast=fast, compile=compile,
+                                         progress=bar.update)
 
 
 def bits_per_dim(log_px_nats: float, data_dim: int) -> float:
