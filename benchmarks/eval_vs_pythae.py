@@ -1,13 +1,31 @@
 """Importance-sampled log p(x): aevb's ``log_likelihood`` against pythae 0.1.2's ``VAE.get_nll``.
 
-Same networks (pythae's VAE wraps aevb's own encoder and decoder modules, so the weights are
-identical), same K, same images, timed in one process. Throughput is images x samples per
-second. The FLOP floor is the time the decoder passes alone would take at the matmul rate this
-machine reaches in the same process (a large float32 GEMM, same thread count).
+One command measures, in one run, each side in its own child process (so each has its own peak RSS):
 
-    PYTHONPATH=src python benchmarks/eval_vs_pythae.py --images 20 --k 1000 --threads 1
+- the FLOP floor: the float32 GEMM rate of this machine at the same thread count (a 1024^3 matmul),
+  measured right before and right after every timed section; the faster of the two is used, which
+  makes the floor as low (and our ratio to it as high) as the machine allows;
+- the FLOPs of one decoder pass (one z) and one encoder pass (one image), counted by
+  ``torch.utils.flop_counter`` on the model itself;
+- aevb: time, images x samples per second, time / floor, where floor = images x K x decoder FLOPs
+  / GEMM rate (aevb encodes each image once, a further images x encoder FLOPs, reported apart);
+- pythae ``get_nll(x, n_samples=K, batch_size=100)`` (its defaults but K): the same, on the same
+  network (pythae's VAE wraps aevb's own encoder and decoder modules, so the weights are
+  identical) and the first ``--pythae-images`` of the same images with ``--pythae-k`` samples
+  (default: all of them, the same K). pythae re-encodes the image for every sample, so its work
+  is images x K x (encoder + decoder) FLOPs;
+- the ratios: throughput (images x samples per second) aevb / pythae, the same ratio with each
+  side's time divided by its own floor (robust to the load changing between the two phases), and
+  the bound on that ratio if aevb ran exactly at its floor.
 
-Exits 0 with a message when pythae is not installed (``pip install pythae==0.1.2 --no-deps``).
+    PYTHONPATH=src python benchmarks/eval_vs_pythae.py --run runs/mnist-500-20 --images 100 --k 5000
+    PYTHONPATH=src python benchmarks/eval_vs_pythae.py --full --run runs/mnist-500-20 --k 5000   # aevb alone, whole test split
+
+``--full`` evaluates aevb alone on the whole test split (or ``--images``) in slices of
+``--slice`` images, with a GEMM measurement between slices, and extrapolates to 10,000 images
+when fewer were evaluated. Without ``--run`` a fresh (untrained) 784-500-20 tanh VAE is timed on
+random binary images. Exits 0 with a message when pythae is not installed
+(``pip install pythae==0.1.2 --no-deps``).
 """
 
 from __future__ import annotations
@@ -15,13 +33,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
+import subprocess
 import sys
 import time
 
 import torch
 
+FULL_TEST_IMAGES = 10_000
 
-def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
+
+def gemm_flops_per_s(n: int = 1024, repeats: int = 4) -> float:
+    """The float32 matmul rate this process reaches now (the FLOP floor's denominator)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     t = time.perf_counter()
@@ -30,13 +54,43 @@ def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
-def decoder_flops(cfg) -> int:
-    """Multiply-adds x 2 of one decoder pass (one z), the likelihood's elementwise work ignored."""
-    sizes = [cfg.latent_dim, *reversed(cfg.hidden), cfg.data_dim]
-    flops = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    if cfg.likelihood == "gaussian":
-        flops += 2 * sizes[-2] * cfg.data_dim
-    return flops
+def timed_against_gemm(fn):
+    """Run fn once between two GEMM-rate measurements: (result, seconds, the faster GEMM rate)."""
+    before = gemm_flops_per_s()
+    t = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t
+    return result, seconds, max(before, gemm_flops_per_s())
+
+
+def pass_flops(model) -> tuple[int, int]:
+    """FLOPs of one decoder pass (one z) and of one encoder pass (one image), as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters())
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as dec:
+            model.decode(torch.zeros(1, model.config.latent_dim, dtype=param.dtype))
+        with FlopCounterMode(display=False) as enc:
+            model.encode(torch.zeros(1, *model.config.input_shape, dtype=param.dtype))
+    return dec.get_total_flops(), enc.get_total_flops()
+
+
+def model_and_images(args):
+    """The run's model and test images (``--run``), or a fresh 784-500-20 tanh VAE and random binary images."""
+    from aevb.config import ModelConfig
+    from aevb.model import VAE
+
+    torch.manual_seed(0)
+    if args.run:
+        from aevb.checkpoint import load
+
+        run = load(args.run)
+        x = run.dataset(args.data_dir).test.x
+        return run.model.eval(), (x[: args.images] if args.images else x), args.run
+    model = VAE(ModelConfig(hidden=(args.hidden,), activation="tanh", latent_dim=args.latent_dim)).eval()
+    n = args.images or 20
+    return model, torch.rand(n, 1, 28, 28).bernoulli(), f"fresh 784-{args.hidden}-{args.latent_dim} tanh VAE"
 
 
 def pythae_model(model):
@@ -67,53 +121,145 @@ def pythae_model(model):
     return PVAE(cfg, encoder=Enc(), decoder=Dec()).eval()
 
 
-def main(argv=None) -> int:
+def floor_fields(prefix: str, seconds: float, work_flops: float, gemm: float, samples: int) -> dict:
+    floor = work_flops / gemm
+    return {f"{prefix}_seconds": round(seconds, 3), f"{prefix}_images_x_samples_per_s": round(samples / seconds),
+            f"{prefix}_gemm_gflops": round(gemm / 1e9, 1), f"{prefix}_floor_seconds": round(floor, 3),
+            f"{prefix}_over_floor": round(seconds / floor, 3)}
+
+
+def phase_aevb(args) -> dict:
+    """aevb's log_likelihood on the images, ``--repeats`` times; the median run is reported."""
+    from aevb.evaluate import log_likelihood
+
+    model, x, _ = model_and_images(args)
+    dec, enc = pass_flops(model)
+    kw = dict(k=args.k, batch_size=args.batch_size, chunk=args.chunk, max_chunk_bytes=int(args.chunk_mib * 2**20),
+              fast=not args.generic, compile=args.compile)
+    res = {}
+    if args.compile:  # the first call compiles: timed apart
+        _, first, gemm = timed_against_gemm(lambda: log_likelihood(model, x[:1], **kw))
+        res["aevb_compile_and_first_image_seconds"] = round(first, 3)
+    runs = [timed_against_gemm(lambda: log_likelihood(model, x, **kw)) for _ in range(args.repeats)]
+    ll, seconds, gemm = sorted(runs, key=lambda r: r[1] / (len(x) * args.k * dec / r[2]))[len(runs) // 2]
+    res.update(floor_fields("aevb", seconds, len(x) * args.k * dec, gemm, len(x) * args.k))
+    res.update(aevb_images=len(x), aevb_k=args.k, aevb_log_px=round(ll.mean().item(), 3),
+               aevb_over_floor_all_repeats=[round(s / (len(x) * args.k * dec / g), 3) for _, s, g in runs],
+               aevb_encoder_flops_share=round(enc / (args.k * dec), 5))
+    return res
+
+
+def phase_pythae(args) -> dict:
+    """pythae's get_nll with its default batch_size (100) on the first --pythae-images images."""
+    model, x, _ = model_and_images(args)
+    n, k = args.pythae_images or len(x), args.pythae_k or args.k
+    x = x[:n]
+    dec, enc = pass_flops(model)
+    pmodel = pythae_model(model)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        log_px, seconds, gemm = timed_against_gemm(lambda: float(pmodel.get_nll(x, n_samples=k, batch_size=100)))
+    res = floor_fields("pythae", seconds, n * k * dec, gemm, n * k)
+    res.update(pythae_images=n, pythae_k=k, pythae_log_px=round(log_px, 3),  # get_nll returns the mean log p(x)
+               pythae_over_its_own_flops=round(seconds / (n * k * (dec + enc) / gemm), 3))
+    return res
+
+
+def phase_full(args) -> dict:
+    """aevb alone on the test split, in slices with a GEMM measurement around each one."""
+    from aevb.importance import importance_log_likelihood
+
+    model, x, _ = model_and_images(args)
+    dec, _ = pass_flops(model)
+    gen = torch.Generator().manual_seed(args.seed)
+    parts, seconds, floor = [], 0.0, 0.0
+    for start in range(0, len(x), args.slice):
+        xs = x[start : start + args.slice]
+        ll, s, gemm = timed_against_gemm(lambda: importance_log_likelihood(
+            model, xs, args.k, gen, batch_size=args.batch_size, max_samples=args.chunk,
+            max_chunk_bytes=int(args.chunk_mib * 2**20), fast=not args.generic))
+        parts.append(ll)
+        seconds += s
+        floor += len(xs) * args.k * dec / gemm
+        print(f"{start + len(xs)}/{len(x)} images, {seconds:.0f} s, {seconds / floor:.3f} x floor", file=sys.stderr)
+    ll = torch.cat(parts)
+    res = {"aevb_images": len(x), "aevb_k": args.k, "aevb_seconds": round(seconds, 1),
+           "aevb_images_x_samples_per_s": round(len(x) * args.k / seconds),
+           "aevb_floor_seconds": round(floor, 1), "aevb_over_floor": round(seconds / floor, 3),
+           "aevb_log_px": round(ll.mean().item(), 3),
+           "aevb_log_px_stderr": round(ll.std().item() / math.sqrt(len(ll)), 3) if len(ll) > 1 else None}
+    if len(x) < FULL_TEST_IMAGES:
+        res["extrapolated_seconds_for_10000_images"] = round(seconds * FULL_TEST_IMAGES / len(x), 1)
+    return res
+
+
+PHASES = {"aevb": phase_aevb, "pythae": phase_pythae, "full": phase_full}
+
+
+def run_phase(name: str, argv: list[str]) -> dict:
+    """Run one phase in a child process: its JSON result plus its peak resident set size."""
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--phase", name, *argv],
+                             stdout=subprocess.PIPE, text=True)
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"phase {name} failed with exit code {child.returncode}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res[f"{name}_peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # Linux: KiB
+    return res
+
+
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--run", help="evaluate this run directory's model on its test split")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--images", type=int, default=0, help="images to evaluate (0: all with --run, 20 without)")
     ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--pythae-images", type=int, default=0, help="pythae: the first N of the images (0: all)")
+    ap.add_argument("--pythae-k", type=int, default=0, help="pythae: samples per image (0: --k)")
     ap.add_argument("--latent-dim", type=int, default=20)
     ap.add_argument("--hidden", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=20, help="aevb: images per batch")
-    ap.add_argument("--chunk", type=int, default=250, help="aevb: samples decoded at once per image")
-    ap.add_argument("--run", help="evaluate this run directory's model instead of a fresh one")
-    args = ap.parse_args(argv)
+    ap.add_argument("--batch-size", type=int, default=100, help="aevb: images encoded at once")
+    ap.add_argument("--chunk", type=int, default=None, help="aevb: cap on samples per image in one chunk")
+    ap.add_argument("--chunk-mib", type=float, default=16.0, help="aevb: byte budget of one decoded chunk (MiB)")
+    ap.add_argument("--generic", action="store_true", help="aevb: the model's own log_prob, not the fast path")
+    ap.add_argument("--compile", action="store_true", help="aevb: torch.compile the per-chunk function")
+    ap.add_argument("--repeats", type=int, default=3, help="aevb: timed repeats (the median is reported)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true", help="aevb alone on the whole test split, in slices")
+    ap.add_argument("--slice", type=int, default=500, help="--full: images per timed slice")
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    if args.phase:
+        print(json.dumps(PHASES[args.phase](args)))
+        return 0
+    model, x, source = model_and_images(args)
+    dec, enc = pass_flops(model)
+    res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads, "model": source,
+           "decoder_flops_per_sample": dec, "encoder_flops_per_image": enc, "chunk_mib": args.chunk_mib,
+           "path": "generic" if args.generic else "fast"}
+    if args.full:
+        res.update(run_phase("full", argv))
+        print(json.dumps(res))
+        return 0
     try:
         import pythae  # noqa: F401
     except ImportError:
         print("pythae is not installed: skipping (pip install pythae==0.1.2 --no-deps)")
         return 0
-    from aevb.config import ModelConfig
-    from aevb.evaluate import log_likelihood
-    from aevb.model import VAE
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.run:
-        from aevb.checkpoint import load
-
-        run = load(args.run)
-        model, x = run.model.eval(), run.dataset().test.x[: args.images]
-    else:
-        model = VAE(ModelConfig(hidden=(args.hidden,), activation="tanh", latent_dim=args.latent_dim)).eval()
-        x = torch.rand(args.images, 1, 28, 28).bernoulli()
-    pmodel = pythae_model(model)
-    work = args.images * args.k
-    with torch.no_grad():
-        t = time.perf_counter()
-        ours = log_likelihood(model, x, k=args.k, batch_size=args.batch_size, chunk=args.chunk).mean().item()
-        t_ours = time.perf_counter() - t
-        t = time.perf_counter()
-        theirs = float(pmodel.get_nll(x, n_samples=args.k, batch_size=100))  # returns the mean log p(x)
-        t_theirs = time.perf_counter() - t
-    peak = matmul_flops_per_s()
-    floor = work * decoder_flops(model.config) / peak
-    res = {"images": args.images, "k": args.k, "threads": args.threads, "arch": f"784-{args.hidden}-{args.latent_dim}",
-           "aevb_seconds": round(t_ours, 3), "pythae_seconds": round(t_theirs, 3),
-           "aevb_images_x_samples_per_s": round(work / t_ours), "pythae_images_x_samples_per_s": round(work / t_theirs),
-           "speedup": round(t_theirs / t_ours, 2), "aevb_log_px": round(ours, 3), "pythae_log_px": round(theirs, 3),
-           "matmul_gflops": round(peak / 1e9, 1), "decoder_flop_floor_seconds": round(floor, 3),
-           "aevb_over_floor": round(t_ours / floor, 2)}
+    res.update(run_phase("aevb", argv))
+    res.update(run_phase("pythae", argv))
+    res["speedup_throughput"] = round(res["aevb_images_x_samples_per_s"] / res["pythae_images_x_samples_per_s"], 2)
+    res["speedup_floor_normalised"] = round(res["pythae_over_floor"] / res["aevb_over_floor"], 2)
+    res["speedup_bound_at_aevb_floor"] = res["pythae_over_floor"]  # if aevb took exactly its floor
     print(json.dumps(res))
     return 0
 

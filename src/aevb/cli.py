@@ -233,8 +233,9 @@ def _load(run_dir: Path, device: str):
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--chunk", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Samples decoded at once per image (bounds memory).")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Cap on the samples decoded at once per image (memory is bounded without it: "
+                   "chunks stay under 16 MiB).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_device_option

@@ -60,18 +60,18 @@ def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl
 @torch.no_grad()
 def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int | None = None, seed: int = 0,
                    progress: bool = False, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, fast: bool = True,
-                   compile: bool = False) -> Tensor:
+                   gemm: str = "auto") -> Tensor:
     """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64).
 
     ``batch_size`` images are encoded at once; their (image, sample) rows are decoded in chunks whose
     working set stays under ``max_chunk_bytes`` (``chunk``, when given, also caps the samples per image
     in one chunk), so memory does not grow with k. See ``aevb.importance`` for the layout, the fast
-    Bernoulli path (``fast=False`` forces the model's own ``log_prob``) and ``compile``.
+    Bernoulli path (``fast=False`` forces the model's own ``log_prob``) and ``gemm``.
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with tqdm(total=len(x), desc=f"log p(x), k={k}", disable=not progress, leave=False, unit="img") as bar:
         return importance_log_likelihood(model, x, k, gen, batch_size=batch_size, max_samples=chunk,
-                                         max_chunk_bytes=max_chunk_bytes, fast=fast, compile=compile,
+                                         max_chunk_bytes=max_chunk_bytes, fast=fast, gemm=gemm,
                                          progress=bar.update)
 
 
@@ -131,7 +131,7 @@ def probe_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor
             "probe_train_size": len(xtr)}
 
 
-def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int = 500, seed: int = 0,
+def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int | None = None, seed: int = 0,
              progress: bool = False, y: Tensor | None = None, probe_train: tuple[Tensor, Tensor] | None = None,
              probe_max_train: int = 10000) -> dict[str, Any]:
     """The evaluation suite on ``x``, as one flat dict (nats per example).
