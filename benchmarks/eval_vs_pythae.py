@@ -23,7 +23,7 @@ One command measures, in one run, each side in its own child process (so each ha
   the bound on that ratio if aevb ran exactly at its floor.
 
     PYTHONPATH=src python benchmarks/eval_vs_pythae.py --run runs/mnist-500-20 --images 100 --k 5000
-    PYTHONPATH=src python benchmarks/eval_vs_pythae.py --full --run runs/mnist-500-20 --k 5000   # aevb alone, whole test split
+    PYTHONPATH=src python benchmarks/eval_vs_pythae.py --full --run runs/mnist-500-20 --k 5000   # aevb alone
 
 ``--full`` evaluates aevb alone on the whole test split (or ``--images``) in slices of
 ``--slice`` images, with a GEMM measurement between slices, and extrapolates to 10,000 images
@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time

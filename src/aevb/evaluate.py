@@ -5,8 +5,9 @@ name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
 
 - ``log_likelihood``: the k-sample importance-weighted estimate log (1/k) sum_i w_i with
   z_i ~ q(z|x) (Burda et al. 2016), each image encoded once and its samples decoded in chunks
-  of bounded memory, log-mean-exp in float64 (``aevb.importance``). It is a stochastic lower bound on log p(x) whose bias
-  shrinks as k grows; ``log_likelihood_stderr`` is the standard error of the mean over images.
+  of bounded memory, log-mean-exp in float64 (``aevb.importance``). It is a stochastic lower
+  bound on log p(x) whose bias shrinks as k grows; ``log_likelihood_stderr`` is the standard
+  error of the mean over images.
 - ``active_units``: dimensions u with Var_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, sec. 5.2).
 - ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
 - ``probe_logreg_accuracy`` / ``probe_knn_accuracy``: classifiers fitted on the posterior

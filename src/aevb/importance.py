@@ -23,8 +23,8 @@ The x-dependent part is one dot product per row (u and c once per image), and th
 |l| and one log per ``LOG_GROUP`` pixels: sigmoid(|l|) lies in [1/2, 1], so a product of up to 64
 of them cannot underflow float32. log p(z) - log q(z|x) reduces to (sum eps^2 - sum z^2 + sum
 log sigma^2) / 2, the 2 pi terms cancelling. On a CPU the layers run through oneDNN's fused
-linear + activation (``dense_layer``), whose float32 GEMM is ~2.5x faster than torch.addmm's (MKL)
-on the AMD CPU we measured; elsewhere through addmm, tanh as 2 sigmoid(2a) - 1 (absolute error
+linear + activation (``dense_layer``), whose float32 GEMM ran 2.2-3.3x faster than torch.addmm's
+(MKL) on the AMD CPU we measured; elsewhere through addmm, tanh as 2 sigmoid(2a) - 1 (absolute error
 ~1e-7, several times faster than torch.tanh on CPU). torch.compile did not pay (docs/performance.md).
 """
 
@@ -35,13 +35,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import DiagonalGaussian, standard_normal, standard_normal_log_prob
 from .nets import MLPDecoder
 
-DEFAULT_CHUNK_BYTES = 16 * 2**20  # a chunk's decoder working set (generic-path bytes); 16-32 MiB measured fastest (docs/performance.md)
+DEFAULT_CHUNK_BYTES = 16 * 2**20  # decoder working set of a chunk (generic-path bytes): the fastest of 4-64 MiB
 LOG_GROUP = 16  # pixels whose sigmoid(|l|) are multiplied before one log is taken
 
 
