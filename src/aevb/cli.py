@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from .commands_viz import register as _register_viz
-from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS,
+from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, PRESETS,
                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
@@ -116,6 +116,11 @@ _register_viz(cli)
 @click.option("--max-skips", type=click.IntRange(min=1), help="Stop after this many consecutive skipped steps.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Autocast dtype: fp32, bf16 (CPU/CUDA) or fp16 (CUDA); log-likelihoods stay float32.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="fast: the batch size, step size and precision that reach a target ELBO soonest "
+              "(docs/performance.md); other flags override it.")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the training objective (first step compiles; cached for later runs).")
 @click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
@@ -135,7 +140,9 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         _relaunch_under_torchrun(nproc)
         return
 
-    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    preset = flags.pop("preset", None)
+    overrides: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     if hidden is not None:
         overrides["hidden"] = hidden
     if conv_channels is not None:
@@ -152,10 +159,10 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     if resume is not None:
         if out is not None or dataset is not None or config_file is not None:
             raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset or --config")
-        allowed = {"epochs", "device", "data_dir", "download"}
+        allowed = {"epochs", "device", "data_dir", "download", "compile"}
         extra = sorted(set(overrides) - allowed)
         if extra:
-            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir may change (got {', '.join(extra)})")
+            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir, --compile may change (got {', '.join(extra)})")
         config = read_config(resume)
         config = apply_overrides(config, overrides)
         run_dir = resume

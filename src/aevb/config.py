@@ -153,6 +153,15 @@ class DataConfig:
         _check(self.subset is None or self.subset >= 1, f"subset must be >= 1; got {self.subset}")
 
 
+# Named groups of settings, applied under explicit flags (aevb train --preset NAME).
+# "fast": the batch size, step size and precision that reached test -ELBO <= 100 on
+# dynamically binarized MNIST (784-400-20) in the least wall time on a 2-core CPU
+# (benchmarks/train_speed.py target; docs/performance.md).
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"batch_size": 512, "lr": 3e-3, "optimizer": "adam", "precision": "bf16"},
+}
+
+
 @dataclass
 class TrainConfig:
     """The optimisation: SGVB estimator, L samples, minibatch M, optimizer."""
@@ -176,6 +185,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # autocast dtype of the networks; log-likelihoods stay float32
+    compile: bool = False  # torch.compile the objective (forward and backward); results keep their meaning
     # Guards: clip the gradient norm (None = off); skip a step whose gradient norm is not
     # finite or above skip_grad_norm; stop after max_skips consecutive skipped steps.
     clip_grad_norm: float | None = None
@@ -195,6 +205,7 @@ class TrainConfig:
         _choice("estimator", self.estimator, ESTIMATORS)
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _choice("precision", self.precision, PRECISIONS)
+        _check(isinstance(self.compile, bool), f"compile must be true or false; got {self.compile!r}")
         _choice("objective", self.objective, OBJECTIVES)
         _choice("kl_schedule", self.kl_schedule, KL_SCHEDULES)
         _check(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"iwae_k must be >= 1; got {self.iwae_k!r}")
