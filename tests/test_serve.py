@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import zlib
 
 import numpy as np
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from aevb.serve.app import MAX_BODY_BYTES, MAX_IMAGE_SIDE, create_app  # noqa: E402
 
+from .imagefiles import PNG_SIGNATURE, image_bytes, png_chunk, png_file, zeros_png  # noqa: E402
 from .vizmodels import digits_run  # noqa: E402
 
 
@@ -39,20 +39,10 @@ def png_array(data: bytes) -> np.ndarray:
         return np.asarray(im)
 
 
-def image_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 _rng = np.random.default_rng(0)
 _FUZZ_SEEDS = [image_bytes((_rng.random((20, 12)) * 255).astype(np.uint8)),
                image_bytes((_rng.random((20, 12, 3)) * 255).astype(np.uint8), "JPEG"),
                image_bytes((_rng.random((20, 12, 4)) * 255).astype(np.uint8))]
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def error(res, status: int) -> str:
@@ -183,7 +173,8 @@ def test_rejects_seed_outside_64_bits(client, seed):
 
 
 def test_long_integers_are_shortened_in_messages(client):
-    res = client.post("/api/sample", content='{"seed": 1' + "0" * 4000 + "}", headers={"content-type": "application/json"})
+    res = client.post("/api/sample", content='{"seed": 1' + "0" * 4000 + "}",
+                      headers={"content-type": "application/json"})
     assert error(res, 400).endswith("got 100000000000... (4001 digits)")
 
 
@@ -213,7 +204,8 @@ def test_json_endpoints_need_a_json_content_type(client, ctype):
     headers = {"content-type": ctype} if ctype else {}
     res = client.post("/api/decode", content='{"z": [0, 0]}', headers=headers)
     assert error(res, 415) == f"Content-Type must be application/json; got {ctype or 'none'}"
-    ok = client.post("/api/decode", content='{"z": [0, 0]}', headers={"content-type": "application/json; charset=utf-8"})
+    ok = client.post("/api/decode", content='{"z": [0, 0]}',
+                     headers={"content-type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
 
@@ -270,25 +262,22 @@ def test_rejects_image_of_other_format_behind_png_header(client):
 
 
 def test_rejects_bytes_that_are_not_an_image(client):
-    res = client.post("/api/encode-image", content=b"\x89PNG\r\n\x1a\nnot really", headers={"content-type": "image/png"})
+    res = client.post("/api/encode-image", content=PNG_SIGNATURE + b"not really", headers={"content-type": "image/png"})
     assert "not a readable PNG or JPEG" in error(res, 415)
 
 
 def test_rejects_png_with_a_broken_chunk(client):
     # Pillow reports a bad chunk type met while decoding as SyntaxError("broken PNG file"), not OSError.
     raw = zlib.compress(b"".join(b"\0" + bytes(range(16)) for _ in range(16)))  # 16 rows: filter byte + pixels
-    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", raw[:10]) + png_chunk(b"\x00\x01\x02\x03", b"xx") + png_chunk(b"IDAT", raw[10:])
-            + png_chunk(b"IEND", b""))
+    data = png_file(16, 16, png_chunk(b"IDAT", raw[:10]) + png_chunk(b"\x00\x01\x02\x03", b"xx")
+                    + png_chunk(b"IDAT", raw[10:]))
     res = client.post("/api/encode-image", content=data, headers={"content-type": "image/png"})
     assert error(res, 415) == "not a readable PNG or JPEG image (SyntaxError)"
 
 
 def test_rejects_decompression_bomb_before_decoding(client):
     # 20000 x 20000 1-bit pixels in under 1 kB: Pillow's own limit (about 179 million pixels) stops it first.
-    rows = zlib.compress(bytes(20000 * (20000 // 8 + 1)), 9)
-    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b""))
+    data = zeros_png(20000, 20000)
     assert len(data) < 100_000
     res = client.post("/api/encode-image", content=data, headers={"content-type": "image/png"})
     assert error(res, 413).startswith("image too large to decode: Image size (400000000 pixels) exceeds limit")
