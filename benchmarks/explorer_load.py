@@ -46,12 +46,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(run_dir: Path, env: dict | None = None, cwd: Path | None = None, log: Path | None = None) -> Iterator[
-        tuple[str, subprocess.Popen]]:
-    """``python -m aevb serve RUN_DIR`` on 127.0.0.1 and a free port: yields (url, process) once it answers."""
+def serve(run_dir: Path, env: dict | None = None, cwd: Path | None = None,
+          log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m aevb serve RUN_DIR`` on 127.0.0.1 and a free port: yields (url, process) once it answers.
+
+    ``env`` is added to this process's environment; the server's output goes to ``log`` (a temporary file
+    by default), which is quoted when it exits early or does not answer within READY_TIMEOUT_S.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = log or Path(tempfile.mkstemp(prefix="aevb-serve-", suffix=".log")[1])
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix="aevb-serve-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "aevb", "serve", str(run_dir), "--host", "127.0.0.1",
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
@@ -65,7 +72,7 @@ def serve(run_dir: Path, env: dict | None = None, cwd: Path | None = None, log: 
                 if httpx.get(f"{url}/api/info", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"aevb serve did not answer within {READY_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"aevb serve did not answer in {READY_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
         yield url, proc
     finally:

@@ -314,6 +314,11 @@ def test_serves_nothing_else_from_disk(client):
         assert client.get(path).status_code == 404, path
 
 
+def test_unknown_query_parameters_are_ignored(client):
+    assert client.get("/api/info?run=../../etc/passwd&data_dir=/etc").json() == client.get("/api/info").json()
+    assert client.get("/api/map?data_dir=/etc").json() == client.get("/api/map").json()
+
+
 def test_serve_command_binds_localhost_by_default():
     from aevb.commands_viz import serve
 

@@ -227,7 +227,8 @@ class Explorer:
 
 
 def _json_type(value) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
