@@ -29,19 +29,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
 MAX_ABS_Z = 1000.0  # latent values beyond this are certainly a mistake
 MAX_STEPS = 32
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_SLIDERS = 32
 MAP_POINTS = 2000
 IMAGE_FORMATS = {"PNG", "JPEG"}
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
+JSON_ROUTES = {"/api/decode", "/api/sample", "/api/encode", "/api/interpolate"}  # POST, JSON body
 
 
 class InputError(ValueError):
@@ -53,25 +56,26 @@ class InputError(ValueError):
 
 
 class _Body(BaseModel):
+    # Strict: "1.5", true and 3.0 are not numbers (lax mode would take them for 1.5, 1 and 3).
     model_config = ConfigDict(extra="forbid")
 
 
 class DecodeBody(_Body):
-    z: list[float]
+    z: list[StrictFloat]
 
 
 class SampleBody(_Body):
-    seed: int | None = None
+    seed: StrictInt | None = None
 
 
 class EncodeBody(_Body):
-    pixels: list[float]
+    pixels: list[StrictFloat]
 
 
 class InterpolateBody(_Body):
-    a: list[float]
-    b: list[float]
-    steps: int = 8
+    a: list[StrictFloat]
+    b: list[StrictFloat]
+    steps: StrictInt = 8
 
 
 def _static(name: str) -> bytes:
@@ -91,6 +95,12 @@ def to_png(images: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def _show_int(n: int) -> str:
+    """An integer for an error message, shortened when a client sent thousands of digits."""
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
 def _b64(png: bytes) -> str:
@@ -150,7 +160,9 @@ class Explorer:
                 arr = np.asarray(img, dtype=np.float32) / 255.0
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:  # Pillow's own pixel limit, met before ours for huge images
+            raise InputError(f"image too large to decode: {e}", 413) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: "broken PNG file"
             raise InputError(f"not a readable PNG or JPEG image ({type(e).__name__})", 415) from None
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, C) -> (C, H, W)
@@ -167,6 +179,8 @@ class Explorer:
         return to_png(self.decode(z)[0])
 
     def sample(self, seed: int | None) -> list[float]:
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
         return torch.randn(self.latent_dim, generator=g).tolist()
 
@@ -183,7 +197,7 @@ class Explorer:
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int) -> dict:
         if not 2 <= steps <= MAX_STEPS:
-            raise InputError(f"steps must be between 2 and {MAX_STEPS}; got {steps}")
+            raise InputError(f"steps must be between 2 and {MAX_STEPS}; got {_show_int(steps)}")
         t = torch.linspace(0, 1, steps, device=self.device).view(-1, 1)
         z = (1 - t) * a + t * b
         return {"png": _b64(to_png(self.decode(z))), "z": z.tolist(), "steps": steps}
@@ -212,6 +226,29 @@ class Explorer:
                 "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
 
 
+def _json_type(value) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def validation_message(errors: list[dict]) -> str:
+    """The first of pydantic's errors as one line naming the field, e.g. ``z.0: Input should be a valid number``."""
+    first = errors[0] if errors else {}
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the body is not valid JSON: {reason}{at}"
+    if loc == ("body",):
+        if first.get("type") == "missing":
+            return "the body is empty; send a JSON object"
+        return f"the body must be a JSON object; got {_json_type(first.get('input'))}"
+    where = ".".join(str(p) for p in loc if p != "body")
+    message = first.get("msg", "invalid request")
+    return f"{where}: {message}" if where else message
+
+
 def create_app(run, data_dir: str | None = None) -> FastAPI:
     """The explorer for a loaded run (``aevb.checkpoint.load``)."""
     ex = Explorer(run, data_dir=data_dir)
@@ -220,13 +257,18 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
     assets = {route: (_static(name), media) for route, (name, media) in STATIC.items()}
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def check_post(request: Request, call_next):
+        # Before the body is read: its declared size, and JSON where the route expects JSON.
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None:
                 return JSONResponse({"error": "a Content-Length header is required"}, status_code=411)
             if not length.isdigit() or int(length) > MAX_BODY_BYTES:
                 return JSONResponse({"error": f"request body over the {MAX_BODY_BYTES}-byte limit"}, status_code=413)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if request.url.path in JSON_ROUTES and ctype != "application/json":
+                return JSONResponse({"error": f"Content-Type must be application/json; got {ctype or 'none'}"},
+                                    status_code=415)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -237,10 +279,12 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        return JSONResponse({"error": message}, status_code=422)
+        return JSONResponse({"error": validation_message(e.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        # Unknown routes (404), wrong methods (405) and bodies FastAPI cannot parse (400), as {"error": ...}.
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
     def page(route: str):
         body, media = assets[route]
