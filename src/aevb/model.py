@@ -59,12 +59,13 @@ class _Autoencoder(nn.Module):
         c = self.condition(y)
         if c is not None and c.shape[:-1] != x.shape[:1]:
             raise LabelError(f"one label per image is needed: {x.shape[0]} images, labels shaped {tuple(y.shape)}")
-        return self.encoder(x, c)
+        return self.encoder(x) if c is None else self.encoder(x, c)  # custom networks may take x alone
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
         """p(x|z) (or p(x|z, y)) with parameters shaped (..., C, H, W); z is (..., Z), y (B,) or (B, K)
         for the last batch dimension of z."""
-        return self.decoder(z, self.condition(y))
+        c = self.condition(y)
+        return self.decoder(z) if c is None else self.decoder(z, c)
 
     def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The deterministic code of x (a VAE's posterior mean E_q[z|x(, y)]); never sampled."""
