@@ -334,3 +334,74 @@ def test_autoencoder_runs_are_served_too():
     assert body["std"] == [0.0, 0.0]  # an AE's code is a point
     assert body["mu"] == pytest.approx(run.model.embed(x)[0].tolist(), abs=1e-5)
     assert c.post("/api/decode", json={"z": body["mu"]}).status_code == 200
+
+
+# --- conditional models: a label beside z ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cclient():
+    return TestClient(create_app(digits_run(2, conditional=True)))
+
+
+def test_info_says_how_many_labels(client, cclient):
+    assert cclient.get("/api/info").json()["num_classes"] == 10
+    assert client.get("/api/info").json()["num_classes"] == 0
+
+
+def test_conditional_decode_uses_the_label(cclient):
+    run = digits_run(2, conditional=True)
+    images = []
+    for label in (1, 7):
+        res = cclient.post("/api/decode", json={"z": [0.3, -0.2], "label": label})
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        got = png_array(res.content).astype(np.float32) / 255
+        with torch.no_grad():
+            want = run.model.decode(torch.tensor([[0.3, -0.2]]), torch.tensor([label])).mean[0, 0].numpy()
+        assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+        images.append(got)
+    assert np.abs(images[0] - images[1]).sum() * 255 > 200  # a 1 is not a 7
+
+
+def test_conditional_sample_keeps_or_draws_the_label(cclient, client):
+    a = cclient.post("/api/sample", json={"seed": 3, "label": 4}).json()
+    assert a["label"] == 4 and len(a["z"]) == 2
+    b = cclient.post("/api/sample", json={"seed": 3}).json()
+    assert 0 <= b["label"] < 10 and b == cclient.post("/api/sample", json={"seed": 3}).json()
+    assert "label" not in client.post("/api/sample", json={"seed": 3}).json()
+
+
+def test_conditional_encode_and_interpolate_take_the_label(cclient):
+    run = digits_run(2, conditional=True)
+    test = run.dataset().test
+    x, y = test.x[:1], test.y[:1]
+    body = cclient.post("/api/encode", json={"pixels": x.flatten().tolist(), "label": int(y)}).json()
+    assert body["mu"] == pytest.approx(run.model.encode(x, y).mu[0].tolist(), abs=1e-5)
+    arr = (x[0, 0].numpy() * 255).astype(np.uint8)
+    res = cclient.post(f"/api/encode-image?label={int(y)}", content=image_bytes(arr),
+                       headers={"content-type": "image/png"})
+    assert res.status_code == 200, res.text
+    res = cclient.post("/api/interpolate", json={"a": [-1, 0], "b": [1, 0], "steps": 3, "label": 2})
+    assert png_array(base64.b64decode(res.json()["png"])).shape == (8, 3 * 9 - 1)
+    assert len(cclient.get("/api/map").json()["points"]) == 300
+
+
+@pytest.mark.parametrize("label", [10, -1, 1000])
+def test_rejects_label_out_of_range(cclient, label):
+    assert "label must be between 0 and 9" in error(cclient.post("/api/decode", json={"z": [0, 0], "label": label}), 400)
+
+
+@pytest.mark.parametrize("label", ["3", 3.5, True, [3]])
+def test_rejects_label_of_wrong_type(cclient, label):
+    assert error(cclient.post("/api/decode", json={"z": [0, 0], "label": label}), 422).startswith("label:")
+
+
+def test_rejects_missing_label_for_conditional_and_any_label_for_unconditional(cclient, client):
+    assert "send a label between 0 and 9" in error(cclient.post("/api/decode", json={"z": [0, 0]}), 400)
+    assert "send a label" in error(cclient.post("/api/encode", json={"pixels": [0.5] * 64}), 400)
+    assert "send a label" in error(cclient.post("/api/interpolate", json={"a": [0, 0], "b": [1, 1]}), 400)
+    assert "between 0 and 9" in error(cclient.post("/api/sample", json={"label": 12}), 400)
+    res = cclient.post("/api/encode-image?label=x", content=b"\x89PNG", headers={"content-type": "image/png"})
+    assert error(res, 422).startswith("query.label:")
+    assert "not conditional" in error(client.post("/api/decode", json={"z": [0, 0], "label": 1}), 400)
+    assert "not conditional" in error(client.post("/api/sample", json={"label": 1}), 400)

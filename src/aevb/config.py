@@ -83,6 +83,9 @@ class ModelConfig:
     init_std: float | None = None
     # "conv" only: output channels of the encoder's stride-2 convolutions, first to last.
     conv_channels: tuple[int, ...] = (32, 64)
+    # A conditional model (Sohn et al. 2015) for K > 0 classes: the one-hot label enters the
+    # encoder (beside x) and the decoder (beside z); the prior stays N(0, I). 0 = unconditional.
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
@@ -105,11 +108,17 @@ class ModelConfig:
         _check(len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
                f"conv_channels must be one or more positive channel counts; got {self.conv_channels}")
         _check(len(self.conv_channels) <= 8, f"conv_channels allows at most 8 layers; got {len(self.conv_channels)}")
+        _check(isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and self.num_classes >= 0,
+               f"num_classes must be 0 (unconditional) or a positive number of classes; got {self.num_classes!r}")
 
     @property
     def data_dim(self) -> int:
         c, h, w = self.input_shape
         return c * h * w
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
 
 @dataclass

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from torch import nn
 
 from . import checkpoint as ckpt
+from .conditional import check_data_labels
 from .config import PRESETS, ConfigError, RunConfig
 from .data import Dataset, load_dataset
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
@@ -88,6 +89,8 @@ def make_objective(config: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
     if config.train.algorithm == "wake-sleep":
         if config.model.kind != "vae":
             raise ConfigError("--algorithm wake-sleep needs a recognition model: use --kind vae")
+        if config.model.conditional:
+            raise ConfigError("--algorithm wake-sleep does not train conditional models; use --algorithm aevb")
         from .wake_sleep import wake_sleep_step_loss
 
         return wake_sleep_step_loss
@@ -134,6 +137,8 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
+    if config.model.conditional:
+        check_data_labels(ds, config.model.num_classes)
 
 
 class Trainer:
@@ -241,18 +246,29 @@ class Trainer:
             x = x[self.dist.rank * b : (self.dist.rank + 1) * b]
         return x
 
-    def step(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """This process's shard of the batch's labels, for a conditional model (else None)."""
+        if not self.config.model.conditional:
+            return None
+        y = self.data.train.y[idx]
+        if self.dist.enabled:
+            b = len(idx) // self.dist.world_size
+            y = y[self.dist.rank * b : (self.dist.rank + 1) * b]
+        return y
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One optimizer step. Returns the objective's terms and a boolean device tensor that is
         true when the guard skipped the step (loss or gradient norm not finite, or the norm above
         ``skip_grad_norm``). Nothing here waits for the device: with the fused optimizers the
         skip is applied inside the optimizer kernel (its ``found_inf`` input, as
-        torch.amp.GradScaler uses it), so weights, moments and step counts stay untouched."""
+        torch.amp.GradScaler uses it), so weights, moments and step counts stay untouched.
+        ``y``: a conditional model's labels."""
         t = self.config.train
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
             beta = torch.tensor(beta, device=self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            terms = self.step_fn(x, self.step_noise, beta=beta)
+            terms = self.step_fn(x, self.step_noise, beta=beta, y=y)
         self.optimizer.zero_grad(set_to_none=True)
         loss = terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])
         loss.backward()
@@ -314,8 +330,9 @@ class Trainer:
         split = self.data.valid or self.data.test
         name = "valid" if self.data.valid is not None else "test"
         x = split.x.tensor_split(self.dist.world_size)[self.dist.rank]
+        y = split.y.tensor_split(self.dist.world_size)[self.dist.rank] if self.config.model.conditional else None
         res = evaluate_elbo(self.model, x, batch_size=self.config.train.eval_batch_size,
-                            kl=self.config.train.estimator, seed=self.dist.rank)
+                            kl=self.config.train.estimator, seed=self.dist.rank, y=y)
         keys = sorted(res)
         sums = torch.tensor([res[k] * len(x) for k in keys] + [len(x)], dtype=torch.float64, device=self.device)
         sums = all_reduce_sum(sums, self.dist)
@@ -391,14 +408,15 @@ class Trainer:
                 start = time.perf_counter()
                 while self.step_in_epoch < self.steps_per_epoch:
                     i = self.step_in_epoch * t.batch_size
-                    x = self._batch(perm[i : i + t.batch_size])
+                    idx = perm[i : i + t.batch_size]
+                    x, y = self._batch(idx), self._labels(idx)
                     if t.compile and self.global_step == 0 and self.step_in_epoch == 0:
                         compile_start = time.perf_counter()  # the first call compiles: timed on its own
-                        self._accumulate(*self.step(x))
+                        self._accumulate(*self.step(x, y))
                         self.compile_seconds = time.perf_counter() - compile_start
                         start = time.perf_counter()
                     else:
-                        self._accumulate(*self.step(x))
+                        self._accumulate(*self.step(x, y))
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(1)
