@@ -250,7 +250,7 @@ def speed(args) -> dict:
         res["systems"][system] = {
             "seconds_per_epoch": {"median": round(med, 3), "min": round(min(t), 3), "max": round(max(t), 3), "n": len(t)},
             "samples_per_second": round(steps * rows[0]["batch_size"] / med),
-            "over_floor": round(med / floor, 2), "aevb_speedup": round(med / base, 2) if base else None,
+            "over_floor": round(med / floor, 2), "over_aevb": round(med / base, 2) if base else None,
             "peak_rss_mb": round(rss[system]), "batch_size": rows[0]["batch_size"],
             "compile_seconds": max((row.get("compile_seconds", 0.0) for row in rows), default=0.0)}
     return res
