@@ -305,18 +305,20 @@ def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: in
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
-    """Training and validation ELBO, KL and reconstruction terms per epoch (nats per example)."""
+    """Training and validation (or test, for a run without a validation split) ELBO, KL and
+    reconstruction terms per epoch (nats per example)."""
     if not metrics:
         raise ValueError("no training metrics (metrics.jsonl is missing or empty)")
     epochs = [m.get("epoch", i + 1) for i, m in enumerate(metrics)]
     terms = [("elbo", "ELBO"), ("reconstruction", "reconstruction  E[log p(x|z)]"), ("kl", "KL(q(z|x) || p(z))")]
-    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s in ("train", "valid"))]
+    splits = (("train", "-"), ("valid", "--"), ("test", ":"))
+    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s, _ in splits)]
     if not terms:
-        raise ValueError("metrics.jsonl has no train_/valid_ elbo, kl or reconstruction values")
+        raise ValueError("metrics.jsonl has no train_/valid_/test_ elbo, kl or reconstruction values")
     fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6))
     axes = np.atleast_1d(axes)
     for ax, (key, title) in zip(axes, terms):
-        for split, style in (("train", "-"), ("valid", "--")):
+        for split, style in splits:
             pts = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, metrics) if m.get(f"{split}_{key}") is not None]
             if pts:
                 ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=split)
