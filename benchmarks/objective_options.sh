@@ -2,6 +2,8 @@
 # Posterior collapse made visible, and an IWAE-trained model against the VAE (same architecture).
 # MNIST dynamically binarized, 784-400-50 relu, Adam 1e-3, batch 128, 10 epochs each;
 # evaluated on the first 1000 test images with k = 5000.
+# Per-dimension KL figure from the eval.json files: benchmarks/plot_kl_per_dim.py.
+# Runs `python -m aevb` (the installed package, or PYTHONPATH=src); docs/results.md has the results.
 #   AEVB_DATA_DIR=../shared/data bash benchmarks/objective_options.sh runs/options
 set -euo pipefail
 out=${1:-runs/options}
@@ -14,8 +16,10 @@ declare -A variants=(
   [iwae-k5]="--objective iwae --iwae-k 5"
 )
 for name in vae free-bits warmup iwae-k5; do
-  [ -f "$out/$name/model.safetensors" ] || aevb train $common ${variants[$name]} --out "$out/$name" > /dev/null
-  aevb evaluate "$out/$name" --k 5000 --n 1000 --no-probe --json > "$out/$name/eval.json"
+  t0=$SECONDS
+  [ -f "$out/$name/model.safetensors" ] || python -m aevb train $common ${variants[$name]} --out "$out/$name" > /dev/null
+  python -m aevb evaluate "$out/$name" --k 5000 --n 1000 --no-probe --json > "$out/$name/eval.json"
+  echo "$name: train + evaluate $((SECONDS - t0)) s wall" >&2
   python - "$name" "$out/$name/eval.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))

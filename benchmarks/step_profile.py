@@ -19,7 +19,7 @@ def bench(label, fn, n=200):
     dt = (time.perf_counter() - s) / n
     print(f"{label:40s} {dt*1e3:.3f} ms/step  -> {dt*60000/128:.2f} s/epoch", flush=True)
 def full(i):
-    x = t._batch(perm[(i%400)*128:(i%400+1)*128]); terms = t.step(x); t._accumulate(terms)
+    x = t._batch(perm[(i%400)*128:(i%400+1)*128]); t._accumulate(*t.step(x))
 bench("full step (batch+step+accumulate)", full)
 x = t._batch(perm[:128])
 bench("step only", lambda i: t.step(x))

@@ -37,10 +37,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
+def _serve(run):
+    """Serve ``run`` in a thread; yields the base URL, stops the server afterwards."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(digits_run(2)), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -54,6 +54,16 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
+def server_url():
+    yield from _serve(digits_run(2))
+
+
+@pytest.fixture(scope="module")
+def conditional_url():
+    yield from _serve(digits_run(2, conditional=True))
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM,
@@ -62,19 +72,29 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server_url):
+def _open(browser, url):
     context = browser.new_context(viewport={"width": 1300, "height": 1100})
     pg = context.new_page()
     problems: list[str] = []
     pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    pg.goto(server_url + "/")
+    pg.goto(url + "/")
     pg.wait_for_selector("body[data-ready='1']", timeout=15000)
     yield pg
     assert not problems, problems
     assert pg.locator("#error").is_hidden(), pg.locator("#error").text_content()
     context.close()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    yield from _open(browser, server_url)
+
+
+@pytest.fixture
+def cpage(browser, conditional_url):
+    """The explorer of a model conditioned on the 10 digit labels."""
+    yield from _open(browser, conditional_url)
 
 
 def decoded_pixels(pg, selector: str = "#decoded") -> np.ndarray:
@@ -170,3 +190,26 @@ def test_sample_and_interpolate(page):
     page.wait_for_function("() => document.querySelector('#interp').src.startsWith('data:image/png')", timeout=10000)
     strip = decoded_pixels(page, "#interp")
     assert strip.shape == (8, 6 * 9 - 1)
+
+
+def test_label_selector_only_for_conditional_models(page, cpage):
+    assert page.locator("#label-box").is_hidden()
+    assert cpage.locator("#label-box").is_visible()
+    assert cpage.locator("#label option").count() == 10
+    assert cpage.locator("#label").input_value() == "0"
+
+
+def test_changing_the_label_redecodes(cpage):
+    cpage.select_option("#label", "1")
+    cpage.wait_for_function("() => document.querySelector('#decoded').dataset.label === '1'", timeout=10000)
+    one = decoded_pixels(cpage)
+    old = cpage.locator("#decoded").get_attribute("src")
+    cpage.select_option("#label", "7")
+    cpage.wait_for_function("() => document.querySelector('#decoded').dataset.label === '7'", timeout=10000)
+    wait_for_new_src(cpage, "#decoded", old)
+    seven = decoded_pixels(cpage)
+    assert np.abs(seven - one).sum() > 200  # the same z, another digit
+    old = cpage.locator("#decoded").get_attribute("src")
+    cpage.click("#sample-btn")  # sampling keeps the chosen label
+    wait_for_new_src(cpage, "#decoded", old)
+    assert cpage.locator("#decoded").get_attribute("data-label") == "7"

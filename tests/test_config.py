@@ -19,10 +19,20 @@ from aevb.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainCo
     (lambda: TrainConfig(optimizer="rmsprop"), "optimizer must be one of"),
     (lambda: TrainConfig(samples=0), r"samples \(L\) must be >= 1"),
     (lambda: DataConfig(binarize="maybe"), "binarize must be one of"),
+    (lambda: ModelConfig(num_classes=-1), "num_classes must be 0 \\(unconditional\\) or a positive"),
+    (lambda: ModelConfig(num_classes=2.5), "num_classes must be 0"),
+    (lambda: ModelConfig(num_classes=True), "num_classes must be 0"),
 ])
 def test_out_of_range_values_name_the_field(make, match):
     with pytest.raises(ConfigError, match=match):
         make()
+
+
+def test_configs_written_before_conditional_models_load_as_unconditional():
+    old = RunConfig().to_dict()
+    del old["model"]["num_classes"]  # config.json of a run trained before the field existed
+    cfg = RunConfig.from_dict(old)
+    assert cfg.model.num_classes == 0 and not cfg.model.conditional
 
 
 def test_unknown_fields_and_bad_json():

@@ -215,3 +215,16 @@ def test_decoded_rows_stay_within_the_byte_budget(monkeypatch, fast):
     log_likelihood(model, x, k=1000, max_chunk_bytes=budget, fast=fast)
     assert max(b * s for b, s in shapes) <= 200
     assert sum(b * s for b, s in shapes) == 5 * 1000  # every (image, sample) row once
+
+
+def test_conditional_model_takes_the_fast_path_with_its_label():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(hidden=(64,), activation="tanh", latent_dim=5, num_classes=3)).eval()
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4)).bernoulli()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert has_fast_path(model)
+    fast = log_likelihood(model, x, k=200, batch_size=4, seed=1, y=y)
+    generic = log_likelihood(model, x, k=200, batch_size=4, seed=1, y=y, fast=False)
+    assert ((fast - generic).abs() <= 1e-4 + 1.5e-7 * generic.abs()).all()
+    other = log_likelihood(model, x, k=200, batch_size=4, seed=1, y=(y + 1) % 3)
+    assert (fast - other).abs().max().item() > 1e-3  # the label reaches the decoder on the fast path

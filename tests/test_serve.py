@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 fastapi = pytest.importorskip("fastapi")
@@ -16,6 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from aevb.serve.app import MAX_BODY_BYTES, MAX_IMAGE_SIDE, create_app  # noqa: E402
 
+from .imagefiles import PNG_SIGNATURE, image_bytes, png_chunk, png_file, zeros_png  # noqa: E402
 from .vizmodels import digits_run  # noqa: E402
 
 
@@ -35,10 +39,10 @@ def png_array(data: bytes) -> np.ndarray:
         return np.asarray(im)
 
 
-def image_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
+_rng = np.random.default_rng(0)
+_FUZZ_SEEDS = [image_bytes((_rng.random((20, 12)) * 255).astype(np.uint8)),
+               image_bytes((_rng.random((20, 12, 3)) * 255).astype(np.uint8), "JPEG"),
+               image_bytes((_rng.random((20, 12, 4)) * 255).astype(np.uint8))]
 
 
 def error(res, status: int) -> str:
@@ -149,12 +153,68 @@ def test_rejects_wrong_types(client):
     assert error(client.post("/api/decode", json={"z": 3}), 422).startswith("z:")
 
 
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/decode", {"z": ["1.5", 0]}, "z.0"),      # a number in a string
+    ("/api/decode", {"z": [True, False]}, "z.0"),   # booleans are not numbers
+    ("/api/encode", {"pixels": [True] * 64}, "pixels.0"),
+    ("/api/sample", {"seed": "3"}, "seed"),
+    ("/api/sample", {"seed": 3.0}, "seed"),         # an integer field takes no floats, even whole ones
+    ("/api/sample", {"seed": True}, "seed"),
+    ("/api/interpolate", {"a": [0, 0], "b": [1, 1], "steps": "5"}, "steps"),
+])
+def test_rejects_values_that_are_only_coercible_to_the_type(client, path, body, field):
+    assert error(client.post(path, json=body), 422).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 10**30])
+def test_rejects_seed_outside_64_bits(client, seed):
+    assert "seed must be an integer in [0, 2**63 - 1]" in error(client.post("/api/sample", json={"seed": seed}), 400)
+    assert len(client.post("/api/sample", json={"seed": 2**63 - 1}).json()["z"]) == 2
+
+
+def test_long_integers_are_shortened_in_messages(client):
+    res = client.post("/api/sample", content='{"seed": 1' + "0" * 4000 + "}",
+                      headers={"content-type": "application/json"})
+    assert error(res, 400).endswith("got 100000000000... (4001 digits)")
+
+
 def test_rejects_unknown_fields(client):
     assert "extra" in error(client.post("/api/decode", json={"z": [0, 0], "path": "/etc/passwd"}), 422).lower()
 
 
 def test_rejects_malformed_json(client):
-    error(client.post("/api/decode", content="{not json", headers={"content-type": "application/json"}), 422)
+    res = client.post("/api/decode", content='{"z": [0, 0]', headers={"content-type": "application/json"})
+    assert error(res, 422) == "the body is not valid JSON: Expecting ',' delimiter at character 12"
+
+
+@pytest.mark.parametrize("body,message", [("", "the body is empty; send a JSON object"),
+                                          ("[0, 0]", "the body must be a JSON object; got an array"),
+                                          ("null", "the body must be a JSON object; got null")])
+def test_rejects_bodies_that_are_not_objects(client, body, message):
+    assert error(client.post("/api/decode", content=body, headers={"content-type": "application/json"}), 422) == message
+
+
+def test_rejects_json_nested_too_deep_to_parse(client):
+    res = client.post("/api/decode", content="[" * 100_000, headers={"content-type": "application/json"})
+    assert error(res, 400) == "There was an error parsing the body"
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "image/png"])
+def test_json_endpoints_need_a_json_content_type(client, ctype):
+    headers = {"content-type": ctype} if ctype else {}
+    res = client.post("/api/decode", content='{"z": [0, 0]}', headers=headers)
+    assert error(res, 415) == f"Content-Type must be application/json; got {ctype or 'none'}"
+    ok = client.post("/api/decode", content='{"z": [0, 0]}',
+                     headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_the_same_format(client):
+    assert error(client.get("/api/nope"), 404) == "Not Found"
+    assert error(client.post("/api/nope", json={}), 404) == "Not Found"
+    res = client.get("/api/decode")
+    assert error(res, 405) == "Method Not Allowed" and res.headers["allow"] == "POST"
+    assert error(client.delete("/"), 405) == "Method Not Allowed"
 
 
 def test_rejects_bad_steps(client):
@@ -202,8 +262,38 @@ def test_rejects_image_of_other_format_behind_png_header(client):
 
 
 def test_rejects_bytes_that_are_not_an_image(client):
-    res = client.post("/api/encode-image", content=b"\x89PNG\r\n\x1a\nnot really", headers={"content-type": "image/png"})
+    res = client.post("/api/encode-image", content=PNG_SIGNATURE + b"not really", headers={"content-type": "image/png"})
     assert "not a readable PNG or JPEG" in error(res, 415)
+
+
+def test_rejects_png_with_a_broken_chunk(client):
+    # Pillow reports a bad chunk type met while decoding as SyntaxError("broken PNG file"), not OSError.
+    raw = zlib.compress(b"".join(b"\0" + bytes(range(16)) for _ in range(16)))  # 16 rows: filter byte + pixels
+    data = png_file(16, 16, png_chunk(b"IDAT", raw[:10]) + png_chunk(b"\x00\x01\x02\x03", b"xx")
+                    + png_chunk(b"IDAT", raw[10:]))
+    res = client.post("/api/encode-image", content=data, headers={"content-type": "image/png"})
+    assert error(res, 415) == "not a readable PNG or JPEG image (SyntaxError)"
+
+
+def test_rejects_decompression_bomb_before_decoding(client):
+    # 20000 x 20000 1-bit pixels in under 1 kB: Pillow's own limit (about 179 million pixels) stops it first.
+    data = zeros_png(20000, 20000)
+    assert len(data) < 100_000
+    res = client.post("/api/encode-image", content=data, headers={"content-type": "image/png"})
+    assert error(res, 413).startswith("image too large to decode: Image size (400000000 pixels) exceeds limit")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_corrupted_uploads_are_a_400_level_answer_or_an_image(client, data):
+    seed = data.draw(st.sampled_from(_FUZZ_SEEDS))
+    mutated = bytearray(seed)
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[at] = data.draw(st.integers(0, 255))
+    mutated = mutated[: data.draw(st.integers(1, len(mutated)))]
+    res = client.post("/api/encode-image", content=bytes(mutated), headers={"content-type": "image/png"})
+    assert res.status_code in (200, 400, 413, 415), res.text
 
 
 def test_rejects_empty_upload(client):
@@ -224,6 +314,11 @@ def test_serves_nothing_else_from_disk(client):
         assert client.get(path).status_code == 404, path
 
 
+def test_unknown_query_parameters_are_ignored(client):
+    assert client.get("/api/info?run=../../etc/passwd&data_dir=/etc").json() == client.get("/api/info").json()
+    assert client.get("/api/map?data_dir=/etc").json() == client.get("/api/map").json()
+
+
 def test_serve_command_binds_localhost_by_default():
     from aevb.commands_viz import serve
 
@@ -239,3 +334,74 @@ def test_autoencoder_runs_are_served_too():
     assert body["std"] == [0.0, 0.0]  # an AE's code is a point
     assert body["mu"] == pytest.approx(run.model.embed(x)[0].tolist(), abs=1e-5)
     assert c.post("/api/decode", json={"z": body["mu"]}).status_code == 200
+
+
+# --- conditional models: a label beside z ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cclient():
+    return TestClient(create_app(digits_run(2, conditional=True)))
+
+
+def test_info_says_how_many_labels(client, cclient):
+    assert cclient.get("/api/info").json()["num_classes"] == 10
+    assert client.get("/api/info").json()["num_classes"] == 0
+
+
+def test_conditional_decode_uses_the_label(cclient):
+    run = digits_run(2, conditional=True)
+    images = []
+    for label in (1, 7):
+        res = cclient.post("/api/decode", json={"z": [0.3, -0.2], "label": label})
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        got = png_array(res.content).astype(np.float32) / 255
+        with torch.no_grad():
+            want = run.model.decode(torch.tensor([[0.3, -0.2]]), torch.tensor([label])).mean[0, 0].numpy()
+        assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+        images.append(got)
+    assert np.abs(images[0] - images[1]).sum() * 255 > 200  # a 1 is not a 7
+
+
+def test_conditional_sample_keeps_or_draws_the_label(cclient, client):
+    a = cclient.post("/api/sample", json={"seed": 3, "label": 4}).json()
+    assert a["label"] == 4 and len(a["z"]) == 2
+    b = cclient.post("/api/sample", json={"seed": 3}).json()
+    assert 0 <= b["label"] < 10 and b == cclient.post("/api/sample", json={"seed": 3}).json()
+    assert "label" not in client.post("/api/sample", json={"seed": 3}).json()
+
+
+def test_conditional_encode_and_interpolate_take_the_label(cclient):
+    run = digits_run(2, conditional=True)
+    test = run.dataset().test
+    x, y = test.x[:1], test.y[:1]
+    body = cclient.post("/api/encode", json={"pixels": x.flatten().tolist(), "label": int(y)}).json()
+    assert body["mu"] == pytest.approx(run.model.encode(x, y).mu[0].tolist(), abs=1e-5)
+    arr = (x[0, 0].numpy() * 255).astype(np.uint8)
+    res = cclient.post(f"/api/encode-image?label={int(y)}", content=image_bytes(arr),
+                       headers={"content-type": "image/png"})
+    assert res.status_code == 200, res.text
+    res = cclient.post("/api/interpolate", json={"a": [-1, 0], "b": [1, 0], "steps": 3, "label": 2})
+    assert png_array(base64.b64decode(res.json()["png"])).shape == (8, 3 * 9 - 1)
+    assert len(cclient.get("/api/map").json()["points"]) == 300
+
+
+@pytest.mark.parametrize("label", [10, -1, 1000])
+def test_rejects_label_out_of_range(cclient, label):
+    assert "label must be between 0 and 9" in error(cclient.post("/api/decode", json={"z": [0, 0], "label": label}), 400)
+
+
+@pytest.mark.parametrize("label", ["3", 3.5, True, [3]])
+def test_rejects_label_of_wrong_type(cclient, label):
+    assert error(cclient.post("/api/decode", json={"z": [0, 0], "label": label}), 422).startswith("label:")
+
+
+def test_rejects_missing_label_for_conditional_and_any_label_for_unconditional(cclient, client):
+    assert "send a label between 0 and 9" in error(cclient.post("/api/decode", json={"z": [0, 0]}), 400)
+    assert "send a label" in error(cclient.post("/api/encode", json={"pixels": [0.5] * 64}), 400)
+    assert "send a label" in error(cclient.post("/api/interpolate", json={"a": [0, 0], "b": [1, 1]}), 400)
+    assert "between 0 and 9" in error(cclient.post("/api/sample", json={"label": 12}), 400)
+    res = cclient.post("/api/encode-image?label=x", content=b"\x89PNG", headers={"content-type": "image/png"})
+    assert error(res, 422).startswith("query.label:")
+    assert "not conditional" in error(client.post("/api/decode", json={"z": [0, 0], "label": 1}), 400)
+    assert "not conditional" in error(client.post("/api/sample", json={"label": 1}), 400)

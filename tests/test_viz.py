@@ -81,6 +81,13 @@ def test_curves_need_metrics(tmp_path):
     path = viz.plot_curves([{"epoch": 1, "train_elbo": -3.0, "train_kl": 1.0},
                             {"epoch": 2, "train_elbo": -2.0, "train_kl": 1.5}], tmp_path / "c.png")
     assert png(path).std() > 10
+    # a run without a validation split logs test_ values: they are drawn too
+    train_only = png(viz.plot_curves([{"epoch": 1, "train_elbo": -3.0}, {"epoch": 2, "train_elbo": -2.0}],
+                                     tmp_path / "a.png"))
+    with_test = png(viz.plot_curves([{"epoch": 1, "train_elbo": -3.0, "test_elbo": -3.5},
+                                     {"epoch": 2, "train_elbo": -2.0, "test_elbo": -2.2}], tmp_path / "b.png"))
+    assert train_only.shape != with_test.shape or (train_only != with_test).mean() > 0.01
+    assert png(viz.plot_curves([{"epoch": 1, "test_elbo": -3.5}], tmp_path / "t.png")).std() > 10
 
 
 def test_plot_command_writes_pngs_and_rejects_bad_input(tmp_path, capsys):

@@ -22,13 +22,14 @@ atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @functools.cache
-def digits_run(latent_dim: int = 2, kind: str = "vae", epochs: int = 25) -> Run:
+def digits_run(latent_dim: int = 2, kind: str = "vae", epochs: int = 25, conditional: bool = False) -> Run:
+    """``conditional=True``: conditioned on the 10 digit labels (``num_classes=10``)."""
     from aevb.train import train
 
     torch.set_num_threads(1)
-    out = _ROOT / f"digits-{kind}-{latent_dim}d"
+    out = _ROOT / f"digits-{kind}-{latent_dim}d{'-conditional' if conditional else ''}-{epochs}e"
     return train(dataset="digits", out=out, latent_dim=latent_dim, kind=kind, epochs=epochs, hidden=(64,),
-                 progress=False, device="cpu", seed=0)
+                 progress=False, device="cpu", seed=0, num_classes=10 if conditional else 0)
 
 
 @functools.cache

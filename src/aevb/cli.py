@@ -4,6 +4,7 @@
     aevb evaluate runs/digits --k 1000 --json
     aevb sample runs/digits
     aevb reconstruct runs/digits
+    aevb train --dataset digits --conditional --out runs/cdigits && aevb sample runs/cdigits --label 7
 
 Every failure a user can cause (a bad flag, a bad value, a missing or corrupt file)
 ends with one line on stderr naming the problem, and exit status 2 (usage) or 1.
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from .commands_viz import register as _register_viz
-from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS,
+from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, PRESETS,
                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
@@ -82,6 +83,8 @@ _register_viz(cli)
 @click.option("--hidden", callback=_hidden, help="Hidden layer widths, e.g. 500 or 400,400.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS))
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
+@click.option("--conditional", is_flag=True,
+              help="Condition encoder and decoder on the label (a conditional VAE; needs a labelled data set).")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
@@ -116,11 +119,16 @@ _register_viz(cli)
 @click.option("--max-skips", type=click.IntRange(min=1), help="Stop after this many consecutive skipped steps.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Autocast dtype: fp32, bf16 (CPU/CUDA) or fp16 (CUDA); log-likelihoods stay float32.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="fast: the batch size, step size and precision that reach a target ELBO soonest "
+              "(docs/performance.md); other flags override it.")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the training objective (first step compiles; cached for later runs).")
 @click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
 def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, conv_channels, channels,
-          device, nproc, **flags) -> None:
+          device, nproc, conditional, **flags) -> None:
     """Train a VAE (or an AE) and write a run directory.
 
     Several processes: --nproc N here, or torchrun --nproc_per_node=N -m aevb train ... (the
@@ -135,7 +143,9 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         _relaunch_under_torchrun(nproc)
         return
 
-    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    preset = flags.pop("preset", None)
+    overrides: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     if hidden is not None:
         overrides["hidden"] = hidden
     if conv_channels is not None:
@@ -150,12 +160,13 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     if no_download:
         overrides["download"] = False
     if resume is not None:
-        if out is not None or dataset is not None or config_file is not None:
-            raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset or --config")
-        allowed = {"epochs", "device", "data_dir", "download"}
+        if out is not None or dataset is not None or config_file is not None or conditional:
+            raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset, "
+                            "--config or --conditional")
+        allowed = {"epochs", "device", "data_dir", "download", "compile"}
         extra = sorted(set(overrides) - allowed)
         if extra:
-            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir may change (got {', '.join(extra)})")
+            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir, --compile may change (got {', '.join(extra)})")
         config = read_config(resume)
         config = apply_overrides(config, overrides)
         run_dir = resume
@@ -172,6 +183,14 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         data = None
         if config_file is None:  # the model takes the data's (C, H, W) unless a config file fixed it
             config, data = fit_to_data(config)
+        if conditional:  # the number of classes comes from the data set's labels
+            from dataclasses import replace
+
+            from .conditional import num_classes_of
+            from .data import load_dataset
+
+            data = data if data is not None else load_dataset(config.data)
+            config = replace(config, model=replace(config.model, num_classes=num_classes_of(data)))
         run_dir = out or Path("runs") / config.data.dataset.replace(":", "_").replace("/", "_")
         if (run_dir / "train_state.safetensors").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
@@ -215,8 +234,9 @@ def _figures(run_dir: Path, device: str) -> None:
 
     run = load(run_dir, device=device)
     click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
-    x = run.dataset().test.x[:16].to(device)
-    click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png')}")
+    test = run.dataset().test
+    x, y = test.x[:16].to(device), _labels_for(run, test.y, 16, device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png', y=y)}")
     click.echo(f"wrote {write_report(run)}")
 
 
@@ -224,6 +244,15 @@ def _load(run_dir: Path, device: str):
     from .checkpoint import load
 
     return load(run_dir, device=device)
+
+
+def _labels_for(run, y, n: int | None, device: str):
+    """The first n labels of a split for a conditional run (None for an unconditional one)."""
+    if not run.config.model.conditional:
+        return None
+    if y is None:
+        raise UserError(f"{run.dir} is a conditional model but its data set has no labels in this split")
+    return (y if n is None else y[:n]).to(device)
 
 
 @cli.command()
@@ -253,15 +282,21 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     x, y = part.x, part.y
     if limit:
         x, y = x[:limit], (y[:limit] if y is not None else None)
+    conditional = run.config.model.conditional
+    if conditional:
+        _labels_for(run, y, None, device)  # a clear error when the split has no labels
     probe_train = (ds.train.x.to(device), ds.train.y.to(device)) if probe and ds.train.y is not None else None
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
                    progress=not as_json and sys.stderr.isatty(),
-                   y=y.to(device) if (probe and y is not None) else None, probe_train=probe_train)
+                   y=y.to(device) if ((probe or conditional) and y is not None) else None, probe_train=probe_train)
     res["split"] = split
     if as_json:
         click.echo(json.dumps(res))
         return
     click.echo(f"{run.config.data.dataset} {split} split, {res['n']} images:")
+    if conditional:
+        click.echo(f"  conditional model ({run.config.model.num_classes} classes): every value is given the true "
+                   "label y (elbo and log_likelihood are of log p(x|y))")
     for key, value in res.items():
         if isinstance(value, float):
             click.echo(f"  {key:24s} {value:.4f}")
@@ -272,15 +307,33 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--n", type=click.IntRange(min=1, max=1024), default=64, show_default=True)
+@click.option("--label", type=int,
+              help="Conditional models: draw every sample for this class (default: one row per class).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
 @_device_option
-def sample(run_dir, n, seed, out, device) -> None:
-    """A PNG grid of samples from the prior, decoded."""
+def sample(run_dir, n, label, seed, out, device) -> None:
+    """A PNG grid of samples from the prior, decoded.
+
+    A conditional model draws all N for --label; without --label it draws one row per class,
+    N // classes columns (at least one), each column sharing one z, so a row shows a class and
+    a column one style.
+    """
     from .viz import plot_samples
 
     run = _load(run_dir, device)
-    click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed)}")
+    _check_label(run, label, "--label")
+    click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed, label=label)}")
+
+
+def _check_label(run, label: int | None, flag: str) -> None:
+    k = run.config.model.num_classes
+    if label is None:
+        return
+    if k == 0:
+        raise UserError(f"{flag} needs a conditional model; {run.dir} was trained without --conditional")
+    if not 0 <= label < k:
+        raise UserError(f"{flag} must be between 0 and {k - 1} (the model's {k} classes); got {label}")
 
 
 @cli.command()
@@ -296,8 +349,9 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
     from .viz import plot_reconstructions
 
     run = _load(run_dir, device)
-    x = run.dataset(data_dir).split(split).x[:n].to(device)
-    click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n)}")
+    part = run.dataset(data_dir).split(split)
+    x, y = part.x[:n].to(device), _labels_for(run, part.y, n, device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n, y=y)}")
 
 
 def _json_list(ctx, param, value):

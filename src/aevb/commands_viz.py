@@ -42,10 +42,13 @@ def _device_option(f):
               help="interpolate/traverse: index of the (first) image in the split.")
 @click.option("--b", "index_b", type=click.IntRange(min=0), default=1, show_default=True,
               help="interpolate: index of the second image.")
+@click.option("--label", type=click.IntRange(min=0),
+              help="Conditional models: the class the manifold and samples are drawn for (default: manifold "
+                   "for 0, samples one row per class); data images always use their own labels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_device_option
-def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, seed, data_dir, device) -> None:
+def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device) -> None:
     """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
     from .checkpoint import load
     from .viz import make_plot
@@ -58,7 +61,7 @@ def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, seed, data_dir, 
         dataset = run.dataset(data_dir)
     for kind in kinds:
         path = make_plot(run, kind, out / f"{kind}.png", dims=dims, n=n, split=split, seed=seed,
-                         index_a=index_a, index_b=index_b, dataset=dataset)
+                         index_a=index_a, index_b=index_b, dataset=dataset, label=label)
         click.echo(f"wrote {path}")
 
 

@@ -12,6 +12,14 @@ name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
 - ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
 - ``probe_logreg_accuracy`` / ``probe_knn_accuracy``: classifiers fitted on the posterior
   means (``embed``) of training images and scored on the evaluated split's codes.
+
+A conditional model (``num_classes > 0``) is evaluated given each image's true label y:
+``elbo`` bounds log p(x|y), ``log_likelihood`` estimates log p(x|y) (and ``bits_per_dim``
+is of p(x|y)), the codes are E_q[z|x, y]; the result says so with ``conditional: true``.
+It adds ``sample_label_accuracy``: how often a pixel-space logistic regression fitted on
+real training images assigns a sample drawn for label c to class c (chance is 1/K), with
+that classifier's own accuracy on the evaluated split's real images beside it
+(``real_label_accuracy``) for scale.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .conditional import check_labels
 from .importance import DEFAULT_CHUNK_BYTES, importance_log_likelihood
 from .objectives import ae_loss, elbo
 
@@ -35,6 +44,12 @@ def _batches(x: Tensor, batch_size: int):
         yield x[start : start + batch_size]
 
 
+def _labelled_batches(x: Tensor, y: Tensor | None, batch_size: int):
+    """(x, y) batches; y is None throughout for an unconditional model."""
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], None if y is None else y[start : start + batch_size]
+
+
 def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
     v = values.double()
     n = len(v)
@@ -43,15 +58,16 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl: str = "analytic",
-                  seed: int = 0) -> dict[str, float]:
-    """Mean ELBO, reconstruction term and KL over ``x`` (for an AE: its reconstruction log-likelihood)."""
+                  seed: int = 0, y: Tensor | None = None) -> dict[str, float]:
+    """Mean ELBO, reconstruction term and KL over ``x`` (for an AE: its reconstruction log-likelihood);
+    ``y``: a conditional model's labels of ``x``."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     sums: dict[str, Tensor] = {}
-    for xb in _batches(x, batch_size):
+    for xb, yb in _labelled_batches(x, y, batch_size):
         if model.config.kind == "ae":
-            terms = ae_loss(model, xb, reduction="none")
+            terms = ae_loss(model, xb, reduction="none", y=yb)
         else:
-            terms = elbo(model, xb, samples=samples, kl=kl, generator=gen, reduction="none")
+            terms = elbo(model, xb, samples=samples, kl=kl, generator=gen, reduction="none", y=yb)
         for k, v in terms.items():
             if k != "loss":
                 sums[k] = sums.get(k, 0) + v.double().sum()
@@ -60,9 +76,10 @@ def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl
 
 @torch.no_grad()
 def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int | None = None, seed: int = 0,
-                   progress: bool = False, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, fast: bool = True,
-                   gemm: str = "auto") -> Tensor:
-    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64).
+                   progress: bool = False, y: Tensor | None = None, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   fast: bool = True, gemm: str = "auto") -> Tensor:
+    """Per-image importance-sampled estimate of log p(x) with k samples from q(z|x) (shape (N,), float64);
+    with a conditional model's labels ``y``, of log p(x|y) with z ~ q(z|x, y).
 
     ``batch_size`` images are encoded at once; their (image, sample) rows are decoded in chunks whose
     working set stays under ``max_chunk_bytes`` (``chunk``, when given, also caps the samples per image
@@ -71,7 +88,7 @@ def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with tqdm(total=len(x), desc=f"log p(x), k={k}", disable=not progress, leave=False, unit="img") as bar:
-        return importance_log_likelihood(model, x, k, gen, batch_size=batch_size, max_samples=chunk,
+        return importance_log_likelihood(model, x, k, gen, batch_size=batch_size, max_samples=chunk, y=y,
                                          max_chunk_bytes=max_chunk_bytes, fast=fast, gemm=gemm,
                                          progress=bar.update)
 
@@ -81,22 +98,22 @@ def bits_per_dim(log_px_nats: float, data_dim: int) -> float:
 
 
 @torch.no_grad()
-def embed(model, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Posterior means E_q[z|x] (an AE's codes), shape (N, latent_dim)."""
-    return torch.cat([model.embed(xb) for xb in _batches(x, batch_size)])
+def embed(model, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+    """Posterior means E_q[z|x] (E_q[z|x, y] for a conditional model; an AE's codes), shape (N, latent_dim)."""
+    return torch.cat([model.embed(xb, yb) for xb, yb in _labelled_batches(x, y, batch_size)])
 
 
 @torch.no_grad()
 def latent_statistics(model, x: Tensor, batch_size: int = 1000,
-                      threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict[str, Any]:
+                      threshold: float = ACTIVE_UNIT_THRESHOLD, y: Tensor | None = None) -> dict[str, Any]:
     """Active units and the per-dimension KL of a VAE's posterior on ``x``.
 
     Returns ``active_units`` (int), ``active_unit_variances`` (list, Var_x E_q[z_u|x] per
     dimension) and ``kl_per_dim`` (list, mean over x of KL(q(z_u|x) || N(0, 1)) in nats).
     """
     mus, kls = [], []
-    for xb in _batches(x, batch_size):
-        q = model.encode(xb)
+    for xb, yb in _labelled_batches(x, y, batch_size):
+        q = model.encode(xb, yb)
         mus.append(q.mu.double())
         kls.append((-0.5 * (1 + q.log_var - q.mu**2 - q.log_var.exp())).double().sum(0))  # (Z,)
     mu = torch.cat(mus)
@@ -132,6 +149,42 @@ def probe_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor
             "probe_train_size": len(xtr)}
 
 
+@torch.no_grad()
+def sample_label_accuracy(model, train_x: Tensor, train_y: Tensor, test_x: Tensor | None = None,
+                          test_y: Tensor | None = None, n_per_class: int = 100, seed: int = 0,
+                          max_train: int = 10000) -> dict[str, float]:
+    """How often a conditional model's samples for label c look like class c.
+
+    A multinomial logistic regression on raw pixels is fitted on (at most ``max_train``)
+    real training images; ``n_per_class`` samples (decoded means of z ~ N(0, I)) are drawn
+    for every label and classified. Returns ``sample_label_accuracy`` (chance: 1/K) and,
+    given real test images, the classifier's accuracy on them (``real_label_accuracy``).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    k = model.config.num_classes
+    if k == 0:
+        raise ValueError("sample_label_accuracy needs a conditional model (num_classes > 0)")
+    check_labels(train_y, k, "training labels")
+    xtr = train_x.detach().flatten(1).double().cpu().numpy()
+    ytr = train_y.detach().cpu().numpy()
+    if len(xtr) > max_train:
+        keep = np.random.default_rng(seed).choice(len(xtr), max_train, replace=False)
+        xtr, ytr = xtr[keep], ytr[keep]
+    classifier = LogisticRegression(max_iter=500).fit(xtr, ytr)
+    device = next(model.parameters()).device
+    labels = torch.arange(k, device=device).repeat_interleave(n_per_class)  # (K * n,)
+    g = torch.Generator(device=device).manual_seed(seed)
+    samples = model.sample(len(labels), generator=g, y=labels)
+    predicted = classifier.predict(samples.flatten(1).double().cpu().numpy())
+    result = {"sample_label_accuracy": float((predicted == labels.cpu().numpy()).mean()),
+              "sample_label_samples": len(labels)}
+    if test_x is not None and test_y is not None:
+        result["real_label_accuracy"] = float(
+            classifier.score(test_x.detach().flatten(1).double().cpu().numpy(), test_y.detach().cpu().numpy()))
+    return result
+
+
 def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int | None = None, seed: int = 0,
              progress: bool = False, y: Tensor | None = None, probe_train: tuple[Tensor, Tensor] | None = None,
              probe_max_train: int = 10000) -> dict[str, Any]:
@@ -141,19 +194,28 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     a VAE adds ``log_likelihood``, ``log_likelihood_stderr``, ``bits_per_dim``, ``elbo_bits_per_dim``,
     ``active_units``, ``kl_dim_0`` ...; with labels ``y`` and ``probe_train=(x_train, y_train)`` the
     probe accuracies ``probe_logreg_accuracy`` and ``probe_knn_accuracy``. ``k=0`` skips log p(x).
+
+    ``y`` are the labels of ``x``. A conditional model needs them: every term is then given y
+    (log p(x|y), ...) and the result has ``conditional: true``; with ``probe_train`` it also has
+    ``sample_label_accuracy`` (see ``sample_label_accuracy``).
     """
     model.eval()
     d = model.config.data_dim
-    result: dict[str, Any] = {"n": len(x), "k": k, "data_dim": d}
-    result.update(evaluate_elbo(model, x, batch_size=max(batch_size, 500), seed=seed))
+    conditional = model.config.num_classes > 0
+    if conditional:
+        check_labels(y, model.config.num_classes, "labels of the evaluated images")
+    cond_y = y if conditional else None
+    result: dict[str, Any] = {"n": len(x), "k": k, "data_dim": d, "conditional": conditional}
+    result.update(evaluate_elbo(model, x, batch_size=max(batch_size, 500), seed=seed, y=cond_y))
     if model.config.kind == "vae":
         if "elbo" in result:
             result["elbo_bits_per_dim"] = bits_per_dim(result["elbo"], d)
         if k > 0:
-            ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, seed=seed, progress=progress)
+            ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, seed=seed, progress=progress,
+                                y=cond_y)
             mean, se = _mean_and_stderr(ll)
             result.update(log_likelihood=mean, log_likelihood_stderr=se, bits_per_dim=bits_per_dim(mean, d))
-        stats = latent_statistics(model, x)
+        stats = latent_statistics(model, x, y=cond_y)
         result["active_units"] = stats["active_units"]
         result["latent_dim"] = model.config.latent_dim
         result.update({f"kl_dim_{j}": v for j, v in enumerate(stats["kl_per_dim"])})
@@ -163,6 +225,8 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
             keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:probe_max_train]
             x_tr, y_tr = x_tr[keep.to(x_tr.device)], y_tr[keep.to(y_tr.device)]
         with torch.no_grad():
-            result.update(probe_accuracy(embed(model, x_tr), y_tr, embed(model, x), y, seed=seed,
-                                         max_train=probe_max_train))
+            result.update(probe_accuracy(embed(model, x_tr, y=y_tr if conditional else None), y_tr,
+                                         embed(model, x, y=cond_y), y, seed=seed, max_train=probe_max_train))
+        if conditional:
+            result.update(sample_label_accuracy(model, x_tr, y_tr, x, y, seed=seed, max_train=probe_max_train))
     return result

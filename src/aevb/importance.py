@@ -96,8 +96,9 @@ def decoder_row_bytes(model) -> int:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         param = next(model.parameters())
+        label = torch.zeros(1, dtype=torch.long, device=param.device) if model.config.num_classes else None
         with torch.no_grad():
-            lik = model.decode(torch.zeros(1, model.config.latent_dim, device=param.device, dtype=param.dtype))
+            lik = model.decode(torch.zeros(1, model.config.latent_dim, device=param.device, dtype=param.dtype), label)
     finally:
         for h in handles:
             h.remove()
@@ -119,35 +120,40 @@ def draw_noise(generator: torch.Generator, images: int, samples: int, latent_dim
     return standard_normal((images, samples, latent_dim), generator, like.device, like.dtype)
 
 
-def generic_log_weights(model, x: Tensor, mu: Tensor, log_var: Tensor, eps: Tensor) -> Tensor:
+def generic_log_weights(model, x: Tensor, mu: Tensor, log_var: Tensor, eps: Tensor, y: Tensor | None = None) -> Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) through the model's own decoder and ``log_prob``.
 
-    x is (b, C, H, W), mu and log_var (b, Z), eps (b, s, Z); returns (b, s).
+    x is (b, C, H, W), mu and log_var (b, Z), eps (b, s, Z), y a conditional model's b labels; returns (b, s).
     """
     q = DiagonalGaussian(mu[:, None], log_var[:, None])  # (b, 1, Z): broadcasts over samples
     z = q.mu + q.std * eps
-    return model.decode(z).log_prob(x[:, None]) + standard_normal_log_prob(z) - q.log_prob(z)
+    log_px_z = model.decode(z.transpose(0, 1), y).log_prob(x).t()  # decode takes the batch last: (s, b, Z)
+    return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
 
 
 @dataclass
 class BernoulliPrep:
     """Per-image constants of the fast path: u = W^T (x - 1/2) (b, H), c = b . (x - 1/2) (b,),
-    and the posterior's mu, sigma and sum of log sigma^2."""
+    the posterior's mu, sigma and sum of log sigma^2, and a conditional model's one-hot labels (b, K)."""
 
     mu: Tensor
     std: Tensor
     half_log_var_sum: Tensor
     u: Tensor
     c: Tensor
+    label: Tensor | None = None
 
     def select(self, sl: slice) -> BernoulliPrep:
-        return BernoulliPrep(self.mu[sl], self.std[sl], self.half_log_var_sum[sl], self.u[sl], self.c[sl])
+        return BernoulliPrep(self.mu[sl], self.std[sl], self.half_log_var_sum[sl], self.u[sl], self.c[sl],
+                             None if self.label is None else self.label[sl])
 
 
-def bernoulli_prep(decoder: MLPDecoder, x: Tensor, mu: Tensor, log_var: Tensor) -> BernoulliPrep:
+def bernoulli_prep(decoder: MLPDecoder, x: Tensor, mu: Tensor, log_var: Tensor,
+                   label: Tensor | None = None) -> BernoulliPrep:
     centred = x.flatten(1).to(decoder.mean.weight.dtype) - 0.5  # (b, D)
     return BernoulliPrep(mu=mu, std=torch.exp(0.5 * log_var), half_log_var_sum=0.5 * log_var.sum(-1),
-                         u=centred @ decoder.mean.weight, c=centred @ decoder.mean.bias)
+                         u=centred @ decoder.mean.weight, c=centred @ decoder.mean.bias,
+                         label=None if label is None else label.to(mu.dtype))
 
 
 def _tanh_(a: Tensor) -> Tensor:
@@ -244,7 +250,10 @@ def bernoulli_mlp_log_weights(decoder: MLPDecoder, prep: BernoulliPrep, eps: Ten
     """The fast path's log w for eps (b, s, Z) and the per-image ``prep`` (b images): (b, s), float64."""
     b, s, zdim = eps.shape
     z = torch.addcmul(prep.mu[:, None], prep.std[:, None], eps)  # (b, s, Z)
-    h = _mlp_trunk(decoder.trunk, z.view(b * s, zdim), onednn)  # (R, H)
+    rows = z.view(b * s, zdim)
+    if prep.label is not None:  # a conditional decoder reads [z, one-hot y]
+        rows = torch.cat([z, prep.label[:, None].expand(b, s, -1)], -1).view(b * s, -1)  # (R, Z + K)
+    h = _mlp_trunk(decoder.trunk, rows, onednn)  # (R, H)
     logits = dense_layer(h, decoder.mean, None, onednn)  # (R, D)
     x_term = torch.bmm(h.view(b, s, -1), prep.u[:, :, None]).view(b, s) + prep.c[:, None]
     log_px_z = x_term.double() - log_cosh_sum(logits).view(b, s).double()
@@ -253,9 +262,9 @@ def bernoulli_mlp_log_weights(decoder: MLPDecoder, prep: BernoulliPrep, eps: Ten
 
 
 def _image_log_weights_chunks(model, x: Tensor, mu: Tensor, log_var: Tensor, k: int, plan: ChunkPlan,
-                              generator: torch.Generator, fast: bool, onednn: bool):
+                              generator: torch.Generator, fast: bool, onednn: bool, y: Tensor | None):
     """Yield (image slice, log-weights (b, s)) for the images of one encoded batch, chunk by chunk."""
-    prep = bernoulli_prep(model.decoder, x, mu, log_var) if fast else None
+    prep = bernoulli_prep(model.decoder, x, mu, log_var, model.condition(y)) if fast else None
     for start in range(0, len(x), plan.images):
         sl = slice(start, min(start + plan.images, len(x)))
         b = sl.stop - sl.start
@@ -264,14 +273,16 @@ def _image_log_weights_chunks(model, x: Tensor, mu: Tensor, log_var: Tensor, k: 
             if prep is not None:
                 yield sl, bernoulli_mlp_log_weights(model.decoder, prep.select(sl), eps, onednn)
             else:
-                yield sl, generic_log_weights(model, x[sl], mu[sl], log_var[sl], eps)
+                yield sl, generic_log_weights(model, x[sl], mu[sl], log_var[sl], eps, None if y is None else y[sl])
 
 
 @torch.no_grad()
 def importance_log_likelihood(model, x: Tensor, k: int, generator: torch.Generator, batch_size: int = 100,
                               max_samples: int | None = None, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                              fast: bool = True, gemm: str = "auto", progress=None) -> Tensor:
-    """Per-image log (1/K) sum_k w_k for images x (N, ...): shape (N,), float64.
+                              fast: bool = True, gemm: str = "auto", y: Tensor | None = None,
+                              progress=None) -> Tensor:
+    """Per-image log (1/K) sum_k w_k for images x (N, ...): shape (N,), float64 (given a conditional
+    model's labels ``y``, of log p(x|y) with z ~ q(z|x, y)).
 
     ``batch_size`` images are encoded at once; ``max_samples`` caps the samples per image in one chunk;
     ``fast=False`` forces the generic path (the model's own ``log_prob``); ``gemm`` picks the fast
@@ -285,9 +296,10 @@ def importance_log_likelihood(model, x: Tensor, k: int, generator: torch.Generat
     out = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        q = model.encode(xb)
+        yb = None if y is None else y[start : start + batch_size]
+        q = model.encode(xb, yb)
         for sl, lw in _image_log_weights_chunks(model, xb, q.mu, q.log_var, k, plan, generator, use_fast,
-                                                       onednn):
+                                                       onednn, yb):
             rows = slice(start + sl.start, start + sl.stop)
             out[rows] = torch.logaddexp(out[rows], torch.logsumexp(lw.double(), dim=1))
         if progress is not None:

@@ -2,6 +2,11 @@
 
 A model holds networks and nothing of training: no optimizer, no step counter, no
 loss. Objectives (``aevb.objectives``) are functions of a model and a batch.
+
+A conditional model (``config.num_classes > 0``; Sohn et al. 2015) takes a label ``y``
+in every method that sees x or z: q(z|x, y), p(x|z, y), with the prior p(z) = N(0, I)
+as before. ``y`` holds integer classes (B,) or label weights (B, K) (``aevb.conditional``);
+an unconditional model takes ``y=None`` and refuses a label.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .conditional import LabelError, check_labels, label_tensor, one_hot
 from .config import ModelConfig
 from .distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian
 from .nets import build_decoder, build_encoder, init_normal_
@@ -31,25 +37,56 @@ class _Autoencoder(nn.Module):
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
-    def decode(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
-        """p(x|z) with parameters shaped (..., C, H, W)."""
-        return self.decoder(z)
+    @property
+    def num_classes(self) -> int:
+        """The number of labels the model is conditioned on (0: unconditional)."""
+        return self.config.num_classes
 
-    def embed(self, x: Tensor) -> Tensor:
-        """The deterministic code of x (a VAE's posterior mean E_q[z|x]); never sampled."""
-        return self.encoder(x)[self.CODE]
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """The one-hot code (B, K) the networks read beside x or z; None for an unconditional model.
+        Shapes are checked here; label values where they enter (``aevb.conditional.check_labels``)."""
+        k = self.config.num_classes
+        if k == 0:
+            if y is not None:
+                raise LabelError("this model is not conditional (it was trained without --conditional); "
+                                 "do not pass a label")
+            return None
+        if y is None:
+            raise LabelError(f"this model is conditional on a label ({k} classes); pass y")
+        return one_hot(y, k, torch.float32)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def _encoder_out(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        c = self.condition(y)
+        if c is not None and c.shape[:-1] != x.shape[:1]:
+            raise LabelError(f"one label per image is needed: {x.shape[0]} images, labels shaped {tuple(y.shape)}")
+        return self.encoder(x) if c is None else self.encoder(x, c)  # custom networks may take x alone
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
+        """p(x|z) (or p(x|z, y)) with parameters shaped (..., C, H, W); z is (..., Z), y (B,) or (B, K)
+        for the last batch dimension of z."""
+        c = self.condition(y)
+        return self.decoder(z) if c is None else self.decoder(z, c)
+
+    def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The deterministic code of x (a VAE's posterior mean E_q[z|x(, y)]); never sampled."""
+        return self._encoder_out(x, y)[self.CODE]
+
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The decoded mean at the code (no sampling)."""
-        return self.decode(self.embed(x)).mean
+        return self.decode(self.embed(x, y), y).mean
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, y: int | Tensor | None = None) -> Tensor:
         """Decoded means of z ~ N(0, I): n images shaped (n, C, H, W). (An AE has no prior:
-        its samples are usually poor images, which is the point of the AE-vs-VAE comparison.)"""
+        its samples are usually poor images, which is the point of the AE-vs-VAE comparison.)
+        A conditional model needs ``y``: one class for all n, or n labels."""
         device = next(self.parameters()).device
+        if isinstance(y, int):
+            y = label_tensor(y, n, device)
+        if y is not None and self.config.num_classes and not y.is_floating_point():
+            check_labels(y, self.config.num_classes, "labels")
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return self.decode(z).mean
+        return self.decode(z, y).mean
 
 
 class VAE(_Autoencoder):
@@ -58,9 +95,9 @@ class VAE(_Autoencoder):
     def __init__(self, config: ModelConfig):
         super().__init__(config, heads=("mu", "log_var"))
 
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        """q(z|x) = N(mu(x), diag(exp(log_var(x)))); x is (B, C, H, W) or (B, C*H*W)."""
-        out = self.encoder(x)
+    def encode(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian:
+        """q(z|x) = N(mu(x), diag(exp(log_var(x)))) (or q(z|x, y)); x is (B, C, H, W) or (B, C*H*W)."""
+        out = self._encoder_out(x, y)
         log_var = out["log_var"].clamp(self.config.log_var_min, self.config.log_var_max)
         return DiagonalGaussian(out["mu"], log_var)
 

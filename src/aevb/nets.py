@@ -9,6 +9,11 @@ stride-2 3x3 convolutions (each maps a size n to ceil(n / 2)), a flatten, the ML
 the heads; the decoder is the mirrored MLP, a linear layer to the smallest feature map,
 stride-2 4x4 transposed convolutions (each doubles the size), a 3x3 convolution to the
 likelihood's parameters, and a crop to exactly (C, H, W). Any H, W >= 1 and any C work.
+
+Conditional models (``num_classes = K > 0``) get the label as a one-hot vector ``c``
+(``aevb.conditional.one_hot``): the MLP encoder reads [x, c], the convolutional encoder
+reads c as K constant extra input channels, and both decoders read [z, c] in their
+first linear layer. Unconditional networks take ``c=None``.
 """
 
 from __future__ import annotations
@@ -38,17 +43,25 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _with_label(v: Tensor, c: Tensor | None) -> Tensor:
+    """[v, c] along the last dimension, c (B, K) broadcast over v's leading sample dimensions."""
+    if c is None:
+        return v
+    c = c.to(device=v.device, dtype=v.dtype).expand(*v.shape[:-1], c.shape[-1])  # (B, K) -> (..., B, K)
+    return torch.cat([v, c], -1)  # (..., D) -> (..., D + K)
+
+
 class MLPEncoder(nn.Module):
-    """x -> h -> heads. ``heads`` names the linear outputs, each ``latent_dim`` wide."""
+    """[x, c] -> h -> heads. ``heads`` names the linear outputs, each ``latent_dim`` wide."""
 
     def __init__(self, cfg: ModelConfig, heads: tuple[str, ...]):
         super().__init__()
-        sizes = [cfg.data_dim, *cfg.hidden]
+        sizes = [cfg.data_dim + cfg.num_classes, *cfg.hidden]
         self.trunk = mlp(sizes, cfg.activation)
         self.heads = nn.ModuleDict({name: nn.Linear(sizes[-1], cfg.latent_dim) for name in heads})
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.trunk(x.flatten(1))  # (B, C*H*W) -> (B, hidden[-1])
+    def forward(self, x: Tensor, c: Tensor | None = None) -> dict[str, Tensor]:
+        h = self.trunk(_with_label(x.flatten(1), c))  # (B, C*H*W [+ K]) -> (B, hidden[-1])
         return {name: head(h) for name, head in self.heads.items()}
 
 
@@ -74,20 +87,20 @@ def make_likelihood(cfg: ModelConfig, out: Tensor, second: Tensor | None) -> Ber
 
 
 class MLPDecoder(nn.Module):
-    """z -> h -> likelihood parameters, shaped (..., C, H, W)."""
+    """[z, c] -> h -> likelihood parameters, shaped (..., C, H, W)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        sizes = [cfg.latent_dim, *reversed(cfg.hidden)]
+        sizes = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
         self.trunk = mlp(sizes, cfg.activation)
         self.mean = nn.Linear(sizes[-1], cfg.data_dim)  # logits for Bernoulli, pre-sigmoid mean for the others
         # log-variance (gaussian) or log-scale (discretized_logistic)
         self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if _params_per_pixel(cfg) == 2 else None
 
-    def forward(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
         cfg = self.cfg
-        h = self.trunk(z)
+        h = self.trunk(_with_label(z, c))
         shape = (*z.shape[:-1], *cfg.input_shape)  # (..., latent) -> (..., C, H, W)
         second = self.log_var(h).view(shape) if self.log_var is not None else None
         return make_likelihood(cfg, self.mean(h).view(shape), second)
@@ -104,13 +117,13 @@ def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """x (B, C, H, W) -> stride-2 convs -> flatten -> MLP -> heads."""
+    """[x, c as constant channels] (B, C + K, H, W) -> stride-2 convs -> flatten -> MLP -> heads."""
 
     def __init__(self, cfg: ModelConfig, heads: tuple[str, ...]):
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         layers: list[nn.Module] = []
-        c_in = cfg.input_shape[0]
+        c_in = cfg.input_shape[0] + cfg.num_classes
         for c_out in cfg.conv_channels:
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
             c_in = c_out
@@ -121,20 +134,24 @@ class ConvEncoder(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(sizes[-1], cfg.latent_dim) for name in heads})
         self.input_shape = cfg.input_shape
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> dict[str, Tensor]:
         x = x.reshape(-1, *self.input_shape)  # (B, D) or (B, C, H, W) -> (B, C, H, W)
+        if c is not None:
+            c = c.to(device=x.device, dtype=x.dtype)
+            planes = c[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (B, K) -> (B, K, H, W)
+            x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
         h = self.trunk(self.convs(x).flatten(1))  # (B, c_last, h, w) -> (B, hidden[-1])
         return {name: head(h) for name, head in self.heads.items()}
 
 
 class ConvDecoder(nn.Module):
-    """z -> MLP -> linear to (c_last, h, w) -> transposed convs -> conv to parameters -> crop to (C, H, W)."""
+    """[z, c] -> MLP -> linear to (c_last, h, w) -> transposed convs -> conv to parameters -> crop to (C, H, W)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         act = _ACTIVATIONS[cfg.activation]
-        sizes = [cfg.latent_dim, *reversed(cfg.hidden)]
+        sizes = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
         self.trunk = mlp(sizes, cfg.activation)
         self.start = conv_sizes(cfg)[-1]
         chans = list(reversed(cfg.conv_channels))
@@ -145,14 +162,15 @@ class ConvDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
         self.out = nn.Conv2d(chans[-1], cfg.input_shape[0] * _params_per_pixel(cfg), 3, padding=1)
 
-    def forward(self, z: Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
         cfg = self.cfg
-        c, height, width = cfg.input_shape
+        channels, height, width = cfg.input_shape
         lead = z.shape[:-1]
-        h = self.project(self.trunk(z.reshape(-1, z.shape[-1])))  # (..., Z) -> (N, c_last*h*w)
+        zc = _with_label(z, c)
+        h = self.project(self.trunk(zc.reshape(-1, zc.shape[-1])))  # (..., Z [+ K]) -> (N, c_last*h*w)
         h = self.deconvs(h.view(h.shape[0], -1, *self.start))  # (N, c_first, h * 2^n, w * 2^n)
         params = self.out(h)[:, :, :height, :width]  # crop: h * 2^n >= H by construction
-        params = params.reshape(*lead, -1, c, height, width)  # (..., P, C, H, W)
+        params = params.reshape(*lead, -1, channels, height, width)  # (..., P, C, H, W)
         second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
         return make_likelihood(cfg, params[..., 0, :, :, :], second)
 

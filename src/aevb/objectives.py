@@ -4,6 +4,10 @@ Each returns a dict. ``loss`` is the scalar to minimise (mean over the batch); t
 other terms are per example (shape (B,)) with ``reduction="none"`` or batch means
 with ``reduction="mean"`` (the default). Signs: ``elbo`` and ``reconstruction``
 (E_q[log p(x|z)]) are log-densities, higher is better; ``kl`` is >= 0.
+
+``y`` is the batch's labels for a conditional model (``aevb.conditional``) and None
+otherwise; with it every term is conditional on y: the ELBO bounds log p(x|y), the
+importance-weighted bound estimates log p(x|y).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def _as_images(model, x: Tensor) -> Tensor:
 
 
 def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0, free_bits: float = 0.0,
-         generator: torch.Generator | None = None, reduction: str = "mean") -> Terms:
+         generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None) -> Terms:
     """The SGVB estimate of the evidence lower bound (paper section 2.3).
 
     kl="analytic" is estimator B (eq. 10): KL(q(z|x) || p(z)) in closed form plus
@@ -44,9 +48,9 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
     by max(lambda, KL_j), so dimensions below lambda are not pushed further to the prior.
     """
     x = _as_images(model, x)
-    q = model.encode(x)
+    q = model.encode(x, y)
     z = q.rsample(samples, generator=generator)  # (L, B, Z)
-    reconstruction = model.decode(z).log_prob(x).mean(0)  # (B,)
+    reconstruction = model.decode(z, y).log_prob(x).mean(0)  # (B,)
     if kl == "analytic":
         kl_dims = q.kl_per_dim()  # (B, Z)
     elif kl == "mc":
@@ -65,39 +69,39 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
 
 
 def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = None,
-                chunk: int | None = None) -> Tensor:
+                chunk: int | None = None, y: Tensor | None = None) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): shape (k, B).
 
     ``chunk`` bounds how many samples are decoded at once (memory ~ chunk * B * D).
     """
     x = _as_images(model, x)
-    q = model.encode(x)
+    q = model.encode(x, y)
     chunk = chunk or k
     parts = []
     for start in range(0, k, chunk):
         z = q.rsample(min(chunk, k - start), generator=generator)  # (c, B, Z)
-        parts.append(model.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z))
+        parts.append(model.decode(z, y).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z))
     return torch.cat(parts, 0)
 
 
 def iwae_bound(model, x: Tensor, k: int, generator: torch.Generator | None = None,
-               chunk: int | None = None, reduction: str = "mean", **_: object) -> Terms:
+               chunk: int | None = None, reduction: str = "mean", y: Tensor | None = None, **_: object) -> Terms:
     """The importance-weighted bound (Burda et al. 2016): log (1/k) sum_i w_i.
 
     Equals the ELBO at k=1 and rises to log p(x) as k grows; it is the
     importance-sampled estimate of log p(x). The log-mean-exp is taken in float64.
     """
-    lw = log_weights(model, x, k, generator=generator, chunk=chunk)
+    lw = log_weights(model, x, k, generator=generator, chunk=chunk, y=y)
     bound = (torch.logsumexp(lw.double(), 0) - math.log(k)).to(lw.dtype)
     return _reduce({"loss": -bound.mean(), "iwae": bound}, reduction)
 
 
-def ae_loss(model, x: Tensor, reduction: str = "mean", **_: object) -> Terms:
+def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, **_: object) -> Terms:
     """The deterministic autoencoder's loss: -log p(x | z = code(x)).
 
     With a Bernoulli decoder this is the summed binary cross-entropy; with
     ``gaussian_fixed`` it is the summed squared error / (2 sigma^2) plus a constant.
     """
     x = _as_images(model, x)
-    reconstruction = model.decode(model.embed(x)).log_prob(x)
+    reconstruction = model.decode(model.embed(x, y), y).log_prob(x)
     return _reduce({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)

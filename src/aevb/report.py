@@ -93,7 +93,8 @@ def render(run, data_dir: str | None = None) -> str:
     """The report as an HTML string."""
     cfg = run.config
     m = cfg.model
-    title = (f"aevb run {run.dir.name}: {m.kind.upper()} on {cfg.data.dataset}, "
+    given = f", conditional on {m.num_classes} classes" if m.num_classes else ""
+    title = (f"aevb run {run.dir.name}: {m.kind.upper()} on {cfg.data.dataset}{given}, "
              f"{m.latent_dim}-D latent, {m.likelihood} decoder")
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>",

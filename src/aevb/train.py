@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import ConfigError, RunConfig
+from .conditional import check_data_labels
+from .config import PRESETS, ConfigError, RunConfig
 from .data import Dataset, load_dataset
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
@@ -44,6 +45,7 @@ from .objectives import ae_loss, elbo, iwae_bound
 from .schedules import kl_weight
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
+GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,6 +89,8 @@ def make_objective(config: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
     if config.train.algorithm == "wake-sleep":
         if config.model.kind != "vae":
             raise ConfigError("--algorithm wake-sleep needs a recognition model: use --kind vae")
+        if config.model.conditional:
+            raise ConfigError("--algorithm wake-sleep does not train conditional models; use --algorithm aevb")
         from .wake_sleep import wake_sleep_step_loss
 
         return wake_sleep_step_loss
@@ -133,6 +137,8 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
+    if config.model.conditional:
+        check_data_labels(ds, config.model.num_classes)
 
 
 class Trainer:
@@ -177,8 +183,17 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
         self.epoch_seconds = 0.0
         self.metrics_lines = 0
-        self.skipped = 0  # steps skipped since the run began
-        self.consecutive_skips = 0
+        # The guard's counters live on the device, so that a step never waits for the host;
+        # they are read every GUARD_EVERY steps and whenever a checkpoint is written.
+        self.params = list(self.model.parameters())
+        self.device_guard = self.scaler is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # since the run began
+        self.consecutive_skips = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.bad_norm = torch.zeros((), device=self.device)  # gradient norm of the last skipped step
+        self.step_fn = self.step_module
+        self.compile_seconds: float | None = None
+        if t.compile:
+            self.step_fn = torch.compile(self.step_module)
         self.interrupted = False
         self.tb = None
 
@@ -191,7 +206,7 @@ class Trainer:
         extra.update({f"sums.{k}": v for k, v in self.sums.items()})
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
-                    "skipped": self.skipped}
+                    "skipped": int(self.skipped)}
         ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress)
 
     def restore(self) -> None:
@@ -210,7 +225,7 @@ class Trainer:
         self.global_step = progress["global_step"]
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
-        self.skipped = progress.get("skipped", 0)
+        self.skipped.fill_(progress.get("skipped", 0))
         if self.dist.is_main:  # temporary files of a write that a crash interrupted
             for stale in self.out.glob("*.tmp"):
                 stale.unlink()
@@ -231,78 +246,115 @@ class Trainer:
             x = x[self.dist.rank * b : (self.dist.rank + 1) * b]
         return x
 
-    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """One optimizer step; None when the step was skipped by the guard."""
+    def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """This process's shard of the batch's labels, for a conditional model (else None)."""
+        if not self.config.model.conditional:
+            return None
+        y = self.data.train.y[idx]
+        if self.dist.enabled:
+            b = len(idx) // self.dist.world_size
+            y = y[self.dist.rank * b : (self.dist.rank + 1) * b]
+        return y
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step. Returns the objective's terms and a boolean device tensor that is
+        true when the guard skipped the step (loss or gradient norm not finite, or the norm above
+        ``skip_grad_norm``). Nothing here waits for the device: with the fused optimizers the
+        skip is applied inside the optimizer kernel (its ``found_inf`` input, as
+        torch.amp.GradScaler uses it), so weights, moments and step counts stay untouched.
+        ``y``: a conditional model's labels."""
         t = self.config.train
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
+        if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
+            beta = torch.tensor(beta, device=self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            terms = self.step_module(x, self.step_noise, beta=beta)
+            terms = self.step_fn(x, self.step_noise, beta=beta, y=y)
         self.optimizer.zero_grad(set_to_none=True)
         loss = terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])
         loss.backward()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         # The norm is of the all-reduced gradient, so every rank takes the same decision.
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm or math.inf)
-        norm = float(norm)
-        if not math.isfinite(norm) or norm > t.skip_grad_norm:
-            self._skip(norm)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if t.clip_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(self.params, t.clip_grad_norm, norm)
+        bad = ~torch.isfinite(norm) | (norm > t.skip_grad_norm)
+        if self.device_guard:
+            self.optimizer.found_inf, self.optimizer.grad_scale = bad.float(), None
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf, self.optimizer.grad_scale
+        elif bool(bad):  # non-fused optimizers and the fp16 gradient scaler: decided on the host
             if self.scaler is not None:
                 self.scaler.update()
-            return None
-        self.consecutive_skips = 0
-        if self.scaler is not None:
+        elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        return terms
+        self.skipped += bad
+        self.consecutive_skips = (self.consecutive_skips + 1) * bad
+        self.bad_norm = torch.where(bad, norm.detach().float(), self.bad_norm)
+        return terms, bad
 
-    def _skip(self, norm: float) -> None:
+    def check_guard(self) -> None:
+        """Stop the run when max_skips consecutive steps were skipped (reads the device counter)."""
         t = self.config.train
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped += 1
-        self.consecutive_skips += 1
-        if self.consecutive_skips >= t.max_skips:
-            what = "not finite (NaN or Inf)" if not math.isfinite(norm) else f"{norm:.3g} > {t.skip_grad_norm:g}"
-            state = self.out / ckpt.TRAIN_STATE
-            kept = f"the last good checkpoint {state} is intact" if state.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training stopped at step {self.global_step}: {self.consecutive_skips} consecutive steps skipped "
-                f"because the loss or gradient norm was {what}; {kept}. Lower --lr, set --clip-grad-norm, "
-                "or check the data for NaN/Inf")
+        count = int(self.consecutive_skips)
+        if count < t.max_skips:
+            return
+        norm = float(self.bad_norm)
+        what = "not finite (NaN or Inf)" if not math.isfinite(norm) else f"{norm:.3g} > {t.skip_grad_norm:g}"
+        state = self.out / ckpt.TRAIN_STATE
+        kept = f"the last good checkpoint {state} is intact" if state.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training stopped at step {self.global_step}: the last {count} steps were skipped (limit {t.max_skips}) "
+            f"because the loss or gradient norm was {what}; {kept}. Lower --lr, set --clip-grad-norm, "
+            "or check the data for NaN/Inf")
 
-    def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            if k != "loss":
-                v = v.detach().float()
-                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+    def _accumulate(self, terms: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
+        """Add the step's terms to the epoch sums on the device (a skipped step adds nothing)."""
+        items = [(k, v.detach().float()) for k, v in terms.items() if k != "loss"]
+        items.append(("_steps", (~bad).float()))
+        for k, v in items:
+            v = torch.where(bad, 0.0, v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def _mean(self, key: str) -> float:
+        steps = self.sums.get("_steps")
+        return (self.sums[key] / (steps.clamp(min=1) if steps is not None else max(self.step_in_epoch, 1))).item()
 
     def _validate(self) -> dict[str, float]:
         """Validation ELBO terms; with several processes each scores a shard and the sums are all-reduced."""
         split = self.data.valid or self.data.test
         name = "valid" if self.data.valid is not None else "test"
         x = split.x.tensor_split(self.dist.world_size)[self.dist.rank]
+        y = split.y.tensor_split(self.dist.world_size)[self.dist.rank] if self.config.model.conditional else None
         res = evaluate_elbo(self.model, x, batch_size=self.config.train.eval_batch_size,
-                            kl=self.config.train.estimator, seed=self.dist.rank)
+                            kl=self.config.train.estimator, seed=self.dist.rank, y=y)
         keys = sorted(res)
         sums = torch.tensor([res[k] * len(x) for k in keys] + [len(x)], dtype=torch.float64, device=self.device)
         sums = all_reduce_sum(sums, self.dist)
         return {f"{name}_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
 
     def _end_epoch(self) -> dict[str, Any]:
-        n = max(self.step_in_epoch, 1) * self.dist.world_size
         line: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step,
                                 "samples_seen": self.global_step * self.config.train.batch_size}
-        keys = sorted(self.sums)
+        keys = sorted(k for k in self.sums if k != "_steps")
         if keys:
-            totals = all_reduce_sum(torch.stack([self.sums[k].double() for k in keys]), self.dist)
+            steps = self.sums.get("_steps", torch.tensor(float(self.step_in_epoch), device=self.device))
+            totals = all_reduce_sum(torch.stack([self.sums[k].double() for k in keys] + [steps.double()]), self.dist)
+            n = totals[-1].clamp(min=1)
             line.update({f"train_{k}": (totals[i] / n).item() for i, k in enumerate(keys)})
         self.model.eval()
         line.update(self._validate())
         self.model.train()
         line["seconds"] = round(self.epoch_seconds, 4)
-        line["skipped_steps"] = self.skipped
+        line["skipped_steps"] = int(self.skipped)
+        if self.compile_seconds is not None:
+            line["compile_seconds"] = round(self.compile_seconds, 3)
+            self.compile_seconds = None
         t = self.config.train
         line["kl_weight"] = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         self.epoch += 1
@@ -356,21 +408,30 @@ class Trainer:
                 start = time.perf_counter()
                 while self.step_in_epoch < self.steps_per_epoch:
                     i = self.step_in_epoch * t.batch_size
-                    terms = self.step(self._batch(perm[i : i + t.batch_size]))
-                    if terms is not None:
-                        self._accumulate(terms)
+                    idx = perm[i : i + t.batch_size]
+                    x, y = self._batch(idx), self._labels(idx)
+                    if t.compile and self.global_step == 0 and self.step_in_epoch == 0:
+                        compile_start = time.perf_counter()  # the first call compiles: timed on its own
+                        self._accumulate(*self.step(x, y))
+                        self.compile_seconds = time.perf_counter() - compile_start
+                        start = time.perf_counter()
+                    else:
+                        self._accumulate(*self.step(x, y))
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(1)
+                    checkpoint = bool(t.checkpoint_every and self.global_step % t.checkpoint_every == 0)
+                    stopping = stop_after_steps is not None and self.global_step >= stop_after_steps
+                    if self.global_step % GUARD_EVERY == 0 or checkpoint or stopping or self.interrupted:
+                        self.check_guard()  # before any checkpoint, so a diverged state is never saved
                     if self.progress and self.global_step % PROGRESS_EVERY == 0:
                         key = "elbo" if "elbo" in self.sums else "reconstruction"
-                        bar.set_postfix({f"train_{key}": f"{(self.sums[key] / self.step_in_epoch).item():.2f}",
-                                         "epoch": self.epoch + 1})
-                    if t.checkpoint_every and self.global_step % t.checkpoint_every == 0:
+                        bar.set_postfix({f"train_{key}": f"{self._mean(key):.2f}", "epoch": self.epoch + 1})
+                    if checkpoint:
                         self.epoch_seconds += time.perf_counter() - start
                         start = time.perf_counter()
                         self.save_state()
-                    if stop_after_steps is not None and self.global_step >= stop_after_steps:
+                    if stopping:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
                         return lines
@@ -380,6 +441,7 @@ class Trainer:
                         raise TrainingInterrupted(f"interrupted at step {self.global_step}; checkpoint saved in "
                                                   f"{self.out}; continue with: aevb train --resume {self.out}")
                 self.epoch_seconds += time.perf_counter() - start
+                self.check_guard()
                 line = self._end_epoch()
                 lines.append(line)
                 valid = {k: v for k, v in line.items() if k.endswith("_elbo") or k.endswith("_reconstruction")}

@@ -2,6 +2,10 @@
 
 Images are tensors shaped (N, C, H, W) with values in [0, 1]; grey (C=1) and colour
 (C=3) are both drawn. Figures are made with matplotlib's Agg backend (no display).
+
+Conditional models (``num_classes > 0``) are drawn given labels: the true labels of data
+images (reconstructions, scatter, interpolation, traversal), and for pictures of the
+prior either one ``label`` or, for samples without one, a grid with one row per class.
 """
 
 from __future__ import annotations
@@ -46,21 +50,69 @@ def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Pa
     return path
 
 
-def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None) -> Path:
-    """A grid of decoded means of z ~ N(0, I)."""
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    images = model.sample(n, generator=g)
+def _conditional(model) -> bool:
+    return model.config.num_classes > 0
+
+
+def _prior_label(model, label: int | None) -> int | None:
+    """The label a picture of the prior is drawn for: ``label``, 0 for a conditional model without one."""
+    if not _conditional(model):
+        if label is not None:
+            raise ValueError("a label needs a conditional model; this one was trained without --conditional")
+        return None
+    k = model.config.num_classes
+    label = 0 if label is None else int(label)
+    if not 0 <= label < k:
+        raise ValueError(f"label must be between 0 and {k - 1} (the model's {k} classes); got {label}")
+    return label
+
+
+def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
+    return None if label is None else torch.full((n,), label, dtype=torch.long, device=_device(model))
+
+
+@torch.no_grad()
+def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None,
+                 label: int | None = None) -> Path:
+    """A grid of decoded means of z ~ N(0, I). A conditional model draws all n for ``label``, or
+    without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
+    g = torch.Generator(device=_device(model)).manual_seed(seed)
+    if _conditional(model) and label is None:
+        return _plot_samples_per_class(model, path, n, g, title)
+    label = _prior_label(model, label)
+    images = model.sample(n, generator=g, y=label)
     fig, ax = plt.subplots(figsize=(6, 6))
     _show(ax, image_grid(images))
-    ax.set_title(title or f"{n} samples from the prior, z ~ N(0, I) (decoded means)")
+    given = "" if label is None else f" for label {label}"
+    ax.set_title(title or f"{n} samples from the prior{given}, z ~ N(0, I) (decoded means)")
+    return save_figure(fig, path)
+
+
+def _plot_samples_per_class(model, path: str | Path, n: int, g: torch.Generator, title: str | None) -> Path:
+    k = model.config.num_classes
+    cols = max(1, n // k)
+    z = torch.randn(cols, model.latent_dim, generator=g, device=_device(model))
+    labels = torch.arange(k, device=z.device).repeat_interleave(cols)  # (K * cols,): row r is label r
+    images = model.decode(z.repeat(k, 1), labels).mean  # (K * cols, C, H, W)
+    h, w = images.shape[-2:]
+    fig, ax = plt.subplots(figsize=_figsize(h, w, k, cols, width=min(7.0, 0.6 * cols + 1.5)))
+    ax.imshow(image_grid(images, ncol=cols), cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(k)], [str(r) for r in range(k)], fontsize=8)
+    ax.set_ylabel("label")
+    ax.set_title(title or "samples per label: one row per class, each column one z ~ N(0, I)", fontsize=10)
     return save_figure(fig, path)
 
 
 @torch.no_grad()
-def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, title: str | None = None) -> Path:
-    """Inputs (top row) above their reconstructions (bottom row), decoded at the posterior mean."""
+def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, title: str | None = None,
+                         y: torch.Tensor | None = None) -> Path:
+    """Inputs (top row) above their reconstructions (bottom row), decoded at the posterior mean
+    (a conditional model's given the true labels ``y``)."""
     x = x[:n]
-    recon = model.reconstruct(x).reshape(x.shape)
+    y = None if y is None else y[:n]
+    recon = model.reconstruct(x, y).reshape(x.shape)
     ncol = min(n, 16)
     rows = []
     for start in range(0, len(x), ncol):
@@ -103,18 +155,21 @@ def _check_dims(dims: tuple[int, int], latent_dim: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20) -> Path:
+def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20,
+                  label: int | None = None) -> Path:
     """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates mapped
-    through the inverse Gaussian CDF (the paper's figure 4); other dimensions held at 0."""
+    through the inverse Gaussian CDF (the paper's figure 4); other dimensions held at 0.
+    A conditional model's grid is decoded for ``label`` (default 0)."""
     zdim = model.latent_dim
     if zdim < 2:
         raise ValueError("a manifold plot needs a latent space of at least 2 dimensions")
     a, b = _check_dims(dims, zdim)
+    label = _prior_label(model, label)
     values = gaussian_quantiles(n)
     z = torch.zeros(n, n, zdim, device=_device(model))
     z[..., a] = values.view(1, n).to(z.device)  # columns: z[a] increasing to the right
     z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: z[b] increasing upwards
-    images = model.decode(z.view(-1, zdim)).mean  # (n*n, C, H, W)
+    images = model.decode(z.view(-1, zdim), _label_tensor(model, label, n * n)).mean  # (n*n, C, H, W)
     h, w = images.shape[-2:]
     fig, ax = plt.subplots(figsize=_figsize(h, w, n, n))
     arr = image_grid(images, ncol=n, pad=1)  # white lines between cells keep blurry digits apart
@@ -126,15 +181,21 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     ax.set_xlabel(f"z[{a}]  (Gaussian quantiles 5%..95%)")
     ax.set_ylabel(f"z[{b}]")
     rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at 0"
+    rest += "" if label is None else f"; label {label}"
     ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
     return save_figure(fig, path)
 
 
 @torch.no_grad()
-def latent_codes(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Posterior means (VAE) or codes (AE) of ``x``, on the CPU, shaped (N, latent_dim)."""
+def latent_codes(model, x: torch.Tensor, batch_size: int = 1000, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Posterior means (VAE) or codes (AE) of ``x`` (given labels ``y`` for a conditional model),
+    on the CPU, shaped (N, latent_dim)."""
     dev = _device(model)
-    return torch.cat([model.embed(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+    parts = []
+    for i in range(0, len(x), batch_size):
+        yb = None if y is None else y[i : i + batch_size].to(dev)
+        parts.append(model.embed(x[i : i + batch_size].to(dev), yb).float().cpu())
+    return torch.cat(parts)
 
 
 def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
@@ -156,7 +217,8 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tens
 def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Path, max_points: int = 5000) -> Path:
     """Posterior means of ``x`` coloured by label (PCA to 2-D when the latent has more dimensions)."""
     x = x[:max_points]
-    xy, labels, _, _ = project_2d(latent_codes(model, x))
+    given = y[:max_points] if (y is not None and _conditional(model)) else None
+    xy, labels, _, _ = project_2d(latent_codes(model, x, y=given))
     fig, ax = plt.subplots(figsize=(7, 6))
     if y is not None:
         y = y[:max_points].cpu()
@@ -188,14 +250,20 @@ def _image_row(fig_axes, rows: list[torch.Tensor], row_labels: list[str], col_la
 
 
 @torch.no_grad()
-def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | Path, steps: int = 10) -> Path:
+def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | Path, steps: int = 10,
+                       y_a: int | None = None, y_b: int | None = None) -> Path:
     """Decoded means along the straight line between the posterior means of two images,
-    with the two inputs at the ends."""
+    with the two inputs at the ends. A conditional model takes their labels and moves the
+    one-hot label along the same line, from y_a to y_b."""
     dev = _device(model)
     x_a, x_b = x_a.to(dev), x_b.to(dev)
-    za, zb = model.embed(x_a[None]), model.embed(x_b[None])
     t = torch.linspace(0, 1, steps, device=dev).view(-1, 1)
-    images = model.decode((1 - t) * za + t * zb).mean  # (steps, C, H, W)
+    ya, yb, y = _label_tensor(model, y_a, 1), _label_tensor(model, y_b, 1), None
+    if ya is not None and yb is not None:
+        k = model.config.num_classes
+        y = (1 - t) * torch.nn.functional.one_hot(ya, k) + t * torch.nn.functional.one_hot(yb, k)  # (steps, K)
+    za, zb = model.embed(x_a[None], ya), model.embed(x_b[None], yb)
+    images = model.decode((1 - t) * za + t * zb, y).mean  # (steps, C, H, W)
     row = torch.cat([x_a[None], images, x_b[None]])
     h, w = row.shape[-2:]
     fig, ax = plt.subplots(figsize=_figsize(h, w, 1, len(row), width=min(12, 0.7 * len(row) + 1)))
@@ -206,18 +274,25 @@ def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | 
 
 
 @torch.no_grad()
-def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: int = 10, steps: int = 9) -> Path:
+def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: int = 10, steps: int = 9,
+                   label: int | None = None) -> Path:
     """Each latent dimension (the first ``max_dims``) swept over Gaussian quantiles with the
-    others fixed at the posterior mean of ``x`` (or at 0 when ``x`` is None)."""
+    others fixed at the posterior mean of ``x`` (or at 0 when ``x`` is None); a conditional
+    model is given ``label`` (x's label; default 0)."""
     dev = _device(model)
     zdim = model.latent_dim
     k = min(zdim, max_dims)
-    base = model.embed(x.to(dev)[None])[0] if x is not None else torch.zeros(zdim, device=dev)
+    label = _prior_label(model, label)
+    if x is not None:
+        base = model.embed(x.to(dev)[None], _label_tensor(model, label, 1))[0]
+    else:
+        base = torch.zeros(zdim, device=dev)
     values = gaussian_quantiles(steps).to(dev)
     z = base.repeat(k, steps, 1)  # (k, steps, zdim)
     for d in range(k):
         z[d, :, d] = values
-    images = model.decode(z.view(-1, zdim)).mean.view(k, steps, *model.config.input_shape)
+    y = _label_tensor(model, label, k * steps)
+    images = model.decode(z.view(-1, zdim), y).mean.view(k, steps, *model.config.input_shape)
     h, w = images.shape[-2:]
     fig, axes = plt.subplots(k, 1, figsize=_figsize(h, w, k, steps, width=min(10, 0.7 * steps + 1.2)))
     axes = np.atleast_1d(axes)
@@ -230,18 +305,20 @@ def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: in
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
-    """Training and validation ELBO, KL and reconstruction terms per epoch (nats per example)."""
+    """Training and validation (or test, for a run without a validation split) ELBO, KL and
+    reconstruction terms per epoch (nats per example)."""
     if not metrics:
         raise ValueError("no training metrics (metrics.jsonl is missing or empty)")
     epochs = [m.get("epoch", i + 1) for i, m in enumerate(metrics)]
     terms = [("elbo", "ELBO"), ("reconstruction", "reconstruction  E[log p(x|z)]"), ("kl", "KL(q(z|x) || p(z))")]
-    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s in ("train", "valid"))]
+    splits = (("train", "-"), ("valid", "--"), ("test", ":"))
+    terms = [(k, t) for k, t in terms if any(f"{s}_{k}" in m for m in metrics for s, _ in splits)]
     if not terms:
-        raise ValueError("metrics.jsonl has no train_/valid_ elbo, kl or reconstruction values")
+        raise ValueError("metrics.jsonl has no train_/valid_/test_ elbo, kl or reconstruction values")
     fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6))
     axes = np.atleast_1d(axes)
     for ax, (key, title) in zip(axes, terms):
-        for split, style in (("train", "-"), ("valid", "--")):
+        for split, style in splits:
             pts = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, metrics) if m.get(f"{split}_{key}") is not None]
             if pts:
                 ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=split)
@@ -257,8 +334,9 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
 
 def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, split: str = "test",
               dims: tuple[int, int] = (0, 1), n: int | None = None, seed: int = 0,
-              index_a: int = 0, index_b: int = 1, dataset=None) -> Path:
-    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``)."""
+              index_a: int = 0, index_b: int = 1, dataset=None, label: int | None = None) -> Path:
+    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``). ``label``: the
+    class a conditional model's manifold and samples are drawn for (data images use their own)."""
     if kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
     limits = {"manifold": 64, "samples": 1024, "reconstructions": 256, "interpolate": 64, "traverse": 64,
@@ -266,22 +344,31 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
     if n is not None and kind in limits and not 2 <= n <= limits[kind]:
         raise ValueError(f"n for a {kind} plot must be between 2 and {limits[kind]}; got {n}")
     model = run.model
+    if label is not None:
+        _prior_label(model, label)  # checked for every kind
     if kind == "manifold":
-        return plot_manifold(model, path, dims=dims, n=n or 20)
+        return plot_manifold(model, path, dims=dims, n=n or 20, label=label)
     if kind == "samples":
-        return plot_samples(model, path, n=n or 64, seed=seed)
+        return plot_samples(model, path, n=n or 64, seed=seed, label=label)
     if kind == "curves":
         return plot_curves(run.metrics, path)
     ds = dataset if dataset is not None else run.dataset(data_dir)
     data = ds.split(split)
     dev = _device(model)
+    y = data.y if _conditional(model) else None
+    if _conditional(model) and y is None:
+        raise ValueError(f"a conditional model's {kind} plot needs labels, and the {split} split has none")
     if kind == "scatter":
         return plot_scatter(model, data.x, data.y, path, max_points=n or 5000)
     if kind == "reconstructions":
-        return plot_reconstructions(model, data.x[: n or 16].to(dev), path, n=n or 16)
+        ys = None if y is None else y[: n or 16].to(dev)
+        return plot_reconstructions(model, data.x[: n or 16].to(dev), path, n=n or 16, y=ys)
     if kind == "interpolate":
         for i in (index_a, index_b):
             if not 0 <= i < len(data.x):
                 raise ValueError(f"image index {i} is outside the {split} split (0..{len(data.x) - 1})")
-        return plot_interpolation(model, data.x[index_a], data.x[index_b], path, steps=n or 10)
-    return plot_traversal(model, data.x[index_a], path, steps=n or 9)
+        ya, yb = (None, None) if y is None else (int(y[index_a]), int(y[index_b]))
+        return plot_interpolation(model, data.x[index_a], data.x[index_b], path, steps=n or 10, y_a=ya, y_b=yb)
+    if not 0 <= index_a < len(data.x):
+        raise ValueError(f"image index {index_a} is outside the {split} split (0..{len(data.x) - 1})")
+    return plot_traversal(model, data.x[index_a], path, steps=n or 9, label=None if y is None else int(y[index_a]))

@@ -13,6 +13,11 @@ Endpoints (JSON in, JSON or PNG out; every rejection is a 4xx with ``{"error": "
     POST /api/encode-image      raw PNG/JPEG bytes (+ ?invert=1) -> as /api/encode
     POST /api/interpolate       {"a": [...], "b": [...], "steps": 8} -> {"png": strip, "z": [...]}
 
+A conditional model (``info.num_classes`` K > 0) needs a label in every request that
+decodes or encodes: ``"label": 0..K-1`` in the JSON bodies, ``?label=`` for encode-image.
+``/api/sample`` takes an optional label and returns ``{"z", "label"}``, drawing the label
+uniformly (with the same seed) when none is sent. An unconditional model refuses a label.
+
 Images come back as PNG at the model's own resolution; the page scales them up.
 """
 
@@ -29,19 +34,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
 MAX_ABS_Z = 1000.0  # latent values beyond this are certainly a mistake
 MAX_STEPS = 32
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_SLIDERS = 32
 MAP_POINTS = 2000
 IMAGE_FORMATS = {"PNG", "JPEG"}
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
+JSON_ROUTES = {"/api/decode", "/api/sample", "/api/encode", "/api/interpolate"}  # POST, JSON body
 
 
 class InputError(ValueError):
@@ -53,25 +61,30 @@ class InputError(ValueError):
 
 
 class _Body(BaseModel):
+    # Strict: "1.5", true and 3.0 are not numbers (lax mode would take them for 1.5, 1 and 3).
     model_config = ConfigDict(extra="forbid")
 
 
 class DecodeBody(_Body):
-    z: list[float]
+    z: list[StrictFloat]
+    label: StrictInt | None = None
 
 
 class SampleBody(_Body):
-    seed: int | None = None
+    seed: StrictInt | None = None
+    label: StrictInt | None = None
 
 
 class EncodeBody(_Body):
-    pixels: list[float]
+    pixels: list[StrictFloat]
+    label: StrictInt | None = None
 
 
 class InterpolateBody(_Body):
-    a: list[float]
-    b: list[float]
-    steps: int = 8
+    a: list[StrictFloat]
+    b: list[StrictFloat]
+    steps: StrictInt = 8
+    label: StrictInt | None = None
 
 
 def _static(name: str) -> bytes:
@@ -93,6 +106,12 @@ def to_png(images: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def _show_int(n: int) -> str:
+    """An integer for an error message, shortened when a client sent thousands of digits."""
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode()
 
@@ -105,6 +124,7 @@ class Explorer:
         self.model = run.model.eval()
         self.device = next(self.model.parameters()).device
         self.latent_dim = self.model.latent_dim
+        self.num_classes = run.config.model.num_classes
         self.shape = tuple(run.config.model.input_shape)  # (C, H, W)
         self.map_points = map_points
         self.data_dir = data_dir
@@ -120,6 +140,22 @@ class Explorer:
             if abs(v) > MAX_ABS_Z:
                 raise InputError(f"{name}[{i}] = {v} is outside [-{MAX_ABS_Z:g}, {MAX_ABS_Z:g}]")
         return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def label(self, value: int | None, required: bool = True) -> torch.Tensor | None:
+        """A conditional model's label as a (1,) tensor; None for an unconditional model (or when not
+        ``required`` and not given)."""
+        k = self.num_classes
+        if k == 0:
+            if value is not None:
+                raise InputError("this model is not conditional; send no label")
+            return None
+        if value is None:
+            if required:
+                raise InputError(f"this model is conditional: send a label between 0 and {k - 1}")
+            return None
+        if not 0 <= value < k:
+            raise InputError(f"label must be between 0 and {k - 1}; got {value}")
+        return torch.tensor([value], dtype=torch.long, device=self.device)
 
     def pixels(self, values: list[float]) -> torch.Tensor:
         c, h, w = self.shape
@@ -150,7 +186,9 @@ class Explorer:
                 arr = np.asarray(img, dtype=np.float32) / 255.0
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:  # Pillow's own pixel limit, met before ours for huge images
+            raise InputError(f"image too large to decode: {e}", 413) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: "broken PNG file"
             raise InputError(f"not a readable PNG or JPEG image ({type(e).__name__})", 415) from None
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, C) -> (C, H, W)
@@ -160,33 +198,42 @@ class Explorer:
 
     # --- model work ---------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z.view(-1, self.latent_dim)).mean  # (N, C, H, W)
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded means (N, C, H, W) of z (N, Z) or (Z,), given a conditional model's label y (1,)."""
+        z = z.view(-1, self.latent_dim)
+        return self.model.decode(z, None if y is None else y.expand(len(z))).mean
 
-    def decode_png(self, z: torch.Tensor) -> bytes:
-        return to_png(self.decode(z)[0])
+    def decode_png(self, z: torch.Tensor, y: torch.Tensor | None = None) -> bytes:
+        return to_png(self.decode(z, y)[0])
 
-    def sample(self, seed: int | None) -> list[float]:
+    def sample(self, seed: int | None, label: int | None = None) -> dict:
+        """z ~ N(0, I); a conditional model's label is kept, or drawn uniformly when not given."""
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
+        given = self.label(label, required=False)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-        return torch.randn(self.latent_dim, generator=g).tolist()
+        out: dict = {"z": torch.randn(self.latent_dim, generator=g).tolist()}
+        if self.num_classes:
+            out["label"] = label if given is not None else int(torch.randint(self.num_classes, (), generator=g))
+        return out
 
     @torch.inference_mode()
-    def encode(self, x: torch.Tensor) -> dict:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         if self.run.config.model.kind == "vae":
-            q = self.model.encode(x)
+            q = self.model.encode(x, y)
             mu, std = q.mu[0], q.std[0]
         else:
-            mu = self.model.embed(x)[0]
+            mu = self.model.embed(x, y)[0]
             std = torch.zeros_like(mu)
-        return {"mu": mu.tolist(), "std": std.tolist(), "png": _b64(self.decode_png(mu)),
+        return {"mu": mu.tolist(), "std": std.tolist(), "png": _b64(self.decode_png(mu, y)),
                 "input_png": _b64(to_png(x[0]))}
 
-    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int) -> dict:
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int, y: torch.Tensor | None = None) -> dict:
         if not 2 <= steps <= MAX_STEPS:
-            raise InputError(f"steps must be between 2 and {MAX_STEPS}; got {steps}")
+            raise InputError(f"steps must be between 2 and {MAX_STEPS}; got {_show_int(steps)}")
         t = torch.linspace(0, 1, steps, device=self.device).view(-1, 1)
         z = (1 - t) * a + t * b
-        return {"png": _b64(to_png(self.decode(z))), "z": z.tolist(), "steps": steps}
+        return {"png": _b64(to_png(self.decode(z, y))), "z": z.tolist(), "steps": steps}
 
     def latent_map(self) -> dict:
         if self.latent_dim != 2:
@@ -199,8 +246,12 @@ class Explorer:
             except (ValueError, OSError) as e:
                 self._map = {"points": [], "labels": None, "note": f"test set unavailable: {e}"}
                 return self._map
-            codes = latent_codes(self.model, split.x[: self.map_points])
-            labels = split.y[: self.map_points].tolist() if split.y is not None else None
+            y = split.y[: self.map_points] if split.y is not None else None
+            if self.num_classes and y is None:
+                self._map = {"points": [], "labels": None, "note": "the test set has no labels to encode with"}
+                return self._map
+            codes = latent_codes(self.model, split.x[: self.map_points], y=y if self.num_classes else None)
+            labels = y.tolist() if y is not None else None
             self._map = {"points": [[round(a, 4), round(b, 4)] for a, b in codes.tolist()], "labels": labels}
         return self._map
 
@@ -208,8 +259,31 @@ class Explorer:
         cfg = self.run.config
         return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "kind": cfg.model.kind,
                 "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
-                "input_shape": list(self.shape), "has_map": self.latent_dim == 2,
+                "input_shape": list(self.shape), "has_map": self.latent_dim == 2, "num_classes": self.num_classes,
                 "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
+
+
+def _json_type(value) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def validation_message(errors: list[dict]) -> str:
+    """The first of pydantic's errors as one line naming the field, e.g. ``z.0: Input should be a valid number``."""
+    first = errors[0] if errors else {}
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the body is not valid JSON: {reason}{at}"
+    if loc == ("body",):
+        if first.get("type") == "missing":
+            return "the body is empty; send a JSON object"
+        return f"the body must be a JSON object; got {_json_type(first.get('input'))}"
+    where = ".".join(str(p) for p in loc if p != "body")
+    message = first.get("msg", "invalid request")
+    return f"{where}: {message}" if where else message
 
 
 def create_app(run, data_dir: str | None = None) -> FastAPI:
@@ -220,13 +294,18 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
     assets = {route: (_static(name), media) for route, (name, media) in STATIC.items()}
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def check_post(request: Request, call_next):
+        # Before the body is read: its declared size, and JSON where the route expects JSON.
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None:
                 return JSONResponse({"error": "a Content-Length header is required"}, status_code=411)
             if not length.isdigit() or int(length) > MAX_BODY_BYTES:
                 return JSONResponse({"error": f"request body over the {MAX_BODY_BYTES}-byte limit"}, status_code=413)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if request.url.path in JSON_ROUTES and ctype != "application/json":
+                return JSONResponse({"error": f"Content-Type must be application/json; got {ctype or 'none'}"},
+                                    status_code=415)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -237,10 +316,12 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        return JSONResponse({"error": message}, status_code=422)
+        return JSONResponse({"error": validation_message(e.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        # Unknown routes (404), wrong methods (405) and bodies FastAPI cannot parse (400), as {"error": ...}.
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
     def page(route: str):
         body, media = assets[route]
@@ -263,26 +344,27 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
 
     @app.post("/api/decode")
     def decode(body: DecodeBody) -> Response:
-        return Response(ex.decode_png(ex.vector(body.z)), media_type="image/png")
+        return Response(ex.decode_png(ex.vector(body.z), ex.label(body.label)), media_type="image/png")
 
     @app.post("/api/sample")
     def sample(body: SampleBody) -> dict:
-        return {"z": ex.sample(body.seed)}
+        return ex.sample(body.seed, body.label)
 
     @app.post("/api/encode")
     def encode(body: EncodeBody) -> dict:
-        return ex.encode(ex.pixels(body.pixels))
+        return ex.encode(ex.pixels(body.pixels), ex.label(body.label))
 
     @app.post("/api/encode-image")
-    async def encode_image(request: Request, invert: bool = False) -> dict:
+    async def encode_image(request: Request, invert: bool = False, label: int | None = None) -> dict:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("image/png", "image/jpeg"):
             raise InputError(f"Content-Type must be image/png or image/jpeg; got {ctype or 'none'}", 415)
+        y = ex.label(label)
         data = await request.body()
-        return await run_in_threadpool(lambda: ex.encode(ex.image(data, invert=invert)))
+        return await run_in_threadpool(lambda: ex.encode(ex.image(data, invert=invert), y))
 
     @app.post("/api/interpolate")
     def interpolate(body: InterpolateBody) -> dict:
-        return ex.interpolate(ex.vector(body.a, "a"), ex.vector(body.b, "b"), body.steps)
+        return ex.interpolate(ex.vector(body.a, "a"), ex.vector(body.b, "b"), body.steps, ex.label(body.label))
 
     return app

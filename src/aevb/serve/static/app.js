@@ -1,7 +1,7 @@
 // aevb latent explorer: talks to the JSON/PNG endpoints of aevb.serve.app (same origin only).
 "use strict";
 
-const state = { info: null, z: [], a: null, b: null, lastCode: null, map: null, decoding: false, pending: false };
+const state = { info: null, z: [], label: null, a: null, b: null, lastCode: null, map: null, decoding: false, pending: false };
 const $ = (id) => document.getElementById(id);
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const MAP_RANGE = 3.5; // the latent map shows z in [-3.5, 3.5]^2
@@ -34,14 +34,19 @@ function setImage(img, blobOrB64) {
   if (old) URL.revokeObjectURL(old);
 }
 
+// A conditional model's label goes with every request that decodes or encodes; null otherwise.
+function withLabel(body) { return state.label === null ? body : { ...body, label: state.label }; }
+
 // Decode the current z; while a request is in flight, remember that another is wanted.
 async function decode() {
   if (state.decoding) { state.pending = true; return; }
   state.decoding = true;
   try {
-    const res = await api("/api/decode", { z: state.z });
+    const z = state.z.slice(), label = state.label;
+    const res = await api("/api/decode", withLabel({ z }));
     setImage($("decoded"), await res.blob());
-    $("decoded").dataset.z = JSON.stringify(state.z);
+    $("decoded").dataset.z = JSON.stringify(z);
+    $("decoded").dataset.label = label === null ? "" : String(label);
     showError(null);
   } catch (e) { showError(e.message); }
   state.decoding = false;
@@ -180,15 +185,18 @@ function showPosterior(res) {
 }
 
 async function encodeDrawing() {
-  try { showPosterior(await (await api("/api/encode", { pixels: drawingPixels() })).json()); } catch (e) { showError(e.message); }
+  try { showPosterior(await (await api("/api/encode", withLabel({ pixels: drawingPixels() }))).json()); } catch (e) { showError(e.message); }
 }
 
 async function encodeUpload() {
   const file = $("upload").files[0];
   if (!file) return;
   if (file.size > state.info.max_upload_bytes) { showError(`the file is ${file.size} bytes; the limit is ${state.info.max_upload_bytes}`); return; }
-  const invert = $("invert").checked ? "?invert=true" : "";
-  try { showPosterior(await (await api("/api/encode-image" + invert, null, { type: file.type || "application/octet-stream", data: file })).json()); } catch (e) { showError(e.message); }
+  const query = new URLSearchParams();
+  if ($("invert").checked) query.set("invert", "true");
+  if (state.label !== null) query.set("label", String(state.label));
+  const q = query.toString() ? "?" + query.toString() : "";
+  try { showPosterior(await (await api("/api/encode-image" + q, null, { type: file.type || "application/octet-stream", data: file })).json()); } catch (e) { showError(e.message); }
 }
 
 // --- interpolation ---
@@ -200,10 +208,25 @@ function abInfo() {
 async function interpolate() {
   if (!state.a || !state.b) { showError("set both A and B first"); return; }
   try {
-    const res = await (await api("/api/interpolate", { a: state.a, b: state.b, steps: Number($("steps").value) })).json();
+    const res = await (await api("/api/interpolate", withLabel({ a: state.a, b: state.b, steps: Number($("steps").value) }))).json();
     setImage($("interp"), res.png);
     showError(null);
   } catch (e) { showError(e.message); }
+}
+
+// Conditional models: a label selector; changing it re-decodes the current z under the new label.
+function setupLabels(k) {
+  const select = $("label");
+  for (let c = 0; c < k; c++) {
+    const option = document.createElement("option");
+    option.value = String(c);
+    option.textContent = String(c);
+    select.append(option);
+  }
+  state.label = 0;
+  select.value = "0";
+  select.addEventListener("change", () => { state.label = Number(select.value); decode(); });
+  $("label-box").hidden = false;
 }
 
 async function main() {
@@ -211,10 +234,14 @@ async function main() {
     state.info = await (await api("/api/info")).json();
   } catch (e) { showError(e.message); return; }
   const i = state.info;
-  $("run-info").textContent = `${i.run}: ${i.kind.toUpperCase()} on ${i.dataset}, ${i.latent_dim}-D latent, images ${i.input_shape.join("×")}`;
+  const given = i.num_classes > 0 ? `, conditional on ${i.num_classes} labels` : "";
+  $("run-info").textContent = `${i.run}: ${i.kind.toUpperCase()} on ${i.dataset}${given}, ${i.latent_dim}-D latent, images ${i.input_shape.join("×")}`;
   state.z = new Array(i.latent_dim).fill(0);
   buildSliders();
-  $("sample-btn").addEventListener("click", async () => { try { setZ((await (await api("/api/sample", {})).json()).z); } catch (e) { showError(e.message); } });
+  if (i.num_classes > 0) setupLabels(i.num_classes);
+  $("sample-btn").addEventListener("click", async () => {
+    try { setZ((await (await api("/api/sample", withLabel({}))).json()).z); } catch (e) { showError(e.message); }
+  });
   $("zero-btn").addEventListener("click", () => setZ(new Array(i.latent_dim).fill(0)));
   $("use-code-btn").addEventListener("click", () => { if (state.lastCode) setZ(state.lastCode); });
   $("upload").addEventListener("change", encodeUpload);
