@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aevb.config import PRESETS
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.train import Trainer, apply_overrides, binarize_draw, default_config
 
 from .conftest import run_cli
 
@@ -83,3 +83,20 @@ def test_the_fast_preset_sets_its_values_and_flags_override_it(tmp_path):
     fast = PRESETS["fast"]
     assert train["batch_size"] == 100  # the explicit flag wins
     assert {k: train[k] for k in fast if k != "batch_size"} == {k: v for k, v in fast.items() if k != "batch_size"}
+
+
+def test_dynamic_binarization_draws_bernoulli_pixels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2000, 50, generator=g)
+    x[:, 0], x[:, 1] = 0.0, 1.0
+    draws = torch.stack([binarize_draw(x, g) for _ in range(40)])  # 40 draws of each pixel
+    assert set(draws.unique().tolist()) == {0.0, 1.0} and draws.dtype == x.dtype
+    assert draws[..., 0].max() == 0 and draws[..., 1].min() == 1  # p = 0 and p = 1 are exact
+    # the mean of 80,000 draws of Bernoulli(p) per column is within 5 standard errors of p
+    p = x[0]
+    x_same = x[:1].expand(2000, -1)
+    mean = torch.stack([binarize_draw(x_same, g) for _ in range(40)]).mean(dim=(0, 1))
+    se = (p * (1 - p) / 80_000).sqrt()
+    assert ((mean - p).abs() <= 5 * se + 1e-7).all()
+    again = binarize_draw(x, torch.Generator().manual_seed(1))
+    assert torch.equal(again, binarize_draw(x, torch.Generator().manual_seed(1)))  # seeded: reproducible
