@@ -61,6 +61,23 @@ def test_figure2_end_to_end(fake_data, tmp_path):
     assert (tmp_path / "figure2_frey_face.png").stat().st_size > 1000
 
 
+def test_figure2_a_stopped_run_keeps_its_curve_so_far(fake_data, tmp_path):
+    calls = []
+
+    def stop_at_the_third_point(message):
+        calls.append(message)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in the middle of the first model
+
+    with pytest.raises(KeyboardInterrupt):
+        figure2.run("frey_face", tmp_path, budget=2000, nzs=(2,), lr=0.02, n_eval=20, points=6,
+                    log=stop_at_the_third_point)
+    rows = _rows(tmp_path / "figure2_frey_face.csv")
+    assert len(rows) == 3 and {r["algorithm"] for r in rows} == {"aevb"}
+    assert [int(r["samples"]) for r in rows] == sorted(int(r["samples"]) for r in rows)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_figure2_chooses_paper_step_size(fake_data, tmp_path):
     _invoke(["reproduce", "figure2", "--dataset", "mnist", "--budget", "600", "--nz", "3", "--algorithms", "aevb",
              "--points", "2", "--n-eval", "20", "--out", str(tmp_path)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import atomic_write
 from ..config import DataConfig, ModelConfig
 from ..data import Dataset, load_dataset
 from ..model import VAE
@@ -94,15 +96,16 @@ def train_loop(model, x_train: Tensor, loss_fn: Callable[..., dict[str, Tensor]]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the rows atomically: a run stopped while writing leaves the previous file whole."""
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(Path(path), buf.getvalue().encode())
+    return Path(path)
 
 
 class Clock:

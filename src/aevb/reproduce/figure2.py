@@ -32,8 +32,10 @@ def _loss(algorithm: str):
 
 
 def train_one(dataset: str, algorithm: str, nz: int, x_train, x_eval_train, x_eval_test, budget: int, lr: float,
-              batch_size: int = 100, points: int = 12, seed: int = 0, log=None) -> list[dict[str, Any]]:
-    """Train one model and return its curve (one row per recorded step)."""
+              batch_size: int = 100, points: int = 12, seed: int = 0, log=None,
+              on_row=None) -> list[dict[str, Any]]:
+    """Train one model and return its curve (one row per recorded step); ``on_row(row)`` is
+    called at every recorded step (figure2.run writes the CSV there)."""
     model = build(paper_model_config(dataset, nz), seed)
     opt = torch.optim.Adagrad(model.parameters(), lr=lr, weight_decay=1.0 / len(x_train))
     rows: list[dict[str, Any]] = []
@@ -44,6 +46,8 @@ def train_one(dataset: str, algorithm: str, nz: int, x_train, x_eval_train, x_ev
         te = evaluate_elbo(model, x_eval_test, seed=seed)["elbo"]
         rows.append({"dataset": dataset, "nz": nz, "algorithm": algorithm, "lr": lr, "samples": step * batch_size,
                      "train_bound": tr, "test_bound": te, "seconds": clock()})
+        if on_row:
+            on_row(rows[-1])
         if log:
             log(f"{dataset} Nz={nz} {algorithm} lr={lr}: {step * batch_size} samples, "
                 f"train {tr:.2f}, test {te:.2f} ({clock():.0f} s)")
@@ -80,13 +84,17 @@ def run(dataset: str, out: str | Path, budget: int = 1_000_000, nzs=None, algori
     x_eval_test = eval_subset(ds.test.x, n_eval, seed)
     rows: list[dict[str, Any]] = []
     csv_path = out / f"figure2_{dataset}.csv"
+
+    def keep(row: dict[str, Any]) -> None:  # every recorded point, so a stopped run keeps its curves so far
+        rows.append(row)
+        write_csv(csv_path, rows)
+
     for nz in nzs:
         for algorithm in algorithms:
             chosen = lr if lr is not None else choose_lr(dataset, algorithm, nz, x_train, x_eval_train, budget,
                                                          seed=seed)
-            rows += train_one(dataset, algorithm, nz, x_train, x_eval_train, x_eval_test, budget, chosen,
-                              points=points, seed=seed, log=log)
-            write_csv(csv_path, rows)  # after every model, so a stopped run keeps its curves
+            train_one(dataset, algorithm, nz, x_train, x_eval_train, x_eval_test, budget, chosen,
+                      points=points, seed=seed, log=log, on_row=keep)
     png = plot(rows, out / f"figure2_{dataset}.png", title=f"{dataset}: AEVB vs wake-sleep")
     return {"csv": csv_path, "png": png}
 
