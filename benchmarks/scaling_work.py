@@ -14,28 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import matmul_gflops  # noqa: E402  (the same GEMM-rate measurement)
+
 from aevb.data import load_dataset
 from aevb.train import Trainer, apply_overrides, default_config
 
 N_TRAIN = 60_000
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n)
-    a @ a
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ a
-        best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
-    return best / 1e9
 
 
 def flop_per_sample(hidden: int, latent: int) -> int:
