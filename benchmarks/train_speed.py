@@ -16,7 +16,7 @@ same fixed draw for every system) is at most 100 nats, evaluating after every ep
 evaluation is not counted), and reports the training seconds to get there.
 
 Systems: aevb (fp32, eager), aevb-compile (``--compile``), aevb-bf16 (bf16 autocast),
-aevb-fast (the ``fast`` preset: see aevb.train.PRESETS), recipe (pytorch/examples/vae
+aevb-fast (the ``fast`` preset: see aevb.config.PRESETS), recipe (pytorch/examples/vae
 as written there: per-item Dataset + DataLoader, ``.item()`` every step) and pythae
 (0.1.2's TrainingPipeline with the same networks; skipped when pythae is not installed:
 ``pip install pythae==0.1.2 --no-deps``). pythae has no dynamic binarization, so it trains
@@ -76,7 +76,8 @@ def emit(**kw) -> None:
 
 def aevb_config(system: str, epochs: int):
     from aevb.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from aevb.train import PRESETS, apply_overrides
+    from aevb.config import PRESETS
+    from aevb.train import apply_overrides
 
     cfg = RunConfig(model=ModelConfig(input_shape=(1, 28, 28), hidden=(400,), activation="relu", latent_dim=20),
                     data=DataConfig(dataset="mnist", binarize="dynamic", valid_size=0),

@@ -50,7 +50,8 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
 @pytest.mark.slow
 def test_distributed_run_resumes(tmp_path):
     proc = torchrun(2, *COMMON, "--epochs", "2", "--out", str(tmp_path / "r"))
-    assert proc.wait(timeout=300) == 0
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
     proc = torchrun(2, "train", "--resume", str(tmp_path / "r"), "--epochs", "3", "--no-progress", "--no-figures")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]

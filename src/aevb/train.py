@@ -36,7 +36,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .conditional import check_data_labels
-from .config import PRESETS, ConfigError, RunConfig
+from .config import ConfigError, RunConfig
 from .data import Dataset, load_dataset
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
