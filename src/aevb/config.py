@@ -196,7 +196,8 @@ class TrainConfig:
     precision: str = "fp32"  # autocast dtype of the networks; log-likelihoods stay float32
     compile: bool = False  # torch.compile the objective (forward and backward); results keep their meaning
     # Guards: clip the gradient norm (None = off); skip a step whose gradient norm is not
-    # finite or above skip_grad_norm; stop after max_skips consecutive skipped steps.
+    # finite or above skip_grad_norm; stop once max_skips consecutive steps were skipped (the
+    # counter lives on the device and is read every 25 steps and before every checkpoint).
     clip_grad_norm: float | None = None
     skip_grad_norm: float = 1e6
     max_skips: int = 20
