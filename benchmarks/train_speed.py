@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,16 +42,12 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from mnist_vs_recipe import BinarizedMNIST, RecipeVAE, recipe_epoch, recipe_test_elbo  # noqa: E402
+from mnist_vs_recipe import BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo  # noqa: E402
 
 SYSTEMS = ("aevb", "aevb-compile", "aevb-bf16", "aevb-fast", "recipe", "pythae")
 N_TRAIN, BATCH = 60_000, 128
 # forward + backward (x3) multiply-adds (x2) of the weight matrices 784x400, 400x(20+20), 20x400, 400x784
 FLOP_PER_SAMPLE = 3 * 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:

@@ -95,6 +95,13 @@ def train_loop(model, x_train: Tensor, loss_fn: Callable[..., dict[str, Tensor]]
             model.train()
 
 
+def plot_train_test(ax, rows: list[dict[str, Any]], train_key: str, test_key: str, color: str, label: str) -> None:
+    """One method's curves against training samples: train solid, test dashed."""
+    xs = [float(r["samples"]) for r in rows]
+    ax.plot(xs, [float(r[train_key]) for r in rows], "-", color=color, label=f"{label} (train)")
+    ax.plot(xs, [float(r[test_key]) for r in rows], "--", color=color, label=f"{label} (test)")
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write the rows atomically: a run stopped while writing leaves the previous file whole."""
     keys: list[str] = []

@@ -21,7 +21,8 @@ import torch
 from ..evaluate import evaluate_elbo
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import PAPER_LRS, Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, train_loop, write_csv
+from .common import (PAPER_LRS, Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config,
+                     plot_train_test, train_loop, write_csv)
 
 ALGORITHMS = ("aevb", "wake-sleep")
 DEFAULT_NZ = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
@@ -116,10 +117,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
             sel = [r for r in rows if int(r["nz"]) == nz and r["algorithm"] == algorithm]
             if not sel:
                 continue
-            xs = [float(r["samples"]) for r in sel]
             label = "AEVB" if algorithm == "aevb" else "Wake-Sleep"
-            ax.plot(xs, [float(r["train_bound"]) for r in sel], "-", color=colors[algorithm], label=f"{label} (train)")
-            ax.plot(xs, [float(r["test_bound"]) for r in sel], "--", color=colors[algorithm], label=f"{label} (test)")
+            plot_train_test(ax, sel, "train_bound", "test_bound", colors[algorithm], label)
         ax.set_xscale("log")
         ax.set_title(f"$N_z = {nz}$")
         ax.set_xlabel("# training samples evaluated")

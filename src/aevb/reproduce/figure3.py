@@ -30,7 +30,8 @@ from ..distributions import standard_normal_log_prob
 from ..evaluate import log_likelihood
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, train_loop, write_csv
+from .common import (Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, plot_train_test,
+                     train_loop, write_csv)
 
 NZ, HIDDEN = 3, 100
 
@@ -170,9 +171,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
             sel = [r for r in rows if int(r["n_train"]) == n and r["method"] == method]
             if not sel:
                 continue
-            xs = [float(r["samples"]) for r in sel]
-            ax.plot(xs, [float(r["train_log_px"]) for r in sel], "-", color=colors[method], label=f"{names[method]} (train)")
-            ax.plot(xs, [float(r["test_log_px"]) for r in sel], "--", color=colors[method], label=f"{names[method]} (test)")
+            plot_train_test(ax, sel, "train_log_px", "test_log_px", colors[method], names[method])
         ax.set_xscale("log")
         ax.set_title(f"$N_{{train}} = {n}$")
         ax.set_xlabel("# training samples evaluated")
