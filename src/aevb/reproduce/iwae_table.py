@@ -21,6 +21,7 @@ from ..config import DataConfig, ModelConfig
 from ..data import load_dataset
 from ..evaluate import evaluate
 from ..objectives import elbo
+from ..train import binarize_draw
 from .common import Clock, build, eval_subset, write_csv
 
 REFERENCE_NATS = -86.76  # IWAE paper, table 1, VAE k=1, one stochastic layer
@@ -47,7 +48,7 @@ def run(out: str | Path, budget: int | None = None, k: int = 5000, n_test: int |
     full = sum(s for s, _ in stages)
     budget = min(budget or full, full)
     model = build(model_config(), seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-4, fused=True)
     loss = partial(elbo, samples=1, kl="analytic")
     gen = torch.Generator().manual_seed(seed + 1)
     order = torch.Generator().manual_seed(seed)
@@ -62,7 +63,7 @@ def run(out: str | Path, budget: int | None = None, k: int = 5000, n_test: int |
         while seen + BATCH_SIZE <= stage_end:
             if pos + BATCH_SIZE > n:
                 perm, pos = torch.randperm(n, generator=order), 0
-            x = torch.bernoulli(x_train[perm[pos : pos + BATCH_SIZE]], generator=gen)
+            x = binarize_draw(x_train[perm[pos : pos + BATCH_SIZE]], gen)
             pos += BATCH_SIZE
             terms = loss(model, x, generator=gen)
             opt.zero_grad(set_to_none=True)
