@@ -128,9 +128,10 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
         if finite:  # keep the early, very low values from flattening the interesting part
             top = max(finite)
             span = max(top - sorted(finite)[len(finite) // 4], 1.0)
-            ax.set_ylim(top - 3 * span, top + 0.15 * span)
+            low = max(top - 3 * span, min(finite))  # and no empty band below the lowest point
+            ax.set_ylim(low - 0.05 * span, top + 0.15 * span)
     axes[0][0].set_ylabel("$\\mathcal{L}$ (lower bound per datapoint)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
