@@ -123,12 +123,16 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
         ax.set_title(f"$N_z = {nz}$")
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
-        finite = [float(r[k]) for r in rows if int(r["nz"]) == nz for k in ("train_bound", "test_bound")
-                  if abs(float(r[k])) < 1e9]
-        if finite:  # keep the early, very low values from flattening the interesting part
+        panel = [r for r in rows if int(r["nz"]) == nz]
+        finite = [float(r[k]) for r in panel for k in ("train_bound", "test_bound") if abs(float(r[k])) < 1e9]
+        if finite:  # very low early values (wake-sleep at Nz = 200) must not flatten the rest
+            curves = [v for v in ([float(r[k]) for r in c for k in ("train_bound", "test_bound")
+                                   if abs(float(r[k])) < 1e9] for c in _curves(panel)) if v]
+            leader = max(curves, key=lambda v: v[-1])
             top = max(finite)
-            span = max(top - sorted(finite)[len(finite) // 4], 1.0)
-            low = max(top - 3 * span, min(finite))  # and no empty band below the lowest point
+            rise = top - sorted(leader)[len(leader) // 4]  # the leading curve's climb after its first quarter
+            span = max(top - min(v[-1] for v in curves), rise, 1.0)
+            low = max(top - 3 * span, min(finite))
             ax.set_ylim(low - 0.05 * span, top + 0.15 * span)
     axes[0][0].set_ylabel("$\\mathcal{L}$ (lower bound per datapoint)")
     axes[0][-1].legend(fontsize=7, loc="best")
@@ -136,3 +140,11 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=80, tight=False)
+
+
+def _curves(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows of each algorithm, in order of samples."""
+    by_algorithm: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_algorithm.setdefault(r["algorithm"], []).append(r)
+    return [sorted(c, key=lambda r: int(r["samples"])) for c in by_algorithm.values()]
