@@ -94,6 +94,9 @@ def test_figure3_end_to_end(fake_data, tmp_path):
                                                            ("300", "aevb"), ("300", "wake-sleep")}
     assert all(float(r["test_log_px"]) < 0 for r in rows)
     assert (tmp_path / "figure3.png").stat().st_size > 1000
+    _invoke(["reproduce", "figure3", "--budget", "200", "--train-sizes", "300", "--no-mcem", "--k", "10",
+             "--n-eval", "10", "--points", "1", "--out", str(tmp_path / "no-mcem")])
+    assert {r["method"] for r in _rows(tmp_path / "no-mcem" / "figure3.csv")} == {"aevb", "wake-sleep"}
 
 
 def test_mcem_hmc_adapts_and_learns():

@@ -80,17 +80,19 @@ def register(cli: click.Group) -> None:
     @click.option("--n-eval", type=click.IntRange(min=1), default=100, show_default=True)
     @click.option("--points", type=click.IntRange(min=1), default=8, show_default=True)
     @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
+    @click.option("--mcem/--no-mcem", default=True, show_default=True,
+                  help="Train Monte Carlo EM at the smallest training size (--no-mcem: AEVB and wake-sleep only).")
     @_out
     @_seed
     @_data_dir
     @_threads_opt
-    def figure3(budget, train_sizes, k, n_eval, points, lr, out, seed, data_dir, threads) -> None:
+    def figure3(budget, train_sizes, k, n_eval, points, lr, mcem, out, seed, data_dir, threads) -> None:
         """Estimated log p(x): AEVB vs wake-sleep vs Monte Carlo EM (the paper's figure 3)."""
         from .reproduce import figure3 as fig3
 
         _threads(threads)
         paths = fig3.run(out, budget=budget or 100_000, train_sizes=train_sizes, k=k, n_eval=n_eval, points=points,
-                         lr=lr, seed=seed, data_dir=data_dir, log=click.echo)
+                         lr=lr, mcem=mcem, seed=seed, data_dir=data_dir, log=click.echo)
         for p in paths.values():
             click.echo(f"wrote {p}")
 
