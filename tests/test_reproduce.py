@@ -135,3 +135,14 @@ def test_figure2_real_frey_face(tmp_path):
     aevb = [r for r in rows if r["algorithm"] == "aevb"]
     first, last = aevb[0], aevb[-1]
     assert float(last["train_bound"]) > float(first["train_bound"])
+
+
+def test_merge_curves_later_file_wins_and_sorts_numerically(tmp_path):
+    from aevb.reproduce.common import merge_curves, write_csv
+
+    a = write_csv(tmp_path / "a.csv", [{"nz": 10, "algorithm": "aevb", "samples": 1, "b": 1.0},
+                                       {"nz": 2, "algorithm": "aevb", "samples": 1, "b": 2.0}])
+    b = write_csv(tmp_path / "b.csv", [{"nz": 10, "algorithm": "aevb", "samples": 1, "b": 3.0},
+                                       {"nz": 10, "algorithm": "aevb", "samples": 2, "b": 4.0}])
+    rows = merge_curves([a, b], ("nz", "algorithm"))
+    assert [(r["nz"], r["samples"], r["b"]) for r in rows] == [("2", "1", "2.0"), ("10", "1", "3.0"), ("10", "2", "4.0")]

@@ -115,6 +115,18 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return Path(path)
 
 
+def merge_curves(paths: Iterable[str | Path], key: tuple[str, str]) -> list[dict[str, str]]:
+    """The rows of several CSVs written by separate runs, one curve per ``key`` (for example
+    ("nz", "algorithm")); a later file wins for the same key. Sorted by the key, numbers first."""
+    curves: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for p in paths:
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for k in {(r[key[0]], r[key[1]]) for r in rows}:
+            curves[k] = [r for r in rows if (r[key[0]], r[key[1]]) == k]
+    return [r for k in sorted(curves, key=lambda k: (int(k[0]), k[1])) for r in curves[k]]
+
+
 class Clock:
     def __init__(self) -> None:
         self.start = time.perf_counter()
