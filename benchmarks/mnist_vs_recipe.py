@@ -108,6 +108,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def report(result: dict, path: Path | None) -> None:
+    """Print the result as JSON and, when ``path`` is given, also write it there."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
 def summary(times: list[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
@@ -176,10 +185,7 @@ def main() -> None:
         if trainer is not None and recipe is not None:
             result["speedup_median"] = statistics.median(t_recipe) / statistics.median(t_aevb)
     result["peak_rss_mb"] = peak_rss_mb()
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from mnist_vs_recipe import BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo  # noqa: E402
+from mnist_vs_recipe import (BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo,  # noqa: E402
+                             report)
 
 SYSTEMS = ("aevb", "aevb-compile", "aevb-bf16", "aevb-fast", "recipe", "pythae")
 N_TRAIN, BATCH = 60_000, 128
@@ -298,10 +299,7 @@ def main(argv=None) -> None:
     result = {"date": time.strftime("%Y-%m-%d"), "machine": {"threads": args.threads, "cpus": os.cpu_count(),
               "torch": torch.__version__, "python": platform.python_version()}}
     result.update(speed(args) if args.mode == "speed" else target(args))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

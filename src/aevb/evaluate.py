@@ -39,11 +39,6 @@ from .objectives import ae_loss, elbo
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def _batches(x: Tensor, batch_size: int):
-    for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size]
-
-
 def _labelled_batches(x: Tensor, y: Tensor | None, batch_size: int):
     """(x, y) batches; y is None throughout for an unconditional model."""
     for start in range(0, len(x), batch_size):
@@ -201,7 +196,7 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     """
     model.eval()
     d = model.config.data_dim
-    conditional = model.config.num_classes > 0
+    conditional = model.config.conditional
     if conditional:
         check_labels(y, model.config.num_classes, "labels of the evaluated images")
     cond_y = y if conditional else None

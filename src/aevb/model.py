@@ -37,11 +37,6 @@ class _Autoencoder(nn.Module):
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
-    @property
-    def num_classes(self) -> int:
-        """The number of labels the model is conditioned on (0: unconditional)."""
-        return self.config.num_classes
-
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The one-hot code (B, K) the networks read beside x or z; None for an unconditional model.
         Shapes are checked here; label values where they enter (``aevb.conditional.check_labels``)."""

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .conditional import label_tensor, one_hot  # noqa: E402
+
 
 def image_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile (N, C, H, W) images into one (rows*H, cols*W[, C]) array with ``pad`` pixels between."""
@@ -50,13 +52,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Pa
     return path
 
 
-def _conditional(model) -> bool:
-    return model.config.num_classes > 0
-
-
 def _prior_label(model, label: int | None) -> int | None:
     """The label a picture of the prior is drawn for: ``label``, 0 for a conditional model without one."""
-    if not _conditional(model):
+    if not model.config.conditional:
         if label is not None:
             raise ValueError("a label needs a conditional model; this one was trained without --conditional")
         return None
@@ -68,7 +66,7 @@ def _prior_label(model, label: int | None) -> int | None:
 
 
 def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
-    return None if label is None else torch.full((n,), label, dtype=torch.long, device=_device(model))
+    return None if label is None else label_tensor(label, n, _device(model))
 
 
 @torch.no_grad()
@@ -77,7 +75,7 @@ def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str
     """A grid of decoded means of z ~ N(0, I). A conditional model draws all n for ``label``, or
     without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
     g = torch.Generator(device=_device(model)).manual_seed(seed)
-    if _conditional(model) and label is None:
+    if model.config.conditional and label is None:
         return _plot_samples_per_class(model, path, n, g, title)
     label = _prior_label(model, label)
     images = model.sample(n, generator=g, y=label)
@@ -217,7 +215,7 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tens
 def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Path, max_points: int = 5000) -> Path:
     """Posterior means of ``x`` coloured by label (PCA to 2-D when the latent has more dimensions)."""
     x = x[:max_points]
-    given = y[:max_points] if (y is not None and _conditional(model)) else None
+    given = y[:max_points] if (y is not None and model.config.conditional) else None
     xy, labels, _, _ = project_2d(latent_codes(model, x, y=given))
     fig, ax = plt.subplots(figsize=(7, 6))
     if y is not None:
@@ -261,7 +259,7 @@ def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | 
     ya, yb, y = _label_tensor(model, y_a, 1), _label_tensor(model, y_b, 1), None
     if ya is not None and yb is not None:
         k = model.config.num_classes
-        y = (1 - t) * torch.nn.functional.one_hot(ya, k) + t * torch.nn.functional.one_hot(yb, k)  # (steps, K)
+        y = (1 - t) * one_hot(ya, k, t.dtype) + t * one_hot(yb, k, t.dtype)  # (steps, K)
     za, zb = model.embed(x_a[None], ya), model.embed(x_b[None], yb)
     images = model.decode((1 - t) * za + t * zb, y).mean  # (steps, C, H, W)
     row = torch.cat([x_a[None], images, x_b[None]])
@@ -355,8 +353,8 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
     ds = dataset if dataset is not None else run.dataset(data_dir)
     data = ds.split(split)
     dev = _device(model)
-    y = data.y if _conditional(model) else None
-    if _conditional(model) and y is None:
+    y = data.y if model.config.conditional else None
+    if model.config.conditional and y is None:
         raise ValueError(f"a conditional model's {kind} plot needs labels, and the {split} split has none")
     if kind == "scatter":
         return plot_scatter(model, data.x, data.y, path, max_points=n or 5000)
