@@ -113,7 +113,7 @@ def pass_flops(model) -> tuple[int, int]:
 def model_and_images(args):
     """The run's model and test images (``--run``), or a fresh 784-500-20 tanh VAE and random binary images."""
     from aevb.config import ModelConfig
-    from aevb.model import VAE
+    from aevb.models import VAE
 
     torch.manual_seed(0)
     if args.run:

@@ -26,7 +26,7 @@ import uvicorn
 
 from aevb.checkpoint import Run, load, save_model
 from aevb.config import ModelConfig, RunConfig
-from aevb.model import build_model
+from aevb.models import build_model
 from aevb.serve.app import Explorer, create_app
 
 

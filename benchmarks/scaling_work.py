@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import matmul_gflops  # noqa: E402  (the same GEMM-rate measurement)
 
 from aevb.data import load_dataset
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.train import Trainer
+from aevb.runconfig import apply_overrides, default_config
 
 N_TRAIN = 60_000
 

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.train import Trainer
+from aevb.runconfig import apply_overrides, default_config
 cfg = apply_overrides(default_config("mnist"), {"binarize": "dynamic", "batch_size": 128, "valid_size": 0, "device": "cpu",
                                               "hidden": (400,), "latent_dim": 20, "activation": "relu", "optimizer": "adam", "lr": 1e-3})
 t = Trainer(cfg, tempfile.mkdtemp(), progress=False)

@@ -73,7 +73,7 @@ def emit(**kw) -> None:
 def aevb_config(system: str, epochs: int):
     from aevb.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from aevb.config import PRESETS
-    from aevb.train import apply_overrides
+    from aevb.runconfig import apply_overrides
 
     cfg = RunConfig(model=ModelConfig(input_shape=(1, 28, 28), hidden=(400,), activation="relu", latent_dim=20),
                     data=DataConfig(dataset="mnist", binarize="dynamic", valid_size=0),

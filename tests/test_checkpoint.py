@@ -12,8 +12,9 @@ import aevb
 from aevb.checkpoint import CheckpointError, load, read_safetensors, save_model
 from aevb.config import ModelConfig, RunConfig
 from aevb.data import load_dataset
-from aevb.model import build_model
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.models import build_model
+from aevb.train import Trainer
+from aevb.runconfig import apply_overrides, default_config
 
 
 def small_config(**kw) -> RunConfig:
@@ -23,7 +24,7 @@ def small_config(**kw) -> RunConfig:
 
 @pytest.mark.parametrize("kind,likelihood", [("vae", "bernoulli"), ("vae", "gaussian"), ("ae", "gaussian_fixed")])
 def test_save_load_identical_outputs(tmp_path, kind, likelihood):
-    cfg = RunConfig(model=ModelConfig(input_shape=(1, 8, 8), hidden=(16, 8), latent_dim=3, kind=kind,
+    cfg = RunConfig(model=ModelConfig(input_shape=(1, 8, 8), hidden=(16, 8), latent_dim=3, family=kind,
                                       likelihood=likelihood))
     torch.manual_seed(0)
     m = build_model(cfg.model).eval()

@@ -11,7 +11,7 @@ from PIL import Image
 from aevb.checkpoint import read_config
 from aevb.data import load_dataset
 from aevb.evaluate import evaluate_elbo
-from aevb.model import build_model
+from aevb.models import build_model
 
 from .conftest import run_cli
 

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from aevb.checkpoint import read_config
 from aevb.evaluate import evaluate_elbo, sample_label_accuracy
-from aevb.model import build_model
+from aevb.models import build_model
 
 from .vizmodels import aevb, digits_run
 

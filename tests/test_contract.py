@@ -18,7 +18,7 @@ from aevb.conditional import LabelError
 from aevb.config import ConfigError, LIKELIHOODS, ModelConfig, RunConfig
 from aevb.distributions import DiscretizedLogistic
 from aevb.evaluate import bits_per_dim
-from aevb.model import build_model
+from aevb.models import build_model
 from aevb.objectives import ae_loss, elbo, iwae_bound
 
 SHAPES = [(1, 28, 28), (1, 28, 20), (3, 32, 32), (3, 64, 64), (1, 8, 8)]
@@ -26,7 +26,7 @@ ARCHS = ["mlp", "conv"]
 
 
 def small_config(arch: str, likelihood: str, shape, kind: str = "vae", num_classes: int = 0) -> ModelConfig:
-    return ModelConfig(input_shape=shape, architecture=arch, likelihood=likelihood, kind=kind, hidden=(16,),
+    return ModelConfig(input_shape=shape, architecture=arch, likelihood=likelihood, family=kind, hidden=(16,),
                        latent_dim=3, conv_channels=(4, 8), num_classes=num_classes)
 
 

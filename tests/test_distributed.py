@@ -15,7 +15,8 @@ import torch
 
 from aevb.checkpoint import load
 from aevb.evaluate import evaluate_elbo
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.train import Trainer
+from aevb.runconfig import apply_overrides, default_config
 
 from .conftest import run_cli
 

@@ -18,9 +18,10 @@ from aevb.distributions import Gaussian
 from aevb.evaluate import evaluate, latent_statistics, log_likelihood, probe_accuracy
 from aevb.importance import (bernoulli_mlp_log_weights, bernoulli_prep, decoder_row_bytes, has_fast_path,
                             onednn_linear_works, plan_chunks)
-from aevb.model import VAE
+from aevb.models import VAE
 from aevb.objectives import iwae_bound
-from aevb.train import default_config, train
+from aevb.train import train
+from aevb.runconfig import default_config
 
 D, Z, SIGMA = 6, 2, 0.5
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from aevb.config import ConfigError, ModelConfig, TrainConfig
-from aevb.model import VAE
+from aevb.models import VAE
 from aevb.objectives import elbo
 from aevb.schedules import kl_weight
-from aevb.train import Trainer, apply_overrides, default_config
+from aevb.train import Trainer
+from aevb.runconfig import apply_overrides, default_config
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.0), (25, 0.5), (50, 1.0), (99, 1.0), (100, 0.0),

@@ -10,7 +10,7 @@ import torch
 
 from aevb.config import ModelConfig
 from aevb.distributions import Bernoulli, DiagonalGaussian, Gaussian, standard_normal_log_prob
-from aevb.model import VAE
+from aevb.models import VAE
 from aevb.objectives import ae_loss, elbo, iwae_bound
 
 # --- the worked example ------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_reparameterized_sample_has_the_textbook_gradient():
 
 def test_ae_loss_is_summed_bce_for_bernoulli():
     torch.manual_seed(0)
-    from aevb.model import AE
+    from aevb.models import AE
 
     m = AE(ModelConfig(input_shape=(1, 3, 3), hidden=(6,), latent_dim=2))
     x = torch.rand(5, 1, 3, 3).round()

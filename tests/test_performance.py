@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from aevb.config import PRESETS
-from aevb.train import Trainer, apply_overrides, binarize_draw, default_config
+from aevb.train import Trainer, binarize_draw
+from aevb.runconfig import apply_overrides, default_config
 
 from .conftest import run_cli
 

@@ -14,7 +14,8 @@ import torch
 
 from aevb.checkpoint import TRAIN_STATE, load, read_safetensors
 from aevb.data import Dataset, Split, load_dataset
-from aevb.train import Trainer, TrainingDiverged, apply_overrides, default_config
+from aevb.train import Trainer, TrainingDiverged
+from aevb.runconfig import apply_overrides, default_config
 
 from .conftest import run_cli
 

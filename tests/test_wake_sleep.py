@@ -7,8 +7,9 @@ from click.testing import CliRunner
 from aevb.checkpoint import read_config
 from aevb.cli import cli
 from aevb.config import ConfigError, ModelConfig, TrainConfig
-from aevb.model import VAE
-from aevb.train import Trainer, apply_overrides, default_config, make_objective
+from aevb.models import VAE
+from aevb.train import Trainer, make_objective
+from aevb.runconfig import apply_overrides, default_config
 from aevb.wake_sleep import sleep_loss, wake_loss, wake_sleep_step_loss
 
 
@@ -34,7 +35,7 @@ def test_phases_touch_disjoint_networks():
 def test_algorithm_is_validated():
     with pytest.raises(ConfigError, match="algorithm"):
         TrainConfig(algorithm="backprop")
-    cfg = apply_overrides(default_config("digits"), {"kind": "ae", "algorithm": "wake-sleep"})
+    cfg = apply_overrides(default_config("digits"), {"model": "ae", "algorithm": "wake-sleep"})
     with pytest.raises(ConfigError, match="wake-sleep"):
         make_objective(cfg)
 

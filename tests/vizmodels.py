@@ -28,7 +28,7 @@ def digits_run(latent_dim: int = 2, kind: str = "vae", epochs: int = 25, conditi
 
     torch.set_num_threads(1)
     out = _ROOT / f"digits-{kind}-{latent_dim}d{'-conditional' if conditional else ''}-{epochs}e"
-    return train(dataset="digits", out=out, latent_dim=latent_dim, kind=kind, epochs=epochs, hidden=(64,),
+    return train(dataset="digits", out=out, latent_dim=latent_dim, model=kind, epochs=epochs, hidden=(64,),
                  progress=False, device="cpu", seed=0, num_classes=10 if conditional else 0)
 
 
@@ -37,7 +37,7 @@ def colour_run(latent_dim: int = 3, shape: tuple[int, int, int] = (3, 10, 14)) -
     """An untrained colour model (no data set behind it): for drawing colour pictures."""
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(input_shape=shape, latent_dim=latent_dim, hidden=(16,)))
-    from aevb.model import build_model
+    from aevb.models import build_model
 
     out = _ROOT / f"colour-{latent_dim}d"
     save_model(out, build_model(cfg.model), cfg)

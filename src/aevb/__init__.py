@@ -9,7 +9,7 @@
 from .checkpoint import Run, load
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .evaluate import evaluate
-from .model import AE, VAE, build_model
+from .models import AE, VAE, build_model
 from .objectives import ae_loss, elbo, iwae_bound
 from .train import train
 

@@ -9,7 +9,8 @@ A run directory holds
   step and optimizer hyperparameters;
 - ``metrics.jsonl``        one JSON object per epoch.
 
-Nothing is pickled. Every file is written to a temporary file, fsynced, and renamed
+Everything that reads or writes a run directory is here: the trainer calls these functions and
+does no file I/O of its own. Nothing is pickled. Every file is written to a temporary file, fsynced, and renamed
 into place, so a crash leaves either the old file or the new one, never half of one.
 """
 
@@ -20,7 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -28,7 +29,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import ConfigError, RunConfig
-from .model import AE, VAE, build_model
+from .devices import resolve_device
+from .models import build_model
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -113,17 +115,20 @@ def read_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE | AE, RunConfig]:
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu", trust_code: bool = False,
+               networks: Mapping[str, type] | None = None) -> tuple[torch.nn.Module, RunConfig]:
+    """The run's model in eval mode on ``device`` ("auto" picks one), and its configuration.
+    ``trust_code``/``networks``: for a run with your own networks (``aevb.models.build_model``)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    model = build_model(config.model)
+    model = build_model(config.model, trust_code=trust_code, networks=networks)
     tensors, _ = read_safetensors(run_dir / WEIGHTS)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{run_dir / WEIGHTS} does not match {CONFIG} ({first})") from None
-    return model.to(device).eval(), config
+    return model.to(resolve_device(device)).eval(), config
 
 
 # --- training state ------------------------------------------------------------------
@@ -177,6 +182,46 @@ def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"{path}: training-state metadata is missing or corrupt ({e})") from None
 
 
+@dataclass
+class TrainState:
+    """What ``restore_train_state`` gives back beside the restored model, optimizer and generator:
+    the progress counters and the partial epoch's metric sums."""
+
+    progress: dict[str, Any]
+    sums: dict[str, torch.Tensor]
+
+
+def restore_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator, device: torch.device) -> TrainState:
+    """Load a run's training state into ``model``, ``optimizer`` and the noise ``generator``."""
+    tensors, progress, opt_meta = load_train_state(run_dir)
+    unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_from_flat(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, opt_meta)
+    generator.set_state(tensors["rng.noise"])
+    sums = {k[len("sums."):]: v.to(device) for k, v in tensors.items() if k.startswith("sums.")}
+    return TrainState(progress, sums)
+
+
+def remove_temporaries(run_dir: str | Path) -> None:
+    """Delete the temporary files of writes that a crash interrupted (``atomic_write``'s ``*.tmp``)."""
+    for stale in Path(run_dir).glob("*.tmp"):
+        stale.unlink()
+
+
+def append_metrics(run_dir: str | Path, line: dict[str, Any]) -> None:
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def truncate_metrics(run_dir: str | Path, n_lines: int) -> None:
+    """Keep the first ``n_lines`` of metrics.jsonl: the lines a checkpoint knew of (a resumed run
+    drops the epochs written after its last checkpoint)."""
+    path = Path(run_dir) / METRICS
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)[:n_lines]
+        atomic_write(path, "".join(lines).encode())
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
@@ -190,7 +235,7 @@ class Run:
 
     dir: Path
     config: RunConfig
-    model: VAE | AE
+    model: torch.nn.Module
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -206,7 +251,13 @@ class Run:
         return load_dataset(cfg)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild a run's model from its directory alone: ``aevb.load("runs/mnist")``."""
-    model, config = load_model(run_dir, device)
+def load(run_dir: str | Path, device: str | torch.device = "cpu", *, trust_code: bool = False,
+         networks: Mapping[str, type] | None = None) -> Run:
+    """Rebuild a run's model from its directory alone: ``aevb.load("runs/mnist")``.
+
+    A run trained with your own networks records their classes by import path; rebuilding them
+    imports that code, so it needs ``trust_code=True`` or the classes themselves
+    (``networks={"encoder": MyEncoder, "decoder": MyDecoder}``).
+    """
+    model, config = load_model(run_dir, device, trust_code=trust_code, networks=networks)
     return Run(Path(run_dir), config, model)

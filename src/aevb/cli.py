@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from .commands_viz import register as _register_viz
-from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, PRESETS,
+from .config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, PRESETS,
                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, ConfigError)
 
 _ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
@@ -54,8 +54,17 @@ def _image_size(ctx, param, value: str | None) -> tuple[int, int] | None:
     return size * 2 if len(size) == 1 else size  # type: ignore[return-value]
 
 
+def _resolved_device(ctx, param, value: str) -> str:
+    from .devices import DeviceError, resolve_device
+
+    try:
+        return str(resolve_device(value))
+    except DeviceError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _device_option(f):
-    return click.option("--device", default="cpu", show_default=True,
+    return click.option("--device", default="auto", show_default=True, callback=_resolved_device,
                         help="auto, cpu, cuda, cuda:N or mps.")(f)
 
 
@@ -75,7 +84,9 @@ _register_viz(cli)
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory (its own config; --epochs may raise the total).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
-@click.option("--kind", type=click.Choice(KINDS), help="vae, or a deterministic autoencoder (ae).")
+@click.option("--model", "family", help="The model family: vae (default) or ae (a deterministic autoencoder); "
+              "see aevb.models for the list.")
+@click.option("--kind", "kind", help="Deprecated alias of --model (removed in the next release).")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS),
               help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
 @click.option("--architecture", type=click.Choice(ARCHITECTURES), help="mlp, or conv (convolutional).")
@@ -101,7 +112,7 @@ _register_viz(cli)
 @click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
 @click.option("--seed", type=int)
-@_device_option
+@click.option("--device", help="auto (default: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
 @click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
 @click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
@@ -134,67 +145,45 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     Several processes: --nproc N here, or torchrun --nproc_per_node=N -m aevb train ... (the
     batch size is global); see docs/scaling.md for several machines.
     """
-    from .checkpoint import read_config
-    from .config import RunConfig
+    import warnings
+
     from .distributed import shutdown
-    from .train import Trainer, apply_overrides, default_config, fit_to_data
+    from .runconfig import plan_run
+    from .train import Trainer
 
     if nproc is not None and nproc > 1:
         _relaunch_under_torchrun(nproc)
         return
-
+    kind = flags.pop("kind", None)
+    if kind is not None:
+        warnings.warn("--kind is deprecated and will be removed in the next release; use --model", DeprecationWarning)
+        click.echo("aevb: warning: --kind is deprecated; use --model (the model family)", err=True)
+        if flags.get("family") not in (None, kind):
+            raise UserError(f"--kind {kind} and --model {flags['family']} disagree; give --model alone")
+        flags["family"] = kind
     preset = flags.pop("preset", None)
-    overrides: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if hidden is not None:
         overrides["hidden"] = hidden
     if conv_channels is not None:
         overrides["conv_channels"] = conv_channels
     if channels is not None:
         overrides["channels"] = int(channels)
-    overrides["device"] = device
+    if device is not None:
+        overrides["device"] = device
     if dataset is not None:
-        from .data.custom import absolute
-
-        dataset = absolute(dataset)  # a run directory must not depend on the working directory
+        overrides["dataset"] = dataset
     if no_download:
         overrides["download"] = False
-    if resume is not None:
-        if out is not None or dataset is not None or config_file is not None or conditional:
-            raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset, "
-                            "--config or --conditional")
-        allowed = {"epochs", "device", "data_dir", "download", "compile"}
-        extra = sorted(set(overrides) - allowed)
-        if extra:
-            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir, --compile may change (got {', '.join(extra)})")
-        config = read_config(resume)
-        config = apply_overrides(config, overrides)
-        run_dir = resume
-        trainer = Trainer(config, run_dir, progress=not no_progress)
+    if resume is not None and (out is not None or dataset is not None or config_file is not None or conditional):
+        raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset, "
+                        "--config or --conditional")
+    plan = plan_run(out=out, resume=resume, config=config_file, preset=preset, overrides=overrides,
+                    conditional=conditional)
+    run_dir = plan.out
+    trainer = Trainer(plan.config, run_dir, dataset=plan.data, progress=not no_progress)
+    if plan.resume:
         trainer.restore()
-    else:
-        if config_file is not None:
-            config = RunConfig.load(config_file)
-            if dataset:
-                overrides["dataset"] = dataset
-        else:
-            config = default_config(dataset or "digits")
-        config = apply_overrides(config, overrides)
-        data = None
-        if config_file is None:  # the model takes the data's (C, H, W) unless a config file fixed it
-            config, data = fit_to_data(config)
-        if conditional:  # the number of classes comes from the data set's labels
-            from dataclasses import replace
-
-            from .conditional import num_classes_of
-            from .data import load_dataset
-
-            data = data if data is not None else load_dataset(config.data)
-            config = replace(config, model=replace(config.model, num_classes=num_classes_of(data)))
-        run_dir = out or Path("runs") / config.data.dataset.replace(":", "_").replace("/", "_")
-        if (run_dir / "train_state.safetensors").exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-        trainer = Trainer(config, run_dir, dataset=data, progress=not no_progress)
     try:
         lines = trainer.run()
     finally:

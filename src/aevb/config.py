@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1  # bump when config.json or the checkpoint layout changes incompatibly
+FORMAT_VERSION = 2  # bump when config.json or the checkpoint layout changes incompatibly (then migrate in _migrate)
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "linear")
-KINDS = ("vae", "ae")
 ARCHITECTURES = ("mlp", "conv")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 (with a gradient scaler) needs CUDA
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "reconstruction")  # the bound, the IWAE bound, an AE's -log p(x|code)
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 DECODER_MEANS = ("sigmoid", "identity")
 CHANNELS = (1, 3)  # grey, RGB
@@ -64,7 +63,8 @@ class ModelConfig:
     """
 
     input_shape: tuple[int, int, int] = (1, 28, 28)
-    kind: str = "vae"
+    # The model family (``aevb.models``: "vae", "ae", or one you register).
+    family: str = "vae"
     architecture: str = "mlp"
     likelihood: str = "bernoulli"
     hidden: tuple[int, ...] = (400,)
@@ -86,6 +86,10 @@ class ModelConfig:
     # A conditional model (Sohn et al. 2015) for K > 0 classes: the one-hot label enters the
     # encoder (beside x) and the decoder (beside z); the prior stays N(0, I). 0 = unconditional.
     num_classes: int = 0
+    # Your own networks (``aevb.nets.network_spec``): {"class": "package.module.Class", "args": {...}},
+    # rebuilt on load only when the code is trusted; None = the built-in network of ``architecture``.
+    encoder: dict[str, Any] | None = None
+    decoder: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
@@ -93,7 +97,8 @@ class ModelConfig:
         self.conv_channels = tuple(int(v) for v in self.conv_channels)
         _check(len(self.input_shape) == 3 and all(v > 0 for v in self.input_shape),
                f"input_shape must be three positive sizes (channels, height, width); got {self.input_shape}")
-        _choice("kind", self.kind, KINDS)
+        _check(isinstance(self.family, str) and bool(self.family),
+               f"family must name a model family (vae, ae, ...); got {self.family!r}")
         _choice("architecture", self.architecture, ARCHITECTURES)
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("activation", self.activation, ACTIVATIONS)
@@ -110,6 +115,11 @@ class ModelConfig:
         _check(len(self.conv_channels) <= 8, f"conv_channels allows at most 8 layers; got {len(self.conv_channels)}")
         _check(isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and self.num_classes >= 0,
                f"num_classes must be 0 (unconditional) or a positive number of classes; got {self.num_classes!r}")
+        for part in ("encoder", "decoder"):
+            spec = getattr(self, part)
+            _check(spec is None or (isinstance(spec, dict) and isinstance(spec.get("class"), str)
+                                    and isinstance(spec.get("args", {}), dict)),
+                   f"{part} must be null or {{\"class\": \"module.Class\", \"args\": {{...}}}}; got {spec!r}")
 
     @property
     def data_dim(self) -> int:
@@ -183,7 +193,8 @@ class TrainConfig:
     estimator: str = "analytic"
     samples: int = 1
     # What the loss is: the ELBO (SGVB) or the importance-weighted bound with iwae_k samples.
-    objective: str = "elbo"
+    # None: the model family's default (a VAE's elbo, an AE's reconstruction).
+    objective: str | None = None
     iwae_k: int = 5
     # The KL weight: beta (beta-VAE), scheduled by kl_schedule over warmup_steps (see
     # aevb.schedules); free_bits: nats per latent dimension below which the KL is not pushed.
@@ -216,7 +227,8 @@ class TrainConfig:
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _choice("precision", self.precision, PRECISIONS)
         _check(isinstance(self.compile, bool), f"compile must be true or false; got {self.compile!r}")
-        _choice("objective", self.objective, OBJECTIVES)
+        _check(self.objective is None or self.objective in OBJECTIVES,
+               f"objective must be one of {', '.join(OBJECTIVES)} (or null for the model's default); got {self.objective!r}")
         _choice("kl_schedule", self.kl_schedule, KL_SCHEDULES)
         _check(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"iwae_k must be >= 1; got {self.iwae_k!r}")
         _check(self.beta >= 0, f"beta must be >= 0; got {self.beta}")
@@ -251,15 +263,21 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """The configuration a dict describes; one written by an older aevb is migrated first."""
+        from .models.registry import get_family  # the family names its own config class
+
         _check(isinstance(d, dict), "config must be a JSON object")
         version = d.get("format_version")
-        _check(version == FORMAT_VERSION,
-               f"config format_version {version!r} is not supported by this aevb (expects {FORMAT_VERSION}); "
-               "retrain the model or use the aevb version that wrote it")
-        return cls(model=_build(ModelConfig, d.get("model", {})),
+        _check(version in MIGRATIONS or version == FORMAT_VERSION,
+               f"config format_version {version!r} is not supported by this aevb (reads 1 to {FORMAT_VERSION}); "
+               "use the aevb version that wrote it")
+        d = _migrate(d)
+        model = d.get("model", {})
+        family = get_family(model.get("family", "vae") if isinstance(model, dict) else "vae")
+        return cls(model=_build(family.config, model),
                    data=_build(DataConfig, d.get("data", {})),
                    train=_build(TrainConfig, d.get("train", {})),
-                   format_version=version)
+                   format_version=FORMAT_VERSION)
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
@@ -272,6 +290,26 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         return cls.from_json(Path(path).read_text())
+
+
+def _from_1(d: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 (before model families): ``model.kind`` is now ``model.family``, and format 1's
+    default objective ``elbo`` (which an AE ignored) is now null, the family's default."""
+    model = dict(d.get("model", {}))
+    train = dict(d.get("train", {}))
+    model["family"] = model.pop("kind", "vae")
+    if train.get("objective", "elbo") == "elbo":
+        train["objective"] = None
+    return {**d, "model": model, "train": train, "format_version": 2}
+
+
+MIGRATIONS = {1: _from_1}  # format_version -> the function that lifts it by one version
+
+
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    while d.get("format_version") in MIGRATIONS:
+        d = MIGRATIONS[d["format_version"]](d)
+    return d
 
 
 def _build(cls: type, d: Any) -> Any:

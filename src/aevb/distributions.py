@@ -1,17 +1,29 @@
-"""Likelihoods p(x|z) and the posterior q(z|x), as small distribution objects.
+"""Likelihoods p(x|z), posteriors q(z|x) and priors p(z), as small distribution objects.
 
 Every ``log_prob`` sums over the event dimensions (the last ``event_ndim`` axes) and
 returns nats; leading axes (samples, batch) are kept. Log-densities are computed in
 float32 or wider even when the parameters come out of a bf16 autocast region.
+
+The latent-variable pieces a model is built from (``aevb.models``):
+
+- a **posterior** q(z|x): ``rsample(n, generator)`` draws z by reparameterization,
+  ``rsample_with_log_prob`` returns (z, log q(z|x)) together (what a flow posterior computes
+  anyway), ``log_prob``, ``mean``; a factorised one also has ``log_prob_per_dim``;
+- a **prior** p(z): ``log_prob``, ``sample(n, generator)``; an ``nn.Module``, so that a learned
+  prior's parameters live in the model's state (``StandardNormal`` has none);
+- ``analytic_kl_per_dim(q, p)``: KL(q || p) per latent dimension where a closed form is
+  registered for the pair (``register_kl``), else None; objectives then use the Monte Carlo
+  estimate log q(z|x) - log p(z).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -59,8 +71,21 @@ class DiagonalGaussian:
         eps = standard_normal(shape, generator, self.mu.device, self.mu.dtype)
         return self.mu + self.std * eps
 
+    def rsample_with_log_prob(self, n: int | None = None,
+                              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(z, log q(z|x)) for z drawn as ``rsample`` draws it."""
+        z = self.rsample(n, generator)
+        return z, self.log_prob(z)
+
     def log_prob(self, z: Tensor) -> Tensor:
         return self.log_prob_per_dim(z).sum(-1)
+
+    def kl(self, other: "StandardNormal") -> Tensor:
+        """KL(self || other) in closed form, summed over the latent dimensions."""
+        per_dim = analytic_kl_per_dim(self, other)
+        if per_dim is None:
+            raise NotImplementedError(f"no closed-form KL between {type(self).__name__} and {type(other).__name__}")
+        return per_dim.sum(-1)
 
     def kl_per_dim(self) -> Tensor:
         """KL(q_j || N(0, 1)) for each latent dimension j (shape of mu)."""
@@ -81,6 +106,71 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I), summed over the last axis."""
     z = _wide(z)
     return -0.5 * (LOG_2PI * z.shape[-1] + (z**2).sum(-1))
+
+
+class GaussianPosterior(nn.Module):
+    """The posterior family of the paper's encoder: q(z|x) = N(mu(x), diag(exp(log_var(x)))) from
+    the encoder's ``mu`` and ``log_var`` heads, the log-variance clamped to [log_var_min, log_var_max]
+    (the one clamp of q's variance). No parameters: the heads belong to the encoder."""
+
+    heads = ("mu", "log_var")
+
+    def __init__(self, log_var_min: float = -10.0, log_var_max: float = 10.0):
+        super().__init__()
+        self.log_var_min = log_var_min
+        self.log_var_max = log_var_max
+
+    def forward(self, out: dict[str, Tensor]) -> DiagonalGaussian:
+        return DiagonalGaussian(out["mu"], out["log_var"].clamp(self.log_var_min, self.log_var_max))
+
+
+class StandardNormal(nn.Module):
+    """The prior p(z) = N(0, I) over ``latent_dim`` dimensions (no parameters)."""
+
+    event_ndim = 1
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob_per_dim(self, z: Tensor) -> Tensor:
+        return -0.5 * (LOG_2PI + _wide(z) ** 2)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return standard_normal_log_prob(z)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
+        """n draws, shape (n, latent_dim)."""
+        return torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"
+
+
+_ANALYTIC_KL: dict[tuple[type, type], Callable[[object, object], Tensor]] = {}
+
+
+def register_kl(q_type: type, p_type: type):
+    """Register a closed-form KL(q || p) per latent dimension for a (posterior, prior) pair of types."""
+
+    def decorate(fn: Callable[[object, object], Tensor]):
+        _ANALYTIC_KL[(q_type, p_type)] = fn
+        return fn
+
+    return decorate
+
+
+def analytic_kl_per_dim(q, p) -> Tensor | None:
+    """KL(q || p) per latent dimension (shape of a sample without the sample axis) when a closed
+    form is registered for the pair's exact types, else None (use the Monte Carlo estimate)."""
+    fn = _ANALYTIC_KL.get((type(q), type(p)))
+    return None if fn is None else fn(q, p)
+
+
+@register_kl(DiagonalGaussian, StandardNormal)
+def _kl_gaussian_standard(q: DiagonalGaussian, p: StandardNormal) -> Tensor:
+    return q.kl_per_dim()  # paper appendix B
 
 
 class Bernoulli:

@@ -33,8 +33,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .conditional import check_labels
+from .distributions import analytic_kl_per_dim
 from .importance import DEFAULT_CHUNK_BYTES, importance_log_likelihood
-from .objectives import ae_loss, elbo
+from .objectives import OBJECTIVES, elbo
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -54,15 +55,16 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def evaluate_elbo(model, x: Tensor, batch_size: int = 1000, samples: int = 1, kl: str = "analytic",
                   seed: int = 0, y: Tensor | None = None) -> dict[str, float]:
-    """Mean ELBO, reconstruction term and KL over ``x`` (for an AE: its reconstruction log-likelihood);
-    ``y``: a conditional model's labels of ``x``."""
+    """Mean ELBO, reconstruction term and KL over ``x`` (for a model without a posterior, the terms of its
+    own default objective, e.g. an AE's reconstruction log-likelihood); ``y``: a conditional model's labels."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
+    caps = model.capabilities
     sums: dict[str, Tensor] = {}
     for xb, yb in _labelled_batches(x, y, batch_size):
-        if model.config.kind == "ae":
-            terms = ae_loss(model, xb, reduction="none", y=yb)
-        else:
+        if caps.has_posterior:
             terms = elbo(model, xb, samples=samples, kl=kl, generator=gen, reduction="none", y=yb)
+        else:
+            terms = OBJECTIVES[caps.default_objective](model, xb, reduction="none", y=yb)
         for k, v in terms.items():
             if k != "loss":
                 sums[k] = sums.get(k, 0) + v.double().sum()
@@ -94,8 +96,11 @@ def bits_per_dim(log_px_nats: float, data_dim: int) -> float:
 
 @torch.no_grad()
 def embed(model, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
-    """Posterior means E_q[z|x] (E_q[z|x, y] for a conditional model; an AE's codes), shape (N, latent_dim)."""
-    return torch.cat([model.embed(xb, yb) for xb, yb in _labelled_batches(x, y, batch_size)])
+    """The deterministic codes of ``x`` (``model.embed``: a VAE's posterior means E_q[z|x], E_q[z|x, y] for
+    a conditional model; an AE's codes), batch by batch on the model's device: (N, latent_dim) there."""
+    dev = model.device
+    return torch.cat([model.embed(xb.to(dev), None if yb is None else yb.to(dev))
+                      for xb, yb in _labelled_batches(x, y, batch_size)])
 
 
 @torch.no_grad()
@@ -104,18 +109,21 @@ def latent_statistics(model, x: Tensor, batch_size: int = 1000,
     """Active units and the per-dimension KL of a VAE's posterior on ``x``.
 
     Returns ``active_units`` (int), ``active_unit_variances`` (list, Var_x E_q[z_u|x] per
-    dimension) and ``kl_per_dim`` (list, mean over x of KL(q(z_u|x) || N(0, 1)) in nats).
+    dimension) and ``kl_per_dim`` (list, mean over x of KL(q(z_u|x) || p(z_u)) in nats; None when the
+    posterior and prior have no closed-form KL per dimension).
     """
     mus, kls = [], []
     for xb, yb in _labelled_batches(x, y, batch_size):
         q = model.encode(xb, yb)
-        mus.append(q.mu.double())
-        kls.append((-0.5 * (1 + q.log_var - q.mu**2 - q.log_var.exp())).double().sum(0))  # (Z,)
+        mus.append(q.mean.double())
+        kl = analytic_kl_per_dim(q, model.prior)
+        if kl is not None:
+            kls.append(kl.double().sum(0))  # (Z,)
     mu = torch.cat(mus)
     var = mu.var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=torch.float64)
-    kl = torch.stack(kls).sum(0) / len(x)
+    kl = (torch.stack(kls).sum(0) / len(x)).tolist() if kls else None
     return {"active_units": int((var > threshold).sum().item()), "active_unit_variances": var.tolist(),
-            "kl_per_dim": kl.tolist()}
+            "kl_per_dim": kl}
 
 
 def probe_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor, test_labels: Tensor,
@@ -202,7 +210,7 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     cond_y = y if conditional else None
     result: dict[str, Any] = {"n": len(x), "k": k, "data_dim": d, "conditional": conditional}
     result.update(evaluate_elbo(model, x, batch_size=max(batch_size, 500), seed=seed, y=cond_y))
-    if model.config.kind == "vae":
+    if model.capabilities.has_posterior:
         if "elbo" in result:
             result["elbo_bits_per_dim"] = bits_per_dim(result["elbo"], d)
         if k > 0:
@@ -213,7 +221,7 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
         stats = latent_statistics(model, x, y=cond_y)
         result["active_units"] = stats["active_units"]
         result["latent_dim"] = model.config.latent_dim
-        result.update({f"kl_dim_{j}": v for j, v in enumerate(stats["kl_per_dim"])})
+        result.update({f"kl_dim_{j}": v for j, v in enumerate(stats["kl_per_dim"] or [])})
     if y is not None and probe_train is not None and probe_train[1] is not None:
         x_tr, y_tr = probe_train
         if probe_max_train and len(x_tr) > probe_max_train:

@@ -12,6 +12,11 @@ How the work is laid out (``plan_chunks``, ``importance_log_likelihood``):
   image), whatever K and the number of images;
 - a chunk's noise is drawn in one call, shape (images, samples, Z), in the same order on every path.
 
+A Gaussian posterior with the N(0, I) prior (the ``vae`` family) takes the paths below, which draw
+eps themselves; any other posterior or prior (a family's own) takes ``posterior_log_weights``: the
+posterior's ``rsample_with_log_prob`` for all the batch's images at once, ``samples`` at a time, with
+the prior's ``log_prob``.
+
 An MLP decoder with a Bernoulli likelihood takes a fast path (``bernoulli_mlp_log_weights``) that
 gives the same log-weights with less work per pixel than the decoder's own ``log_prob``:
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .distributions import DiagonalGaussian, standard_normal, standard_normal_log_prob
+from .distributions import DiagonalGaussian, StandardNormal, standard_normal, standard_normal_log_prob
 from .nets import MLPDecoder
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20  # decoder working set of a chunk (generic-path bytes): the fastest of 4-64 MiB
@@ -108,6 +113,11 @@ def decoder_row_bytes(model) -> int:
     return sum(sizes) + temporaries + noise
 
 
+def gaussian_with_standard_prior(model, q) -> bool:
+    """q(z|x) a diagonal Gaussian and p(z) = N(0, I): what the eps-drawing paths compute."""
+    return type(q) is DiagonalGaussian and type(model.prior) is StandardNormal
+
+
 def has_fast_path(model) -> bool:
     """An MLP decoder ending in Bernoulli logits, in float32 or float64."""
     dec = model.decoder
@@ -129,6 +139,14 @@ def generic_log_weights(model, x: Tensor, mu: Tensor, log_var: Tensor, eps: Tens
     z = q.mu + q.std * eps
     log_px_z = model.decode(z.transpose(0, 1), y).log_prob(x).t()  # decode takes the batch last: (s, b, Z)
     return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
+
+
+def posterior_log_weights(model, x: Tensor, q, samples: int, generator: torch.Generator,
+                          y: Tensor | None = None) -> Tensor:
+    """log w for ``samples`` draws from any posterior q (batch shape (b,)) and the model's own prior:
+    shape (b, samples)."""
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (s, b, Z), (s, b)
+    return (model.decode(z, y).log_prob(x) + model.prior.log_prob(z) - log_q).t()
 
 
 @dataclass
@@ -211,20 +229,10 @@ def dense_layer(h: Tensor, linear: nn.Linear, activation: nn.Module | None, oned
     return _activation_(activation, torch.addmm(linear.bias, h, linear.weight.t()))
 
 
-def _mlp_layers(trunk: nn.Sequential) -> list[tuple[nn.Linear, nn.Module | None]]:
-    """The trunk as (linear, activation after it or None) pairs."""
-    mods, layers = list(trunk), []
-    for i, m in enumerate(mods):
-        if isinstance(m, nn.Linear):
-            nxt = mods[i + 1] if i + 1 < len(mods) and not isinstance(mods[i + 1], nn.Linear) else None
-            layers.append((m, nxt))
-    return layers
-
-
-def _mlp_trunk(trunk: nn.Sequential, z: Tensor, onednn: bool) -> Tensor:
+def _mlp_trunk(decoder: MLPDecoder, z: Tensor, onednn: bool) -> Tensor:
     """The decoder's hidden layers on rows z (R, Z)."""
     h = z
-    for linear, activation in _mlp_layers(trunk):
+    for linear, activation in decoder.hidden_layers():
         h = dense_layer(h, linear, activation, onednn)
     return h
 
@@ -253,7 +261,7 @@ def bernoulli_mlp_log_weights(decoder: MLPDecoder, prep: BernoulliPrep, eps: Ten
     rows = z.view(b * s, zdim)
     if prep.label is not None:  # a conditional decoder reads [z, one-hot y]
         rows = torch.cat([z, prep.label[:, None].expand(b, s, -1)], -1).view(b * s, -1)  # (R, Z + K)
-    h = _mlp_trunk(decoder.trunk, rows, onednn)  # (R, H)
+    h = _mlp_trunk(decoder, rows, onednn)  # (R, H)
     logits = dense_layer(h, decoder.mean, None, onednn)  # (R, D)
     x_term = torch.bmm(h.view(b, s, -1), prep.u[:, :, None]).view(b, s) + prep.c[:, None]
     log_px_z = x_term.double() - log_cosh_sum(logits).view(b, s).double()
@@ -298,8 +306,13 @@ def importance_log_likelihood(model, x: Tensor, k: int, generator: torch.Generat
         xb = x[start : start + batch_size]
         yb = None if y is None else y[start : start + batch_size]
         q = model.encode(xb, yb)
-        for sl, lw in _image_log_weights_chunks(model, xb, q.mu, q.log_var, k, plan, generator, use_fast,
-                                                       onednn, yb):
+        if gaussian_with_standard_prior(model, q):
+            chunks = _image_log_weights_chunks(model, xb, q.mu, q.log_var, k, plan, generator, use_fast, onednn, yb)
+        else:
+            per_draw = max(1, plan.rows // len(xb))  # samples of every image of the batch at once
+            chunks = ((slice(0, len(xb)), posterior_log_weights(model, xb, q, min(per_draw, k - done), generator, yb))
+                      for done in range(0, k, per_draw))
+        for sl, lw in chunks:
             rows = slice(start + sl.start, start + sl.stop)
             out[rows] = torch.logaddexp(out[rows], torch.logsumexp(lw.double(), dim=1))
         if progress is not None:

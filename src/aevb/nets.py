@@ -14,11 +14,33 @@ Conditional models (``num_classes = K > 0``) get the label as a one-hot vector `
 (``aevb.conditional.one_hot``): the MLP encoder reads [x, c], the convolutional encoder
 reads c as K constant extra input channels, and both decoders read [z, c] in their
 first linear layer. Unconditional networks take ``c=None``.
+
+Your own networks (``aevb.train(..., encoder=MyEncoder(...), decoder=MyDecoder(...))``) follow
+this contract, checked with a clear error before training (``check_networks``):
+
+- the **encoder** is called as ``encoder(x)`` with x shaped (B, C, H, W) (a conditional model:
+  ``encoder(x, c)``, c the one-hot labels (B, K)) and returns a dict of tensors (B, latent_dim),
+  one per head the family reads: a VAE's ``"mu"`` and ``"log_var"`` (log sigma^2), an AE's ``"code"``;
+- the **decoder** is called as ``decoder(z)`` with z shaped (..., latent_dim) (conditional:
+  ``decoder(z, c)``) and returns the likelihood's parameters shaped (..., C, H, W): logits for
+  ``bernoulli``, the pre-sigmoid mean for ``gaussian_fixed``; for ``gaussian`` (learned variance)
+  and ``discretized_logistic`` (..., 2, C, H, W): the mean, then the log-variance / log-scale. It
+  may instead return a likelihood object of ``aevb.distributions``.
+
+A run records each of your classes as its import path and constructor arguments
+(``network_spec``), never as pickled code: the arguments are read from the instance's attributes
+of the same names (the scikit-learn ``get_params`` convention), or from an ``init_args()`` method
+if the class defines one, and must be JSON values. ``aevb.load`` re-imports the class only when
+asked to (``trust_code=True``, or the class passed in ``networks``).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import math
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +108,84 @@ def make_likelihood(cfg: ModelConfig, out: Tensor, second: Tensor | None) -> Ber
     return Gaussian(mean, log_var, event_ndim=3)
 
 
+class NetworkError(ValueError):
+    """A network does not follow the contract above, or cannot be recorded or rebuilt."""
+
+
+class UntrustedCode(NetworkError):
+    """Rebuilding a run's network would import code that the caller has not said to trust."""
+
+
+def as_likelihood(cfg: ModelConfig, out):
+    """p(x|z) from a decoder's output: a likelihood object passes through; a tensor of parameters
+    (..., C, H, W), or (..., 2, C, H, W) for two-parameter likelihoods, becomes ``cfg.likelihood``."""
+    if not isinstance(out, Tensor):
+        if not (hasattr(out, "log_prob") and hasattr(out, "mean")):
+            raise NetworkError(f"the decoder returned {type(out).__name__}; it must return a tensor of the "
+                               "likelihood's parameters or a likelihood object (aevb.nets explains the contract)")
+        return out
+    shape = tuple(cfg.input_shape)
+    two = _params_per_pixel(cfg) == 2
+    want = (2, *shape) if two else shape
+    if tuple(out.shape[-len(want):]) != want:
+        raise NetworkError(f"the decoder returned a tensor shaped {tuple(out.shape)}; a {cfg.likelihood} decoder "
+                           f"of {shape[0]}x{shape[1]}x{shape[2]} images returns (..., {', '.join(map(str, want))})")
+    return make_likelihood(cfg, out[..., 0, :, :, :], out[..., 1, :, :, :]) if two else make_likelihood(cfg, out, None)
+
+
+def network_spec(module: nn.Module) -> dict[str, Any]:
+    """{"class": "module:QualName", "args": {...}}: what rebuilds ``module``'s class with the same
+    constructor arguments (read as described in this module's docstring)."""
+    cls = type(module)
+    name = cls.__name__
+    if callable(getattr(module, "init_args", None)):
+        args = dict(module.init_args())
+    else:
+        args = {}
+        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise NetworkError(f"{name}.__init__ takes *{param.name}; aevb cannot record such arguments: "
+                                   "define init_args() returning the constructor's keyword arguments")
+            if not hasattr(module, param.name):
+                raise NetworkError(f"{name}.__init__ takes {param.name!r} but the instance has no attribute of that "
+                                   f"name; store it (self.{param.name} = {param.name}) or define init_args()")
+            args[param.name] = getattr(module, param.name)
+    try:
+        text = json.dumps(args, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise NetworkError(f"{name}'s constructor arguments ({', '.join(sorted(args))}) must be JSON values "
+                           f"(numbers, strings, lists, dicts) to be recorded in config.json: {e}") from None
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "args": json.loads(text)}  # tuples become lists
+
+
+def load_network(spec: Mapping[str, Any], part: str, trust_code: bool = False,
+                 networks: Mapping[str, type] | None = None) -> nn.Module:
+    """Rebuild a network recorded by ``network_spec``: with the class from ``networks[part]`` when
+    given, else by importing ``spec["class"]``, which needs ``trust_code``."""
+    path = spec["class"]
+    if networks is not None and part in networks:
+        cls = networks[part]
+    elif not trust_code:
+        raise UntrustedCode(f"this run's {part} is your own class {path}; rebuilding it imports and runs that code, "
+                            f"which aevb does only when asked: load with trust_code=True, or pass the class "
+                            f"(networks={{'{part}': {path.rpartition(':')[2].rpartition('.')[2]}}})")
+    else:
+        module_name, _, qualname = path.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for attr in qualname.split("."):
+                obj = getattr(obj, attr)
+        except (ImportError, AttributeError) as e:
+            hint = (" (it was defined in a script: pass the class itself in networks)" if module_name == "__main__"
+                    else "")
+            raise NetworkError(f"cannot import the {part} class {path}: {e}{hint}") from None
+        cls = obj
+    try:
+        return cls(**spec.get("args", {}))
+    except TypeError as e:
+        raise NetworkError(f"cannot rebuild the {part} {path} from its recorded arguments: {e}") from None
+
+
 class MLPDecoder(nn.Module):
     """[z, c] -> h -> likelihood parameters, shaped (..., C, H, W)."""
 
@@ -97,6 +197,12 @@ class MLPDecoder(nn.Module):
         self.mean = nn.Linear(sizes[-1], cfg.data_dim)  # logits for Bernoulli, pre-sigmoid mean for the others
         # log-variance (gaussian) or log-scale (discretized_logistic)
         self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if _params_per_pixel(cfg) == 2 else None
+
+    def hidden_layers(self) -> list[tuple[nn.Linear, nn.Module]]:
+        """The trunk as (linear layer, the activation after it) pairs, first to last; ``self.mean``
+        is the output layer (the logits of a Bernoulli decoder)."""
+        mods = list(self.trunk)
+        return list(zip(mods[0::2], mods[1::2]))
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
         cfg = self.cfg

@@ -8,6 +8,13 @@ with ``reduction="mean"`` (the default). Signs: ``elbo`` and ``reconstruction``
 ``y`` is the batch's labels for a conditional model (``aevb.conditional``) and None
 otherwise; with it every term is conditional on y: the ELBO bounds log p(x|y), the
 importance-weighted bound estimates log p(x|y).
+
+The objectives see a model only through its posterior ``model.encode`` (q(z|x), with
+``rsample_with_log_prob``), its prior ``model.prior`` and its likelihood ``model.decode``: the KL is
+the closed form where the (posterior, prior) pair has one (``distributions.analytic_kl_per_dim``)
+and the Monte Carlo estimate otherwise, so new posteriors and priors need no change here.
+``OBJECTIVES`` maps the names a ``TrainConfig.objective`` and a family's ``capabilities.objectives``
+use to these functions.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import math
 import torch
 from torch import Tensor
 
-from .distributions import standard_normal_log_prob
+from .distributions import analytic_kl_per_dim
 
 Terms = dict[str, Tensor]
 
 
-def _reduce(terms: Terms, reduction: str) -> Terms:
+def reduce_terms(terms: Terms, reduction: str) -> Terms:
+    """``reduction="mean"``: every term but ``loss`` averaged over the batch; ``"none"``: as they are."""
     if reduction == "none":
         return terms
     if reduction != "mean":
@@ -30,8 +38,27 @@ def _reduce(terms: Terms, reduction: str) -> Terms:
     return {k: (v if k == "loss" else v.mean()) for k, v in terms.items()}
 
 
-def _as_images(model, x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], *model.config.input_shape)  # (B, D) or (B, C, H, W) -> (B, C, H, W)
+def as_images(model, x: Tensor) -> Tensor:
+    """x shaped as the model's images: (B, D) or (B, C, H, W) -> (B, C, H, W)."""
+    return x.reshape(x.shape[0], *model.config.input_shape)
+
+
+def kl_terms(q, prior, z: Tensor, log_q: Tensor, kl: str = "analytic") -> tuple[Tensor, Tensor | None]:
+    """KL(q(z|x) || p(z)) per example (B,) and, where q and p factorise over the latent dimensions,
+    per dimension (B, Z) (else None).
+
+    ``kl="analytic"`` (SGVB estimator B) uses the closed form when the pair has one; otherwise, and
+    for ``kl="mc"`` (estimator A), the average over the L samples z (L, B, Z) of log q(z|x) - log p(z)
+    (``log_q`` is log q(z|x) at those samples, (L, B)).
+    """
+    if kl not in ("analytic", "mc"):
+        raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
+    dims = analytic_kl_per_dim(q, prior) if kl == "analytic" else None
+    if dims is None and hasattr(q, "log_prob_per_dim") and hasattr(prior, "log_prob_per_dim"):
+        dims = (q.log_prob_per_dim(z) - prior.log_prob_per_dim(z)).mean(0)  # q and p factorise over dimensions
+    if dims is not None:
+        return dims.sum(-1), dims
+    return (log_q.float() - prior.log_prob(z)).mean(0), None
 
 
 def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0, free_bits: float = 0.0,
@@ -47,25 +74,22 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
     per latent dimension; Kingma et al. 2016) replaces each dimension's batch-mean KL
     by max(lambda, KL_j), so dimensions below lambda are not pushed further to the prior.
     """
-    x = _as_images(model, x)
-    q = model.encode(x, y)
-    z = q.rsample(samples, generator=generator)  # (L, B, Z)
-    reconstruction = model.decode(z, y).log_prob(x).mean(0)  # (B,)
-    if kl == "analytic":
-        kl_dims = q.kl_per_dim()  # (B, Z)
-    elif kl == "mc":
-        log_p_z = -0.5 * (math.log(2 * math.pi) + z.float() ** 2)
-        kl_dims = (q.log_prob_per_dim(z) - log_p_z).mean(0)  # q and p factorise over dimensions
-    else:
+    if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
-    kl_term = kl_dims.sum(-1)
+    x = as_images(model, x)
+    q = model.encode(x, y)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, Z), (L, B)
+    reconstruction = model.decode(z, y).log_prob(x).mean(0)  # (B,)
+    kl_term, kl_dims = kl_terms(q, model.prior, z, log_q, kl)  # (B,), (B, Z) or None
     bound = reconstruction - kl_term
     if free_bits > 0:
+        if kl_dims is None:
+            raise ValueError("free bits need a KL per latent dimension; this posterior and prior do not factorise")
         kl_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum()
     else:
         kl_loss = kl_term.mean()
     loss = -reconstruction.mean() + beta * kl_loss
-    return _reduce({"loss": loss, "elbo": bound, "reconstruction": reconstruction, "kl": kl_term}, reduction)
+    return reduce_terms({"loss": loss, "elbo": bound, "reconstruction": reconstruction, "kl": kl_term}, reduction)
 
 
 def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = None,
@@ -74,13 +98,13 @@ def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = No
 
     ``chunk`` bounds how many samples are decoded at once (memory ~ chunk * B * D).
     """
-    x = _as_images(model, x)
+    x = as_images(model, x)
     q = model.encode(x, y)
     chunk = chunk or k
     parts = []
     for start in range(0, k, chunk):
-        z = q.rsample(min(chunk, k - start), generator=generator)  # (c, B, Z)
-        parts.append(model.decode(z, y).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z))
+        z, log_q = q.rsample_with_log_prob(min(chunk, k - start), generator=generator)  # (c, B, Z), (c, B)
+        parts.append(model.decode(z, y).log_prob(x) + model.prior.log_prob(z) - log_q)
     return torch.cat(parts, 0)
 
 
@@ -93,7 +117,7 @@ def iwae_bound(model, x: Tensor, k: int, generator: torch.Generator | None = Non
     """
     lw = log_weights(model, x, k, generator=generator, chunk=chunk, y=y)
     bound = (torch.logsumexp(lw.double(), 0) - math.log(k)).to(lw.dtype)
-    return _reduce({"loss": -bound.mean(), "iwae": bound}, reduction)
+    return reduce_terms({"loss": -bound.mean(), "iwae": bound}, reduction)
 
 
 def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, **_: object) -> Terms:
@@ -102,6 +126,10 @@ def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, 
     With a Bernoulli decoder this is the summed binary cross-entropy; with
     ``gaussian_fixed`` it is the summed squared error / (2 sigma^2) plus a constant.
     """
-    x = _as_images(model, x)
+    x = as_images(model, x)
     reconstruction = model.decode(model.embed(x, y), y).log_prob(x)
-    return _reduce({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)
+    return reduce_terms({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)
+
+
+# The objectives by the names TrainConfig.objective and Capabilities.objectives use.
+OBJECTIVES = {"elbo": elbo, "iwae": iwae_bound, "reconstruction": ae_loss}

@@ -94,7 +94,7 @@ def render(run, data_dir: str | None = None) -> str:
     cfg = run.config
     m = cfg.model
     given = f", conditional on {m.num_classes} classes" if m.num_classes else ""
-    title = (f"aevb run {run.dir.name}: {m.kind.upper()} on {cfg.data.dataset}{given}, "
+    title = (f"aevb run {run.dir.name}: {m.family.upper()} on {cfg.data.dataset}{given}, "
              f"{m.latent_dim}-D latent, {m.likelihood} decoder")
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>",

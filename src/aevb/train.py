@@ -20,28 +20,28 @@ Mixed precision:  --precision bf16 (CPU and CUDA) or fp16 (CUDA, with a gradient
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from torch import nn
 
 from . import checkpoint as ckpt
 from .conditional import check_data_labels
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, TrainConfig
 from .data import Dataset, load_dataset
+from .devices import resolve_device
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
-from .model import build_model
-from .objectives import ae_loss, elbo, iwae_bound
+from .models import Capabilities, build_model
+from .models.base import check_networks
+from .objectives import OBJECTIVES
 from .schedules import kl_weight
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
@@ -69,41 +69,35 @@ class ObjectiveModule(nn.Module):
         return self.objective(self.model, x, generator=generator, **kw)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but MPS is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def make_objective(config: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
-    """The training objective named by the configuration."""
+def make_objective(config: RunConfig, capabilities: Capabilities | None = None) -> Callable[..., dict[str, Tensor]]:
+    """The training objective the configuration names, checked against what the model can do
+    (``capabilities``; built from the configuration when not given)."""
     t = config.train
-    if config.train.algorithm == "wake-sleep":
-        if config.model.kind != "vae":
-            raise ConfigError("--algorithm wake-sleep needs a recognition model: use --kind vae")
-        if config.model.conditional:
-            raise ConfigError("--algorithm wake-sleep does not train conditional models; use --algorithm aevb")
+    caps = capabilities or build_model(config.model).capabilities
+    family = config.model.family
+    if t.algorithm == "wake-sleep":
+        if not (caps.has_posterior and caps.has_prior):
+            raise ConfigError(f"the wake-sleep algorithm needs a recognition model q(z|x) and a prior; the {family} "
+                              "model has no posterior or no prior (use the vae family)")
+        if caps.conditional:
+            raise ConfigError("wake-sleep does not train conditional models; use the aevb algorithm")
         from .wake_sleep import wake_sleep_step_loss
 
         return wake_sleep_step_loss
-    if config.model.kind == "ae":
-        return ae_loss
-    if t.objective == "iwae":
-        return partial(iwae_bound, k=t.iwae_k)
-    return partial(elbo, samples=t.samples, kl=t.estimator, free_bits=t.free_bits)
+    name = t.objective or caps.default_objective
+    if name not in caps.objectives:
+        raise ConfigError(f"objective {name!r} does not apply to the {family} model, which trains on "
+                          f"{' or '.join(caps.objectives)}")
+    if name == "iwae":
+        return partial(OBJECTIVES[name], k=t.iwae_k)
+    if name == "elbo":
+        return partial(OBJECTIVES[name], samples=t.samples, kl=t.estimator, free_bits=t.free_bits)
+    return OBJECTIVES[name]
 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
     """Adagrad (the paper's), Adam or SGD with momentum 0.9, using PyTorch's fused kernels
-    (one kernel for all parameters: 3x faster than foreach for the MNIST MLP on CPU)."""
+    (one kernel for all parameters; docs/performance.md has the measurement)."""
     t = config.train
     cls, kw = {"adagrad": (torch.optim.Adagrad, {}), "adam": (torch.optim.Adam, {}),
                "sgd": (torch.optim.SGD, {"momentum": 0.9})}[t.optimizer]
@@ -125,7 +119,7 @@ def tensorboard_writer(run_dir: Path):
 
 def binarize_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A Bernoulli(x) draw of every pixel, as uniform < x: the same distribution as
-    torch.bernoulli, 3x faster on CPU (one vectorised uniform draw and a comparison)."""
+    torch.bernoulli, and faster on CPU (one vectorised uniform draw and a comparison)."""
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.lt(u, x, out=u)  # written over the uniforms as 0.0 / 1.0
 
@@ -140,7 +134,7 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
         raise ValueError(f"model input_shape {config.model.input_shape} does not match data set {ds.name} {ds.shape}")
     if config.train.batch_size > len(ds.train):
         raise ValueError(f"batch size {config.train.batch_size} is larger than the training split "
-                         f"({len(ds.train)} examples); lower --batch-size")
+                         f"({len(ds.train)} examples); lower the batch size")
     lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
@@ -148,10 +142,78 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
         check_data_labels(ds, config.model.num_classes)
 
 
-class Trainer:
-    """Owns one run: model, optimizer, data on the device, generators, run directory."""
+@dataclass
+class Guard:
+    """The skip guard's counters. They live on the device, so that a step never waits for the
+    host; the host reads them every GUARD_EVERY steps and before every checkpoint."""
 
-    def __init__(self, config: RunConfig, out: str | Path, dataset: Dataset | None = None, progress: bool = True):
+    skipped: Tensor  # steps skipped since the run began
+    consecutive: Tensor  # steps skipped in a row
+    bad_norm: Tensor  # the gradient norm of the last skipped step
+
+    @classmethod
+    def on(cls, device: torch.device) -> "Guard":
+        return cls(torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device),
+                   torch.zeros((), device=device))
+
+    def record(self, bad: Tensor, norm: Tensor) -> None:
+        self.skipped += bad
+        self.consecutive = (self.consecutive + 1) * bad
+        self.bad_norm = torch.where(bad, norm.detach().float(), self.bad_norm)
+
+
+def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, scaler, device_guard: bool) -> None:
+    """Apply the gradients unless ``bad``. With a fused optimizer the decision stays on the device: the
+    optimizer kernel reads it as ``found_inf`` (as torch.amp.GradScaler uses it), so weights, moments and
+    step counts stay untouched by a skipped step. Otherwise (the gradient scaler, unfused optimizers)
+    the host reads ``bad``."""
+    if device_guard:
+        optimizer.found_inf, optimizer.grad_scale = bad.float(), None
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale
+    elif bool(bad):
+        if scaler is not None:
+            scaler.update()
+    elif scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.optim.Optimizer, params: list[Tensor],
+                 x: Tensor, y: Tensor | None, noise, beta, t: TrainConfig, guard: Guard,
+                 autocast_dtype: torch.dtype | None = None, scaler=None,
+                 device_guard: bool = False) -> tuple[dict[str, Tensor], Tensor]:
+    """One optimizer step, or a skipped one: forward, backward, clip, guard, step or skip.
+
+    Returns the objective's terms and a boolean device tensor, true when the step was skipped (the
+    loss or the gradient norm not finite, or the norm above ``t.skip_grad_norm``). Nothing here waits
+    for the device unless the optimizer cannot skip on it (``_step_or_skip``)."""
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        terms = step_fn(x, noise, beta=beta, y=y)
+    optimizer.zero_grad(set_to_none=True)
+    loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
+    loss.backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # all-reduced: one decision
+    if t.clip_grad_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, t.clip_grad_norm, norm)
+    bad = ~torch.isfinite(norm) | (norm > t.skip_grad_norm)
+    _step_or_skip(optimizer, bad, scaler, device_guard)
+    guard.record(bad, norm)
+    return terms, bad
+
+
+class Trainer:
+    """Owns one run: model, optimizer, data on the device, generators; the run directory is written
+    through ``aevb.checkpoint``. ``encoder``/``decoder``: your own networks (``aevb.nets``)."""
+
+    def __init__(self, config: RunConfig, out: str | Path, dataset: Dataset | None = None, progress: bool = True,
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
         self.config = config
         self.out = Path(out)
         t = config.train
@@ -167,14 +229,15 @@ class Trainer:
                               "processes; choose a multiple")
         if t.precision == "fp16" and device.type != "cuda":
             raise ConfigError("precision fp16 needs CUDA (it uses a gradient scaler); on CPU use bf16")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            self.model = build_model(config.model, encoder=encoder, decoder=decoder).to(self.device)
+        self.objective = make_objective(config, self.model.capabilities)
         ds = dataset if dataset is not None else load_dataset(config.data)
         _check_data(config, ds)
         self.data = ds.to(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(t.seed)
-            self.model = build_model(config.model).to(self.device)
+        check_networks(self.model, self.data.train.x[:2], self._labels(torch.arange(min(2, len(ds.train)))))
         self.optimizer = make_optimizer(config, self.model.parameters())
-        self.objective = make_objective(config)
         self.step_module: nn.Module = ObjectiveModule(self.model, self.objective)
         if self.dist.enabled:
             self.step_module = nn.parallel.DistributedDataParallel(
@@ -190,17 +253,11 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
         self.epoch_seconds = 0.0
         self.metrics_lines = 0
-        # The guard's counters live on the device, so that a step never waits for the host;
-        # they are read every GUARD_EVERY steps and whenever a checkpoint is written.
         self.params = list(self.model.parameters())
         self.device_guard = self.scaler is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
-        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # since the run began
-        self.consecutive_skips = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.bad_norm = torch.zeros((), device=self.device)  # gradient norm of the last skipped step
-        self.step_fn = self.step_module
+        self.guard = Guard.on(self.device)
+        self.step_fn = torch.compile(self.step_module) if t.compile else self.step_module
         self.compile_seconds: float | None = None
-        if t.compile:
-            self.step_fn = torch.compile(self.step_module)
         self.interrupted = False
         self.tb = None
 
@@ -213,33 +270,26 @@ class Trainer:
         extra.update({f"sums.{k}": v for k, v in self.sums.items()})
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
-                    "skipped": int(self.skipped)}
+                    "skipped": int(self.guard.skipped)}
         ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress)
 
     def restore(self) -> None:
         saved = ckpt.read_config(self.out)
         if saved.model != self.config.model:
             raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
-                                       "resume with the run's own config (aevb train --resume RUN_DIR)")
-        tensors, progress, opt_meta = ckpt.load_train_state(self.out)
-        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(weights)
-        ckpt.optimizer_from_flat(self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, opt_meta)
-        self.noise.set_state(tensors["rng.noise"])
-        self.sums = {k[len("sums."):]: v.to(self.device) for k, v in tensors.items() if k.startswith("sums.")}
+                                       "resume with the run's own configuration")
+        state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device)
+        progress = state.progress
+        self.sums = state.sums
         self.epoch = progress["epoch"]
         self.step_in_epoch = progress["step_in_epoch"]
         self.global_step = progress["global_step"]
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
-        self.skipped.fill_(progress.get("skipped", 0))
-        if self.dist.is_main:  # temporary files of a write that a crash interrupted
-            for stale in self.out.glob("*.tmp"):
-                stale.unlink()
-        metrics = self.out / ckpt.METRICS  # drop lines written after the checkpoint
-        if self.dist.is_main and metrics.exists():
-            lines = metrics.read_text().splitlines(keepends=True)[: self.metrics_lines]
-            ckpt.atomic_write(metrics, "".join(lines).encode())
+        self.guard.skipped.fill_(progress.get("skipped", 0))
+        if self.dist.is_main:
+            ckpt.remove_temporaries(self.out)
+            ckpt.truncate_metrics(self.out, self.metrics_lines)
 
     # -- loop ------------------------------------------------------------------------
 
@@ -252,7 +302,7 @@ class Trainer:
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's shard of the global batch ``idx``."""
-        x = torch.index_select(self.data.train.x, 0, idx)  # 4x faster than x[idx] on CPU
+        x = torch.index_select(self.data.train.x, 0, idx)  # faster than x[idx] on CPU
         if self.config.data.binarize == "dynamic" and not self.data.binary:
             x = binarize_draw(x, self.noise)  # drawn for the global batch on every rank
         return self._shard(x)
@@ -262,61 +312,29 @@ class Trainer:
         return self._shard(self.data.train.y[idx]) if self.config.model.conditional else None
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One optimizer step. Returns the objective's terms and a boolean device tensor that is
-        true when the guard skipped the step (loss or gradient norm not finite, or the norm above
-        ``skip_grad_norm``). Nothing here waits for the device: with the fused optimizers the
-        skip is applied inside the optimizer kernel (its ``found_inf`` input, as
-        torch.amp.GradScaler uses it), so weights, moments and step counts stay untouched.
-        ``y``: a conditional model's labels."""
+        """One guarded optimizer step (``guarded_step``) at this run's KL weight; ``y``: a conditional
+        model's labels."""
         t = self.config.train
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
             beta = torch.tensor(beta, device=self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            terms = self.step_fn(x, self.step_noise, beta=beta, y=y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])
-        loss.backward()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        # The norm is of the all-reduced gradient, so every rank takes the same decision.
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if t.clip_grad_norm:
-            torch.nn.utils.clip_grads_with_norm_(self.params, t.clip_grad_norm, norm)
-        bad = ~torch.isfinite(norm) | (norm > t.skip_grad_norm)
-        if self.device_guard:
-            self.optimizer.found_inf, self.optimizer.grad_scale = bad.float(), None
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.found_inf, self.optimizer.grad_scale
-        elif bool(bad):  # non-fused optimizers and the fp16 gradient scaler: decided on the host
-            if self.scaler is not None:
-                self.scaler.update()
-        elif self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.skipped += bad
-        self.consecutive_skips = (self.consecutive_skips + 1) * bad
-        self.bad_norm = torch.where(bad, norm.detach().float(), self.bad_norm)
-        return terms, bad
+        return guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t, self.guard,
+                            self.autocast_dtype, self.scaler, self.device_guard)
 
     def check_guard(self) -> None:
         """Stop the run when max_skips consecutive steps were skipped (reads the device counter)."""
         t = self.config.train
-        count = int(self.consecutive_skips)
+        count = int(self.guard.consecutive)
         if count < t.max_skips:
             return
-        norm = float(self.bad_norm)
+        norm = float(self.guard.bad_norm)
         what = "not finite (NaN or Inf)" if not math.isfinite(norm) else f"{norm:.3g} > {t.skip_grad_norm:g}"
         state = self.out / ckpt.TRAIN_STATE
         kept = f"the last good checkpoint {state} is intact" if state.exists() else "no checkpoint was written yet"
         raise TrainingDiverged(
             f"training stopped at step {self.global_step}: the last {count} steps were skipped (limit {t.max_skips}) "
-            f"because the loss or gradient norm was {what}; {kept}. Lower --lr, set --clip-grad-norm, "
-            "or check the data for NaN/Inf")
+            f"because the loss or gradient norm was {what}; {kept}. Lower the learning rate, clip the gradient "
+            "norm, or check the data for NaN/Inf")
 
     def _accumulate(self, terms: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
         """Add the step's terms to the epoch sums on the device (a skipped step adds nothing)."""
@@ -356,7 +374,7 @@ class Trainer:
         line.update(self._validate())
         self.model.train()
         line["seconds"] = round(self.epoch_seconds, 4)
-        line["skipped_steps"] = int(self.skipped)
+        line["skipped_steps"] = int(self.guard.skipped)
         if self.compile_seconds is not None:
             line["compile_seconds"] = round(self.compile_seconds, 3)
             self.compile_seconds = None
@@ -368,8 +386,7 @@ class Trainer:
         self.epoch_seconds = 0.0
         if not self.dist.is_main:
             return line
-        with open(self.out / ckpt.METRICS, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        ckpt.append_metrics(self.out, line)
         self.metrics_lines += 1
         if self.tb is not None:
             for key, value in line.items():
@@ -464,63 +481,48 @@ class Trainer:
         return lines
 
 
-def train(config: RunConfig | None = None, out: str | Path = "runs/run", *, resume: bool = False,
+
+
+def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, data: Dataset | None = None, stop_after_steps: int | None = None,
+          preset: str | None = None, conditional: bool = False, overwrite: bool = False,
+          encoder: nn.Module | None = None, decoder: nn.Module | None = None, trust_code: bool = False,
           **overrides: Any) -> ckpt.Run:
     """Train a model and return the loaded run.
 
-    ``aevb.train(dataset="mnist", binarize="dynamic", epochs=10, out="runs/mnist")``:
-    keyword overrides name fields of the model, data or training configuration.
-    With ``resume=True`` the configuration is read from ``out`` and training continues.
-    ``data`` passes an already loaded ``Dataset`` instead of reading ``config.data``.
+    ``aevb.train(dataset="mnist", binarize="dynamic", epochs=10, out="runs/mnist")``: keyword
+    settings name fields of the model, data or training configuration; ``model="ae"`` picks the
+    family. ``resume=True`` continues the run in ``out`` with its own configuration (only
+    ``aevb.runconfig.RESUMABLE`` may change). ``data`` passes an already loaded ``Dataset``;
+    ``conditional=True`` conditions on its labels; ``overwrite=True`` replaces a run already in
+    ``out``. ``encoder``/``decoder``: your own networks (the contract is in ``aevb.nets``); they
+    are recorded in config.json by import path and arguments, never pickled; resuming such a run
+    rebuilds them from there, with ``trust_code=True`` (or pass the instances again).
     """
+    from .nets import load_network, network_spec
+    from .runconfig import plan_run
+
     if resume:
-        config = ckpt.read_config(out)
-        if overrides:
-            config = apply_overrides(config, overrides)
-    elif config is None:
-        config = apply_overrides(default_config(overrides.get("dataset", "digits")), overrides)
-        if data is None and "input_shape" not in overrides:
-            config, data = fit_to_data(config)
+        if out is None:
+            raise ConfigError("resume=True needs out, the run directory to continue")
+        plan = plan_run(resume=out, overrides=overrides, data=data)
+        m = plan.config.model
+        if encoder is None and m.encoder is not None:
+            encoder = load_network(m.encoder, "encoder", trust_code)
+        if decoder is None and m.decoder is not None:
+            decoder = load_network(m.decoder, "decoder", trust_code)
     else:
-        config = apply_overrides(config, overrides)
-    trainer = Trainer(config, out, dataset=data, progress=progress)
-    if resume:
+        plan = plan_run(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
+                        data=data, overwrite=overwrite)
+        specs = {part: network_spec(net) for part, net in (("encoder", encoder), ("decoder", decoder))
+                 if net is not None}
+        if specs:
+            from dataclasses import replace
+
+            plan.config = replace(plan.config, model=replace(plan.config.model, **specs))
+    trainer = Trainer(plan.config, plan.out, dataset=plan.data, progress=progress, encoder=encoder, decoder=decoder)
+    if plan.resume:
         trainer.restore()
     trainer.run(stop_after_steps=stop_after_steps)
-    return ckpt.load(out)
-
-
-def default_config(dataset: str = "digits") -> RunConfig:
-    """Sensible defaults for a data set: its shape and usual likelihood."""
-    from .data import DEFAULT_LIKELIHOOD
-
-    shapes = {"digits": (1, 8, 8), "frey_face": (1, 28, 20)}
-    cfg = RunConfig()
-    cfg.data = replace(cfg.data, dataset=dataset)
-    cfg.model = replace(cfg.model, input_shape=shapes.get(dataset, (1, 28, 28)),
-                        likelihood=DEFAULT_LIKELIHOOD.get(dataset, "bernoulli"))
-    return cfg
-
-
-def fit_to_data(config: RunConfig) -> tuple[RunConfig, Dataset]:
-    """Read ``config.data`` and give the model the data's (C, H, W): the default input_shape
-    is only a guess for ``folder:``/``npy:`` data. Returns the config and the loaded data."""
-    ds = load_dataset(config.data)
-    return replace(config, model=replace(config.model, input_shape=ds.shape)), ds
-
-
-def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Set fields by name on whichever of model/data/train has them (the train epochs can grow on resume)."""
-    from dataclasses import fields
-
-    parts = {"model": config.model, "data": config.data, "train": config.train}
-    changes: dict[str, dict[str, Any]] = {k: {} for k in parts}
-    for key, value in overrides.items():
-        owners = [name for name, obj in parts.items() if key in {f.name for f in fields(obj)}]
-        if not owners:
-            raise ConfigError(f"unknown setting {key!r}")
-        changes[owners[0]][key] = value
-    return RunConfig(model=replace(config.model, **changes["model"]), data=replace(config.data, **changes["data"]),
-                     train=replace(config.train, **changes["train"]), format_version=config.format_version)
-
+    networks = {part: type(net) for part, net in (("encoder", encoder), ("decoder", decoder)) if net is not None}
+    return ckpt.load(plan.out, networks=networks)  # the classes just trained with

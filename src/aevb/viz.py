@@ -66,7 +66,7 @@ def _prior_label(model, label: int | None) -> int | None:
 
 
 def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
-    return None if label is None else label_tensor(label, n, _device(model))
+    return None if label is None else label_tensor(label, n, model.device)
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str
                  label: int | None = None) -> Path:
     """A grid of decoded means of z ~ N(0, I). A conditional model draws all n for ``label``, or
     without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
-    g = torch.Generator(device=_device(model)).manual_seed(seed)
+    g = torch.Generator(device=model.device).manual_seed(seed)
     if model.config.conditional and label is None:
         return _plot_samples_per_class(model, path, n, g, title)
     label = _prior_label(model, label)
@@ -82,14 +82,15 @@ def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str
     fig, ax = plt.subplots(figsize=(6, 6))
     _show(ax, image_grid(images))
     given = "" if label is None else f" for label {label}"
-    ax.set_title(title or f"{n} samples from the prior{given}, z ~ N(0, I) (decoded means)")
+    source = "from the prior" if model.capabilities.has_prior else "of codes z ~ N(0, I) (the model has no prior)"
+    ax.set_title(title or f"{n} samples {source}{given} (decoded means)")
     return save_figure(fig, path)
 
 
 def _plot_samples_per_class(model, path: str | Path, n: int, g: torch.Generator, title: str | None) -> Path:
     k = model.config.num_classes
     cols = max(1, n // k)
-    z = torch.randn(cols, model.latent_dim, generator=g, device=_device(model))
+    z = model.prior.sample(cols, generator=g, device=model.device)
     labels = torch.arange(k, device=z.device).repeat_interleave(cols)  # (K * cols,): row r is label r
     images = model.decode(z.repeat(k, 1), labels).mean  # (K * cols, C, H, W)
     h, w = images.shape[-2:]
@@ -129,10 +130,6 @@ def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, 
 PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _figsize(h: int, w: int, rows: int, cols: int, width: float = 7.0) -> tuple[float, float]:
     """A figure size whose image area keeps the grid's aspect ratio (plus room for titles)."""
     aspect = (rows * h) / max(cols * w, 1)
@@ -164,7 +161,7 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     a, b = _check_dims(dims, zdim)
     label = _prior_label(model, label)
     values = gaussian_quantiles(n)
-    z = torch.zeros(n, n, zdim, device=_device(model))
+    z = torch.zeros(n, n, zdim, device=model.device)
     z[..., a] = values.view(1, n).to(z.device)  # columns: z[a] increasing to the right
     z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: z[b] increasing upwards
     images = model.decode(z.view(-1, zdim), _label_tensor(model, label, n * n)).mean  # (n*n, C, H, W)
@@ -184,16 +181,11 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     return save_figure(fig, path)
 
 
-@torch.no_grad()
-def latent_codes(model, x: torch.Tensor, batch_size: int = 1000, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Posterior means (VAE) or codes (AE) of ``x`` (given labels ``y`` for a conditional model),
-    on the CPU, shaped (N, latent_dim)."""
-    dev = _device(model)
-    parts = []
-    for i in range(0, len(x), batch_size):
-        yb = None if y is None else y[i : i + batch_size].to(dev)
-        parts.append(model.embed(x[i : i + batch_size].to(dev), yb).float().cpu())
-    return torch.cat(parts)
+def latent_codes(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The codes of ``x`` (``aevb.evaluate.embed``) as float32 on the CPU, shaped (N, latent_dim)."""
+    from .evaluate import embed
+
+    return embed(model, x, y=y).float().cpu()
 
 
 def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
@@ -230,7 +222,7 @@ def plot_scatter(model, x: torch.Tensor, y: torch.Tensor | None, path: str | Pat
         ax.scatter(xy[:, 0], xy[:, 1], s=5, alpha=0.7, linewidths=0)
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
-    what = "posterior means" if model.config.kind == "vae" else "codes"
+    what = model.capabilities.code_name
     ax.set_title(f"{what} of {len(x)} test images" + (", coloured by label" if y is not None else ""), fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -253,7 +245,7 @@ def plot_interpolation(model, x_a: torch.Tensor, x_b: torch.Tensor, path: str | 
     """Decoded means along the straight line between the posterior means of two images,
     with the two inputs at the ends. A conditional model takes their labels and moves the
     one-hot label along the same line, from y_a to y_b."""
-    dev = _device(model)
+    dev = model.device
     x_a, x_b = x_a.to(dev), x_b.to(dev)
     t = torch.linspace(0, 1, steps, device=dev).view(-1, 1)
     ya, yb, y = _label_tensor(model, y_a, 1), _label_tensor(model, y_b, 1), None
@@ -277,7 +269,7 @@ def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: in
     """Each latent dimension (the first ``max_dims``) swept over Gaussian quantiles with the
     others fixed at the posterior mean of ``x`` (or at 0 when ``x`` is None); a conditional
     model is given ``label`` (x's label; default 0)."""
-    dev = _device(model)
+    dev = model.device
     zdim = model.latent_dim
     k = min(zdim, max_dims)
     label = _prior_label(model, label)
@@ -352,7 +344,7 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
         return plot_curves(run.metrics, path)
     ds = dataset if dataset is not None else run.dataset(data_dir)
     data = ds.split(split)
-    dev = _device(model)
+    dev = model.device
     y = data.y if model.config.conditional else None
     if model.config.conditional and y is None:
         raise ValueError(f"a conditional model's {kind} plot needs labels, and the {split} split has none")

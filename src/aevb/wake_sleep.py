@@ -19,28 +19,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .distributions import standard_normal_log_prob
-from .objectives import Terms, _as_images, _reduce
+from .objectives import Terms, as_images, reduce_terms
 
 
 def wake_loss(model, x: Tensor, generator: torch.Generator | None = None, reduction: str = "mean") -> Terms:
     """Wake phase: -(log p(x|z) + log p(z)) at z ~ q(z|x), the sample detached (decoder update)."""
-    x = _as_images(model, x)
+    x = as_images(model, x)
     q = model.encode(x)
     with torch.no_grad():
         z = q.rsample(generator=generator)  # (B, Z)
         log_q = q.log_prob(z)
-    log_joint = model.decode(z).log_prob(x) + standard_normal_log_prob(z)  # (B,)
+    log_joint = model.decode(z).log_prob(x) + model.prior.log_prob(z)  # (B,)
     terms = {"loss": -log_joint.mean(), "wake_log_joint": log_joint.detach(),
              "elbo": (log_joint - log_q).detach()}
-    return _reduce(terms, reduction)
+    return reduce_terms(terms, reduction)
 
 
 def dream(model, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(z, x~): z ~ N(0, I), x~ ~ p(x|z); no gradients. Shapes (n, Z) and (n, C, H, W)."""
-    device = next(model.parameters()).device
+    """(z, x~): z ~ p(z), x~ ~ p(x|z); no gradients. Shapes (n, Z) and (n, C, H, W)."""
     with torch.no_grad():
-        z = torch.randn(n, model.latent_dim, generator=generator, device=device)
+        z = model.prior.sample(n, generator=generator, device=model.device)
         x = model.decode(z).sample(generator=generator)
     return z, x
 
@@ -49,7 +47,7 @@ def sleep_loss(model, n: int, generator: torch.Generator | None = None, reductio
     """Sleep phase: -log q(z|x~) on n dreamt pairs (encoder update)."""
     z, x = dream(model, n, generator)
     log_q = model.encode(x).log_prob(z)  # (n,)
-    return _reduce({"loss": -log_q.mean(), "sleep_log_q": log_q.detach()}, reduction)
+    return reduce_terms({"loss": -log_q.mean(), "sleep_log_q": log_q.detach()}, reduction)
 
 
 def wake_sleep_step_loss(model, x: Tensor, generator: torch.Generator | None = None,
@@ -59,4 +57,4 @@ def wake_sleep_step_loss(model, x: Tensor, generator: torch.Generator | None = N
     sleep = sleep_loss(model, x.shape[0], generator=generator, reduction="none")
     terms = {"loss": wake["loss"] + sleep["loss"], "wake_log_joint": wake["wake_log_joint"],
              "sleep_log_q": sleep["sleep_log_q"], "elbo": wake["elbo"]}
-    return _reduce(terms, reduction)
+    return reduce_terms(terms, reduction)

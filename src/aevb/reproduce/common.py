@@ -15,7 +15,7 @@ from torch import Tensor
 from ..checkpoint import atomic_write
 from ..config import DataConfig, ModelConfig
 from ..data import Dataset, load_dataset
-from ..model import VAE
+from ..models import VAE
 
 PAPER_LRS = (0.01, 0.02, 0.1)  # the paper's Adagrad step sizes (section 5)
 PAPER_INIT_STD = 0.01  # N(0, 0.01) initialisation, read as std 0.01

@@ -122,7 +122,7 @@ class Explorer:
     def __init__(self, run, data_dir: str | None = None, map_points: int = MAP_POINTS):
         self.run = run
         self.model = run.model.eval()
-        self.device = next(self.model.parameters()).device
+        self.device = self.model.device
         self.latent_dim = self.model.latent_dim
         self.num_classes = run.config.model.num_classes
         self.shape = tuple(run.config.model.input_shape)  # (C, H, W)
@@ -212,16 +212,16 @@ class Explorer:
             raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
         given = self.label(label, required=False)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-        out: dict = {"z": torch.randn(self.latent_dim, generator=g).tolist()}
+        out: dict = {"z": self.model.prior.sample(1, generator=g, device="cpu")[0].tolist()}
         if self.num_classes:
             out["label"] = label if given is not None else int(torch.randint(self.num_classes, (), generator=g))
         return out
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
-        if self.run.config.model.kind == "vae":
+        if self.model.capabilities.has_posterior:
             q = self.model.encode(x, y)
-            mu, std = q.mu[0], q.std[0]
+            mu, std = q.mean[0], q.std[0]
         else:
             mu = self.model.embed(x, y)[0]
             std = torch.zeros_like(mu)
@@ -257,7 +257,7 @@ class Explorer:
 
     def info(self) -> dict:
         cfg = self.run.config
-        return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "kind": cfg.model.kind,
+        return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "family": cfg.model.family,
                 "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
                 "input_shape": list(self.shape), "has_map": self.latent_dim == 2, "num_classes": self.num_classes,
                 "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}

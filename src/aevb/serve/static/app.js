@@ -235,7 +235,7 @@ async function main() {
   } catch (e) { showError(e.message); return; }
   const i = state.info;
   const given = i.num_classes > 0 ? `, conditional on ${i.num_classes} labels` : "";
-  $("run-info").textContent = `${i.run}: ${i.kind.toUpperCase()} on ${i.dataset}${given}, ${i.latent_dim}-D latent, images ${i.input_shape.join("×")}`;
+  $("run-info").textContent = `${i.run}: ${i.family.toUpperCase()} on ${i.dataset}${given}, ${i.latent_dim}-D latent, images ${i.input_shape.join("×")}`;
   state.z = new Array(i.latent_dim).fill(0);
   buildSliders();
   if (i.num_classes > 0) setupLabels(i.num_classes);

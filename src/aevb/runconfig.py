@@ -1,0 +1,179 @@
+"""One path from what a user asks for to a run's configuration, for the CLI and the Python API alike.
+
+``plan_run`` applies, in this order: the starting configuration (a ``RunConfig``, a config.json,
+or the data set's defaults), a preset, the explicit settings; then it fits the model to the data
+(its input shape, and a conditional model's number of classes from the labels), and checks the
+output folder. Resuming takes the run's own configuration, of which only ``RESUMABLE`` may change.
+``aevb train`` and ``aevb.train`` both call it, so the rules and defaults are the same in both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint as ckpt
+from .config import PRESETS, ConfigError, RunConfig
+from .data import Dataset, load_dataset
+
+# What a resumed run may change: where and how it runs, and how long.
+RESUMABLE = ("epochs", "device", "data_dir", "download", "compile")
+# Other names for ModelConfig.family: ``model`` (as in --model), ``kind`` (deprecated).
+FAMILY_ALIASES = ("model", "kind")
+# What aevb writes into a run directory (removed before a run is overwritten).
+RUN_FILES = (ckpt.CONFIG, ckpt.WEIGHTS, ckpt.TRAIN_STATE, ckpt.METRICS, "samples.png", "reconstructions.png",
+             "report.html")
+
+
+@dataclass
+class RunPlan:
+    """What to train: the configuration, the run directory, whether it resumes, and the data when
+    it was read already (to fit the model to it)."""
+
+    config: RunConfig
+    out: Path
+    resume: bool
+    data: Dataset | None = None
+
+
+def default_config(dataset: str = "digits") -> RunConfig:
+    """Sensible defaults for a data set: its shape and usual likelihood."""
+    from .data import DEFAULT_LIKELIHOOD
+
+    shapes = {"digits": (1, 8, 8), "frey_face": (1, 28, 20)}
+    cfg = RunConfig()
+    cfg.data = replace(cfg.data, dataset=dataset)
+    cfg.model = replace(cfg.model, input_shape=shapes.get(dataset, (1, 28, 28)),
+                        likelihood=DEFAULT_LIKELIHOOD.get(dataset, "bernoulli"))
+    return cfg
+
+
+def _family_name(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``model=``/``kind=`` as ``family=`` (``kind`` with a deprecation warning)."""
+    out = dict(overrides)
+    for alias in FAMILY_ALIASES:
+        if alias in out:
+            if alias == "kind":
+                warnings.warn("'kind' is deprecated and will be removed in the next release; use 'model' "
+                              "(the model family)", DeprecationWarning, stacklevel=3)
+            value = out.pop(alias)
+            if "family" in out and out["family"] != value:
+                raise ConfigError(f"two model families were given: {out['family']!r} and {value!r}")
+            out["family"] = value
+    return out
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set fields by name on whichever of model/data/train has them; ``model``/``kind`` name the family.
+    A new family keeps the settings its config class shares with the old one."""
+    from .models import get_family
+
+    overrides = _family_name(overrides)
+    model_cls = get_family(overrides.get("family", config.model.family)).config
+    model = config.model
+    if type(model) is not model_cls:  # another family with a config class of its own
+        shared = {f.name: getattr(model, f.name) for f in fields(model) if f.name in {g.name for g in fields(model_cls)}}
+        model = model_cls(**shared)
+    parts = {"model": model, "data": config.data, "train": config.train}
+    changes: dict[str, dict[str, Any]] = {k: {} for k in parts}
+    for key, value in overrides.items():
+        owners = [name for name, obj in parts.items() if key in {f.name for f in fields(obj)}]
+        if not owners:
+            raise ConfigError(f"unknown setting {key!r}")
+        changes[owners[0]][key] = value
+    return RunConfig(model=replace(model, **changes["model"]), data=replace(config.data, **changes["data"]),
+                     train=replace(config.train, **changes["train"]), format_version=config.format_version)
+
+
+def default_out(dataset: str) -> Path:
+    """runs/DATASET (a folder: or npy: path flattened into one name)."""
+    return Path("runs") / dataset.replace(":", "_").replace("/", "_").strip("_")
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder that holds a run or other files, unless ``overwrite`` (then the run's
+    files are removed first; other files stay)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder; choose another output folder")
+    if not out.is_dir():
+        return
+    is_run = (out / ckpt.CONFIG).exists() or (out / ckpt.TRAIN_STATE).exists()
+    if is_run and not overwrite:
+        raise ConfigError(f"{out} already holds a run; resume it, or choose another output folder "
+                          "(or overwrite it)")
+    if not is_run and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty and is not a run directory; choose an empty or new folder")
+    if overwrite and is_run:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for folder in ("tensorboard", "plots"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def completed_epochs(run_dir: Path) -> int | None:
+    """How many epochs the run's training state has completed (None without a training state)."""
+    try:
+        _, progress, _ = ckpt.load_train_state(run_dir)
+    except ckpt.CheckpointError:
+        return None
+    return int(progress.get("epoch", 0))
+
+
+def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
+             config: RunConfig | str | Path | None = None, preset: str | None = None,
+             overrides: dict[str, Any] | None = None, conditional: bool = False, data: Dataset | None = None,
+             overwrite: bool = False) -> RunPlan:
+    """The configuration and run directory of a run to train (see the module docstring).
+
+    ``config``: a ``RunConfig`` or the path of a config.json to start from; ``overrides``: settings by
+    field name (``dataset``, ``epochs``, ``model``, ...), applied after ``preset``; ``conditional``:
+    condition on the data set's labels; ``data``: an already loaded data set; ``overwrite``: replace
+    a run already in ``out``.
+    """
+    overrides = _family_name(dict(overrides or {}))
+    if resume is not None:
+        if out is not None or config is not None or preset is not None or conditional or "dataset" in overrides:
+            raise ConfigError("a resumed run takes its own settings; do not also give an output folder, a data set, "
+                              "a configuration, a preset or conditional")
+        extra = sorted(set(overrides) - set(RESUMABLE))
+        if extra:
+            raise ConfigError(f"a resumed run keeps its settings; only {', '.join(RESUMABLE)} may change "
+                              f"(got {', '.join(extra)})")
+        run_dir = Path(resume)
+        saved = ckpt.read_config(run_dir)
+        done = completed_epochs(run_dir)
+        if done is not None and "epochs" in overrides and overrides["epochs"] < done:
+            raise ConfigError(f"{run_dir} has already trained {done} epochs; epochs must be at least {done} "
+                              f"(got {overrides['epochs']})")
+        return RunPlan(apply_overrides(saved, overrides), run_dir, resume=True, data=data)
+
+    if isinstance(config, (str, Path)):
+        config = RunConfig.load(config)
+    if "dataset" in overrides:
+        from .data.custom import absolute
+
+        overrides["dataset"] = absolute(overrides["dataset"])  # a run directory must not depend on the cwd
+    if config is None:
+        config = default_config(overrides.get("dataset", "digits"))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        overrides = {**PRESETS[preset], **overrides}
+    config = apply_overrides(config, overrides)
+    if data is None:
+        data = load_dataset(config.data)
+    fitted: dict[str, Any] = {}
+    if "input_shape" not in overrides:
+        fitted["input_shape"] = data.shape  # the model takes the data's (C, H, W)
+    if conditional and "num_classes" not in overrides:
+        from .conditional import num_classes_of
+
+        fitted["num_classes"] = num_classes_of(data)
+    if fitted:
+        config = replace(config, model=replace(config.model, **fitted))
+    run_dir = Path(out) if out is not None else default_out(config.data.dataset)
+    check_out(run_dir, overwrite)
+    return RunPlan(config, run_dir, resume=False, data=data)
