@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from aevb.config import DataConfig
-from aevb.data import DataError, load_dataset
+from aevb.data import DataError, dataset_info, load_dataset
+from aevb.data.dataset import shuffled_splits
 
 from .conftest import REPO, run_cli
 
@@ -147,6 +148,21 @@ def test_bad_arrays_raise_one_line_errors(tmp_path, name, arrays, match):
     with pytest.raises(DataError, match=match) as e:
         load(f"npy:{path}")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("valid_size,n_valid", [(None, 4), (0, 0), (9, 9)])
+def test_splits_are_the_shared_helper_with_seed_0(tmp_path, valid_size, n_valid):
+    rng = np.random.default_rng(1)
+    u8, y = rng.integers(0, 256, (43, 5, 6), dtype=np.uint8), rng.integers(0, 3, 43)
+    np.savez(tmp_path / "d.npz", x=u8, y=y)
+    ds = load(f"npy:{tmp_path / 'd.npz'}", valid_size=valid_size)
+    x = torch.from_numpy(u8).float().div(255).unsqueeze(1)
+    want = shuffled_splits(x, torch.from_numpy(y), 4, n_valid)  # 10% (at least 1) for test
+    for got, exp in zip((ds.train, ds.valid, ds.test), want):
+        assert (got is None) == (exp is None)
+        if got is not None:
+            assert torch.equal(got.x, exp.x) and torch.equal(got.y, exp.y)
+    assert dataset_info(f"npy:{tmp_path / 'd.npz'}") is None  # the shape is known only after reading
 
 
 def test_missing_and_unreadable_array_files(tmp_path):

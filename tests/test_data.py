@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import gzip
 import http.server
@@ -14,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from aevb.config import DataConfig
-from aevb.data import DataError, load_dataset, locate
+from aevb.config import LIKELIHOODS, DataConfig
+from aevb.data import DATASETS, DEFAULT_LIKELIHOOD, DataError, DatasetInfo, dataset_info, load_dataset, locate
+from aevb.data import registry
+from aevb.data.dataset import Split, hold_out, shuffled_splits
 from aevb.data.formats import parse_amat, parse_idx
 from aevb.data.registry import BINARIZED_FILES, MNIST_FILES
+
+from .conftest import REPO
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -83,6 +88,130 @@ def test_subset_and_bad_names():
         load_dataset(DataConfig(dataset="nope"))
     with pytest.raises(DataError, match="larger than the training split"):
         load_dataset(DataConfig(dataset="digits", subset=10_000))
+
+
+# --- the records ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_record_states_what_the_files_hold(name, request):
+    # digits ships with scikit-learn; the others need the real files
+    data_dir = None if name == "digits" else str(request.getfixturevalue("data_dir"))
+    info = dataset_info(name)
+    assert isinstance(info, DatasetInfo) and info.name == name and info.likelihood in LIKELIHOODS
+    ds = load_dataset(DataConfig(dataset=name, data_dir=data_dir, download=False))
+    assert ds.name == name and ds.shape == info.shape
+    assert (ds.binary, ds.num_classes) == (info.binary, info.num_classes)
+    x = torch.cat([s.x for s in (ds.train, ds.valid, ds.test) if s is not None])
+    assert bool(((x == 0) | (x == 1)).all()) == info.binary
+    if info.num_classes is None:
+        assert ds.train.y is None and ds.test.y is None
+    else:
+        assert int(torch.cat([ds.train.y, ds.test.y]).max()) == info.num_classes - 1
+
+
+def test_records_are_listed_by_name_and_documented():
+    assert list(DATASETS) == ["digits", "mnist", "fashion_mnist", "binarized_mnist", "frey_face"]
+    assert DEFAULT_LIKELIHOOD == {name: info.likelihood for name, info in DATASETS.items()}
+    assert DEFAULT_LIKELIHOOD["frey_face"] == "gaussian" and DEFAULT_LIKELIHOOD["mnist"] == "bernoulli"
+    for name in ("folder:/tmp/x", "npy:x.npz", "nope"):  # shape known only after reading, or unknown
+        assert dataset_info(name) is None
+    # the module docstring's table has one row per record, with its shape and likelihood
+    rows = [line.split("|")[1:-1] for line in registry.__doc__.splitlines() if line.startswith("| ``")]
+    table = {r[0].strip().strip("`"): (r[1].split(",")[0].strip(), r[-1].strip()) for r in rows}
+    assert table == {name: ("x".join(map(str, info.shape)), info.likelihood) for name, info in DATASETS.items()}
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+def _rows(split):
+    return split.x.flatten().long().tolist()
+
+
+@pytest.mark.parametrize("n,n_test,n_valid", [(10, 1, 1), (50, 7, 0), (1797, 300, 200), (5, 1, 3)])
+def test_shuffled_splits_partition_the_examples(n, n_test, n_valid):
+    x = torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1)  # each example is its own index
+    y = torch.arange(n) * 10
+    train, valid, test = shuffled_splits(x, y, n_test, n_valid)
+    parts = [s for s in (train, valid, test) if s is not None]
+    assert (len(train), len(test)) == (n - n_test - n_valid, n_test)
+    assert valid is None if n_valid == 0 else len(valid) == n_valid
+    assert sorted(sum((_rows(s) for s in parts), [])) == list(range(n))  # disjoint, and every example once
+    assert all(torch.equal(s.y, s.x.flatten().long() * 10) for s in parts)  # labels travel with their example
+    again = shuffled_splits(x, y, n_test, n_valid)
+    assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(parts, (s for s in again if s)))
+    other = shuffled_splits(x, None, n_test, n_valid, seed=1)
+    assert all(s.y is None for s in other if s is not None)
+    assert [_rows(s) for s in other if s] != [_rows(s) for s in parts]
+
+
+def test_shuffled_splits_is_the_numpy_permutation_and_checks_sizes():
+    x = torch.arange(20, dtype=torch.float32).reshape(20, 1, 1, 1)
+    perm = np.random.default_rng(3).permutation(20).tolist()
+    train, valid, test = shuffled_splits(x, None, 4, 5, seed=3)
+    assert _rows(train) + _rows(valid) + _rows(test) == perm
+    for n_test in (0, 20):
+        with pytest.raises(DataError, match="test split"):
+            shuffled_splits(x, None, n_test, 1)
+    with pytest.raises(DataError, match="leaves no training data"):
+        shuffled_splits(x, None, 4, 16)
+
+
+def test_hold_out_takes_the_last_examples():
+    s = Split(torch.arange(6.0).reshape(6, 1, 1, 1), torch.arange(6))
+    train, valid = hold_out(s, 2)
+    assert train.y.tolist() == [0, 1, 2, 3] and valid.y.tolist() == [4, 5] and _rows(valid) == [4, 5]
+    assert hold_out(s, 0) == (s, None)
+    with pytest.raises(DataError, match="leaves no training data"):
+        hold_out(s, 6)
+
+
+def test_digits_splits_are_the_shared_helper_with_seed_0():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16).unsqueeze(1)
+    ds = load_dataset(DataConfig(dataset="digits"))
+    for got, want in zip((ds.train, ds.valid, ds.test), shuffled_splits(x, torch.from_numpy(d.target), 300, 200)):
+        assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
+
+
+# --- the package's import graph --------------------------------------------------------------
+
+
+def _imports_within(package: Path) -> dict[str, set[str]]:
+    """module -> the sibling modules it imports (at module level or inside a function)."""
+    modules = {f.stem for f in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("aevb.data."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("aevb.data.")}
+        graph[name] = deps & modules - {name}
+    return graph
+
+
+def test_data_modules_import_each_other_in_one_direction():
+    graph = _imports_within(REPO / "src" / "aevb" / "data")
+    assert graph["dataset"] <= {"files"} and graph["files"] == set()  # the leaves
+    assert "registry" not in graph["custom"]
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name not in done:
+            for dep in sorted(graph[name]):
+                visit(dep, path + (name,))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
 
 
 # --- checksums ---------------------------------------------------------------------------

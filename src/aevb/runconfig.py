@@ -41,13 +41,13 @@ class RunPlan:
 
 def default_config(dataset: str = "digits") -> RunConfig:
     """Sensible defaults for a data set: its shape and usual likelihood."""
-    from .data import DEFAULT_LIKELIHOOD
+    from .data import dataset_info
 
-    shapes = {"digits": (1, 8, 8), "frey_face": (1, 28, 20)}
+    info = dataset_info(dataset)  # None for folder:/npy: data: plan_run fits the shape to what it reads
     cfg = RunConfig()
     cfg.data = replace(cfg.data, dataset=dataset)
-    cfg.model = replace(cfg.model, input_shape=shapes.get(dataset, (1, 28, 28)),
-                        likelihood=DEFAULT_LIKELIHOOD.get(dataset, "bernoulli"))
+    cfg.model = replace(cfg.model, input_shape=info.shape if info else (1, 28, 28),
+                        likelihood=info.likelihood if info else "bernoulli")
     return cfg
 
 

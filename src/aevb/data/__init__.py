@@ -1,6 +1,9 @@
-"""Data sets: registry, original-format parsers, checked downloads."""
+"""Data sets: the containers (``dataset``), the registry of built-in sets (``registry``), your own
+folders and arrays (``custom``), original-format parsers (``formats``), checked downloads (``files``)."""
 
+from .dataset import Dataset, Split
 from .files import DataError, FileSpec, locate
-from .registry import DATASETS, DEFAULT_LIKELIHOOD, Dataset, Split, load_dataset
+from .registry import DATASETS, DEFAULT_LIKELIHOOD, DatasetInfo, dataset_info, load_dataset
 
-__all__ = ["DATASETS", "DEFAULT_LIKELIHOOD", "DataError", "Dataset", "FileSpec", "Split", "load_dataset", "locate"]
+__all__ = ["DATASETS", "DEFAULT_LIKELIHOOD", "DataError", "Dataset", "DatasetInfo", "FileSpec", "Split", "dataset_info",
+           "load_dataset", "locate"]

@@ -21,7 +21,8 @@
     uint8 values are divided by 255; float values must already lie in [0, 1] (NaN and
     Inf are rejected).
 
-Splits (both sources): the images are shuffled with a fixed permutation (numpy seed 0);
+Splits (both sources, cut by ``aevb.data.dataset.shuffled_splits`` as for digits and frey_face):
+the images are shuffled with a fixed permutation (numpy seed 0);
 the last 10% (at least 1) are the test split, and the last ``valid_size`` (default 10%,
 at least 1; 0 for none) of the rest the validation split. At least 3 images are needed.
 Every problem raises ``DataError`` with one line that names the file.
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from .dataset import Dataset, shuffled_splits
 from .files import DataError
 
 PREFIXES = ("folder:", "npy:")
@@ -54,7 +56,7 @@ def absolute(name: str) -> str:
     return f"{kind}:{Path(path).expanduser().absolute()}" if path else name
 
 
-def load_custom(cfg: DataConfig):
+def load_custom(cfg: DataConfig) -> Dataset:
     """The ``Dataset`` named ``folder:PATH`` or ``npy:PATH``."""
     kind, _, path = cfg.dataset.partition(":")
     if not path:
@@ -187,9 +189,8 @@ def _images_from_array(x: np.ndarray, name: str) -> torch.Tensor:
 # --- splits -----------------------------------------------------------------------------
 
 
-def _splits(name: str, x: torch.Tensor, y: torch.Tensor | None, n_classes: int | None, valid_size: int | None):
-    from .registry import Dataset, Split
-
+def _splits(name: str, x: torch.Tensor, y: torch.Tensor | None, n_classes: int | None,
+            valid_size: int | None) -> Dataset:
     n = len(x)
     if n < 3:
         raise DataError(f"{name}: found {n} image(s); at least 3 are needed (train, validation and test)")
@@ -197,14 +198,6 @@ def _splits(name: str, x: torch.Tensor, y: torch.Tensor | None, n_classes: int |
     n_valid = max(1, n // 10) if valid_size is None else valid_size
     if n_valid >= n - n_test:
         raise DataError(f"{name}: valid_size {n_valid} leaves no training data ({n} images, {n_test} for test)")
-    perm = torch.from_numpy(np.random.default_rng(0).permutation(n))
-    x = x[perm]
-    y = None if y is None else y[perm]
-
-    def part(a: int, b: int) -> Split:
-        return Split(x[a:b], None if y is None else y[a:b])
-
-    cut_test, cut_valid = n - n_test, n - n_test - n_valid
-    valid = part(cut_valid, cut_test) if n_valid else None
+    train, valid, test = shuffled_splits(x, y, n_test, n_valid)
     binary = bool(((x == 0) | (x == 1)).all())
-    return Dataset(name, part(0, cut_valid), valid, part(cut_test, n), binary=binary, num_classes=n_classes)
+    return Dataset(name, train, valid, test, binary=binary, num_classes=n_classes)

@@ -1,16 +1,22 @@
 """The data sets aevb knows by name, each read from its original files.
 
-| name | shape | train / valid / test | labels |
-|---|---|---|---|
-| ``digits`` | 1x8x8, grey in [0, 1] (values /16) | 1297 / 200 / 300 (fixed permutation, seed 0) | 10 classes |
-| ``mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (valid = last 10000 of the official train set) | 10 |
-| ``fashion_mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (as mnist) | 10 |
-| ``binarized_mnist`` | 1x28x28, {0, 1} | 50000 / 10000 / 10000 (Larochelle & Murray's files) | none |
-| ``frey_face`` | 1x28x20, grey in [0, 1] | 1565 / 200 / 200 (fixed permutation, seed 0) | none |
+| name | shape | train / valid / test | labels | likelihood |
+|---|---|---|---|---|
+| ``digits`` | 1x8x8, grey in [0, 1] (values /16) | 1297 / 200 / 300 (fixed permutation, seed 0) | 10 classes | bernoulli |
+| ``mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (valid = last 10000 of the official train set) | 10 | bernoulli |
+| ``fashion_mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (as mnist) | 10 | bernoulli |
+| ``binarized_mnist`` | 1x28x28, {0, 1} | 50000 / 10000 / 10000 (Larochelle & Murray's files) | none | bernoulli |
+| ``frey_face`` | 1x28x20, grey in [0, 1] | 1565 / 200 / 200 (fixed permutation, seed 0) | none | gaussian |
+
+Each row is one ``DatasetInfo`` record in ``DATASETS``; ``dataset_info(name)`` looks one
+up. The likelihood is the decoder the data set is usually modelled with (the paper:
+Bernoulli for MNIST, learned-variance Gaussian for Frey Face), the default of
+``aevb.train.default_config``.
 
 ``valid_size`` changes how many training examples mnist, fashion_mnist, digits and
 frey_face hold out (0 trains on all of them). Every split is a float32 tensor of
-shape (N, C, H, W); labels are int64 (N,).
+shape (N, C, H, W); labels are int64 (N,). The permuted splits are cut by
+``aevb.data.dataset.shuffled_splits``, as are those of your own data.
 
 Your own data, ``folder:PATH`` and ``npy:PATH``, is read by ``aevb.data.custom``.
 """
@@ -24,6 +30,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from .custom import is_custom, load_custom
+from .dataset import Dataset, Split, hold_out, shuffled_splits
 from .files import DataError, FileSpec, locate
 from .formats import read_amat, read_frey, read_idx
 
@@ -66,42 +74,6 @@ FREY_FILE = FileSpec("frey_face/frey_rawface.mat", "265a83a23adb081755cd3de37550
                      ("https://cs.nyu.edu/~roweis/data/frey_rawface.mat",))
 
 
-@dataclass
-class Split:
-    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
-    y: torch.Tensor | None = None  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def to(self, device: torch.device | str) -> "Split":
-        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    valid: Split | None
-    test: Split
-    binary: bool  # every value is exactly 0 or 1
-    num_classes: int | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
-
-    def split(self, name: str) -> Split:
-        s = {"train": self.train, "valid": self.valid, "test": self.test}.get(name)
-        if s is None:
-            raise DataError(f"data set {self.name} has no {name!r} split")
-        return s
-
-    def to(self, device: torch.device | str) -> "Dataset":
-        return Dataset(self.name, self.train.to(device), self.valid.to(device) if self.valid else None,
-                       self.test.to(device), self.binary, self.num_classes)
-
-
 def _images(arr: np.ndarray, scale: float) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     x /= scale
@@ -112,75 +84,90 @@ def _labels(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.int64))
 
 
-def _hold_out(train: Split, n_valid: int) -> tuple[Split, Split | None]:
-    if n_valid == 0:
-        return train, None
-    if n_valid >= len(train):
-        raise DataError(f"valid_size {n_valid} leaves no training data (the training split has {len(train)})")
-    cut = len(train) - n_valid
-    y = train.y
-    return (Split(train.x[:cut], None if y is None else y[:cut]),
-            Split(train.x[cut:], None if y is None else y[cut:]))
+Splits = tuple[Split, Split | None, Split]  # train, valid (None for valid_size 0), test
 
 
-def _permuted_splits(x: torch.Tensor, y: torch.Tensor | None, n_test: int, n_valid: int) -> tuple[Split, Split | None, Split]:
-    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(x)))
-    x = x[perm]
-    y = None if y is None else y[perm]
-    test = Split(x[-n_test:], None if y is None else y[-n_test:])
-    train, valid = _hold_out(Split(x[:-n_test], None if y is None else y[:-n_test]), n_valid)
-    return train, valid, test
+def _valid_size(cfg: DataConfig, default: int) -> int:
+    return default if cfg.valid_size is None else cfg.valid_size
 
 
-def _digits(cfg: DataConfig) -> Dataset:
+def _digits(cfg: DataConfig) -> Splits:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = _images(d.images, 16.0)
-    train, valid, test = _permuted_splits(x, _labels(d.target), 300, 200 if cfg.valid_size is None else cfg.valid_size)
-    return Dataset("digits", train, valid, test, binary=False, num_classes=10)
+    return shuffled_splits(_images(d.images, 16.0), _labels(d.target), 300, _valid_size(cfg, 200))
 
 
-def _idx_dataset(name: str, files: dict[str, FileSpec], cfg: DataConfig) -> Dataset:
-    def get(key: str, ndim: int) -> np.ndarray:
-        return read_idx(locate(files[key], cfg.data_dir, cfg.download), ndim)
+def _idx_splits(name: str, files: dict[str, FileSpec]) -> Callable[[DataConfig], Splits]:
+    def read(cfg: DataConfig) -> Splits:
+        def get(key: str, ndim: int) -> np.ndarray:
+            return read_idx(locate(files[key], cfg.data_dir, cfg.download), ndim)
 
-    full = Split(_images(get("train-images", 3), 255.0), _labels(get("train-labels", 1)))
-    test = Split(_images(get("t10k-images", 3), 255.0), _labels(get("t10k-labels", 1)))
-    for split, n in ((full, 60000), (test, 10000)):
-        if len(split.x) != n or len(split.y) != n:
-            raise DataError(f"{name}: expected {n} images and labels, found {len(split.x)} and {len(split.y)}")
-    train, valid = _hold_out(full, 10000 if cfg.valid_size is None else cfg.valid_size)
-    return Dataset(name, train, valid, test, binary=False, num_classes=10)
+        full = Split(_images(get("train-images", 3), 255.0), _labels(get("train-labels", 1)))
+        test = Split(_images(get("t10k-images", 3), 255.0), _labels(get("t10k-labels", 1)))
+        for split, n in ((full, 60000), (test, 10000)):
+            if len(split.x) != n or len(split.y) != n:
+                raise DataError(f"{name}: expected {n} images and labels, found {len(split.x)} and {len(split.y)}")
+        return (*hold_out(full, _valid_size(cfg, 10000)), test)
+
+    return read
 
 
-def _binarized_mnist(cfg: DataConfig) -> Dataset:
+def _binarized_mnist(cfg: DataConfig) -> Splits:
     def get(split: str, n: int) -> Split:
         arr = read_amat(locate(BINARIZED_FILES[split], cfg.data_dir, cfg.download))
         if arr.shape != (n, 784):
             raise DataError(f"binarized_mnist {split}: expected ({n}, 784), found {arr.shape}")
         return Split(_images(arr.reshape(-1, 28, 28), 1.0))
 
-    return Dataset("binarized_mnist", get("train", 50000), get("valid", 10000), get("test", 10000), binary=True)
+    return get("train", 50000), get("valid", 10000), get("test", 10000)
 
 
-def _frey_face(cfg: DataConfig) -> Dataset:
+def _frey_face(cfg: DataConfig) -> Splits:
     x = _images(read_frey(locate(FREY_FILE, cfg.data_dir, cfg.download)), 255.0)
-    train, valid, test = _permuted_splits(x, None, 200, 200 if cfg.valid_size is None else cfg.valid_size)
-    return Dataset("frey_face", train, valid, test, binary=False)
+    return shuffled_splits(x, None, 200, _valid_size(cfg, 200))
 
 
-DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
-    "digits": _digits,
-    "mnist": lambda cfg: _idx_dataset("mnist", MNIST_FILES, cfg),
-    "fashion_mnist": lambda cfg: _idx_dataset("fashion_mnist", FASHION_FILES, cfg),
-    "binarized_mnist": _binarized_mnist,
-    "frey_face": _frey_face,
-}
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything aevb knows about a built-in data set before reading it."""
 
-# The decoder each data set is usually modelled with (the paper: Bernoulli for MNIST,
-# learned-variance Gaussian for Frey Face).
-DEFAULT_LIKELIHOOD = {"frey_face": "gaussian"}
+    name: str
+    splits: Callable[[DataConfig], Splits]  # reads the files, cuts train, valid (None for valid_size 0), test
+    shape: tuple[int, int, int]  # (C, H, W) of every example
+    likelihood: str  # the decoder it is usually modelled with (a ModelConfig.likelihood)
+    num_classes: int | None  # None: no labels
+    binary: bool  # every value is exactly 0 or 1, before any --binarize
+    description: str
+
+    def read(self, cfg: DataConfig) -> Dataset:
+        """The data set as read from its files: no binarization or subset (``load_dataset`` applies those)."""
+        return Dataset(self.name, *self.splits(cfg), binary=self.binary, num_classes=self.num_classes)
+
+
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+    DatasetInfo("digits", _digits, shape=(1, 8, 8), likelihood="bernoulli", num_classes=10, binary=False,
+                description="scikit-learn's 8x8 handwritten digits (1797 images, shipped with scikit-learn)"),
+    DatasetInfo("mnist", _idx_splits("mnist", MNIST_FILES), shape=(1, 28, 28), likelihood="bernoulli",
+                num_classes=10, binary=False, description="MNIST handwritten digits, the original IDX files"),
+    DatasetInfo("fashion_mnist", _idx_splits("fashion_mnist", FASHION_FILES), shape=(1, 28, 28),
+                likelihood="bernoulli", num_classes=10, binary=False,
+                description="Fashion-MNIST clothing images, the original IDX files"),
+    DatasetInfo("binarized_mnist", _binarized_mnist, shape=(1, 28, 28), likelihood="bernoulli", num_classes=None,
+                binary=True, description="statically binarized MNIST (Larochelle & Murray's .amat files)"),
+    DatasetInfo("frey_face", _frey_face, shape=(1, 28, 20), likelihood="gaussian", num_classes=None, binary=False,
+                description="Frey Face video frames (Roweis's frey_rawface.mat)"),
+)}
+
+
+def dataset_info(name: str) -> DatasetInfo | None:
+    """The record of a built-in data set; None for any other name: ``folder:``/``npy:`` data,
+    whose shape is known only after reading it, and unknown names (``load_dataset`` reports those)."""
+    return DATASETS.get(name)
+
+
+# Each built-in data set's usual likelihood, from its record.
+DEFAULT_LIKELIHOOD: dict[str, str] = {name: info.likelihood for name, info in DATASETS.items()}
 
 
 def _binarize(ds: Dataset, mode: str) -> Dataset:
@@ -199,17 +186,16 @@ def _binarize(ds: Dataset, mode: str) -> Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Read the data set named by ``cfg.dataset`` with its splits, binarization and subset applied."""
-    from .custom import is_custom, load_custom
-
-    loader = load_custom if is_custom(cfg.dataset) else DATASETS.get(cfg.dataset)
-    if loader is None:
+    if is_custom(cfg.dataset):
+        ds = load_custom(cfg)
+    elif cfg.dataset in DATASETS:
+        ds = DATASETS[cfg.dataset].read(cfg)
+    else:
         raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
                         "folder:PATH or npy:PATH")
-    ds = _binarize(loader(cfg), cfg.binarize)
+    ds = _binarize(ds, cfg.binarize)
     if cfg.subset is not None:
         if cfg.subset > len(ds.train):
             raise DataError(f"subset {cfg.subset} is larger than the training split ({len(ds.train)})")
-        y = ds.train.y
-        ds = Dataset(ds.name, Split(ds.train.x[: cfg.subset], None if y is None else y[: cfg.subset]),
-                     ds.valid, ds.test, ds.binary, ds.num_classes)
+        ds = Dataset(ds.name, ds.train[: cfg.subset], ds.valid, ds.test, ds.binary, ds.num_classes)
     return ds
