@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 import aevb
 from aevb.config import ModelConfig, RunConfig
-from aevb.distributions import DiagonalGaussian, StandardNormal
 from aevb.models import Capabilities, Family, LatentVariableModel, build_model, register
 from aevb.models.registry import FAMILIES
 from aevb.nets import NetworkError, UntrustedCode, network_spec

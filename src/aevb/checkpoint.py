@@ -105,7 +105,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def read_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} is not a directory; pass the run directory that `aevb train --out` wrote")
+        raise CheckpointError(f"{run_dir} is not a directory; pass a run directory (the folder a training run writes)")
     path = run_dir / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no {CONFIG}; it is not an aevb run directory")

@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except TrainingInterrupted as e:
-        click.echo(f"aevb: {e}", err=True)
+        click.echo(f"aevb: {e}; continue with: aevb train --resume {e.run_dir}", err=True)
         return 130
     except click.exceptions.Abort:
         click.echo("aevb: aborted", err=True)

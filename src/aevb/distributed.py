@@ -57,11 +57,6 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def shutdown(info: DistInfo) -> None:
     """Leave the process group together: a barrier first, so that no rank tears down its gloo
     connections while a peer is still using them (which aborted a rank with SIGABRT,

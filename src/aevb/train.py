@@ -53,7 +53,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C (SIGINT) during training: the state was checkpointed first."""
+    """Ctrl-C (SIGINT) during training: the state was checkpointed first, in ``run_dir``."""
+
+    def __init__(self, run_dir: Path, message: str):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 class ObjectiveModule(nn.Module):
@@ -460,8 +464,8 @@ class Trainer:
                     if self.interrupted:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
-                        raise TrainingInterrupted(f"interrupted at step {self.global_step}; checkpoint saved in "
-                                                  f"{self.out}; continue with: aevb train --resume {self.out}")
+                        raise TrainingInterrupted(self.out, f"interrupted at step {self.global_step}; checkpoint "
+                                                  f"saved in {self.out}")
                 self.epoch_seconds += time.perf_counter() - start
                 self.check_guard()
                 line = self._end_epoch()

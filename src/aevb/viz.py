@@ -10,7 +10,6 @@ prior either one ``label`` or, for samples without one, a grid with one row per 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -21,20 +20,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .conditional import label_tensor, one_hot  # noqa: E402
+from .images import tile  # noqa: E402
 
 
 def image_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile (N, C, H, W) images into one (rows*H, cols*W[, C]) array with ``pad`` pixels between."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    n, c, h, w = images.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    grid = torch.ones(c, nrow * (h + pad) - pad, ncol * (w + pad) - pad)
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        grid[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = images[i]
-    arr = grid.permute(1, 2, 0).numpy()
-    return arr[..., 0] if c == 1 else arr
+    """Tile (N, C, H, W) images into one (rows*H, cols*W[, C]) array with ``pad`` pixels between
+    (``aevb.images.tile``), as matplotlib shows it."""
+    arr = tile(images, ncol, pad).permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
 def _show(ax, arr: np.ndarray) -> None:
@@ -56,7 +49,7 @@ def _prior_label(model, label: int | None) -> int | None:
     """The label a picture of the prior is drawn for: ``label``, 0 for a conditional model without one."""
     if not model.config.conditional:
         if label is not None:
-            raise ValueError("a label needs a conditional model; this one was trained without --conditional")
+            raise ValueError("a label needs a conditional model; this one was trained without labels")
         return None
     k = model.config.num_classes
     label = 0 if label is None else int(label)

@@ -106,7 +106,7 @@ def _read_folder(root: Path, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tenso
         if len(sizes) > 1:
             (w0, h0), (w1, h1) = sorted(sizes)[:2]
             raise DataError(f"folder:{root}: images have {len(sizes)} different sizes (e.g. {h0}x{w0} and {h1}x{w1}, "
-                            "height x width); choose one with --image-size")
+                            "height x width); choose one: image_size (--image-size on the command line)")
     arrays = []
     for im in images:
         im = im.convert(mode)

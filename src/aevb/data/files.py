@@ -80,8 +80,8 @@ def locate(spec: FileSpec, data_dir: str | os.PathLike | None = None, download: 
                 return p
     looked = ", ".join(str(d) for d in dirs)
     if not download:
-        raise DataError(f"{spec.path} not found in {looked}; pass --data-dir or set AEVB_DATA_DIR to the folder "
-                        "that holds it, or allow downloading")
+        raise DataError(f"{spec.path} not found in {looked}; give the folder that holds it as data_dir "
+                        "(--data-dir on the command line) or in AEVB_DATA_DIR, or allow downloading")
     return fetch(spec, dirs[0])
 
 

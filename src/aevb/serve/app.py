@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..images import tile
+
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
 MAX_ABS_Z = 1000.0  # latent values beyond this are certainly a mistake
@@ -94,11 +96,7 @@ def _static(name: str) -> bytes:
 def to_png(images: torch.Tensor) -> bytes:
     """(C, H, W) or a row (N, C, H, W) in [0, 1] -> PNG bytes (a row is tiled left to right, 1 px apart)."""
     if images.dim() == 4:
-        n, c, h, w = images.shape
-        strip = torch.ones(c, h, n * (w + 1) - 1)
-        for i in range(n):
-            strip[:, :, i * (w + 1) : i * (w + 1) + w] = images[i]
-        images = strip
+        images = tile(images, ncol=len(images))
     arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (C, H, W)
     img = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr[:3].transpose(1, 2, 0), "RGB")
     buf = io.BytesIO()
