@@ -35,7 +35,7 @@ def test_a_step_never_waits_for_the_device(tmp_path, monkeypatch, optimizer):
         terms, bad = t.step(x)
         t._accumulate(terms, bad)
     monkeypatch.undo()
-    assert int(t.skipped) == 0 and t.sums["_steps"].item() == 3
+    assert int(t.guard.skipped) == 0 and t.sums["_steps"].item() == 3
 
 
 def test_a_skipped_step_leaves_weights_and_optimizer_state_alone(tmp_path):
@@ -48,14 +48,14 @@ def test_a_skipped_step_leaves_weights_and_optimizer_state_alone(tmp_path):
     poisoned = x.clone()
     poisoned[0] = float("nan")
     terms, bad = t.step(poisoned)
-    assert bool(bad) and int(t.skipped) == 1 and int(t.consecutive_skips) == 1
+    assert bool(bad) and int(t.guard.skipped) == 1 and int(t.guard.consecutive) == 1
     assert all(torch.equal(a, b) for a, b in zip(weights, t.model.parameters()))
     assert all(torch.equal(a, s["step"]) for a, s in zip(steps, t.optimizer.state.values()))
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, t.optimizer.state.values()))
     t._accumulate(terms, bad)
     assert t.sums["_steps"].item() == 0 and torch.isfinite(t.sums["elbo"])  # the NaN is not averaged in
     t.step(x)
-    assert int(t.consecutive_skips) == 0 and int(t.skipped) == 1
+    assert int(t.guard.consecutive) == 0 and int(t.guard.skipped) == 1
 
 
 @pytest.mark.slow

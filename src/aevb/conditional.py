@@ -44,6 +44,23 @@ def check_labels(y: Tensor | None, num_classes: int, what: str = "labels") -> No
                          f"found {lo if lo < 0 else hi}")
 
 
+def check_label(label: int | None, num_classes: int, what: str = "label", required: bool = False) -> int | None:
+    """One integer label as a caller gave it (a command's option, a request's field): ``LabelError`` when
+    the model is not conditional, when it is out of range, or when it is ``required`` and missing.
+    The one check of a single label; the edges (CLI, HTTP) only turn the error into theirs."""
+    if label is None:
+        if required and num_classes:
+            raise LabelError(f"this model is conditional: send a {what} between 0 and {num_classes - 1}")
+        return None
+    if num_classes == 0:
+        raise LabelError(f"{what} needs a conditional model; this model is not conditional (it was trained "
+                         "without labels)")
+    if not 0 <= label < num_classes:
+        raise LabelError(f"{what} must be between 0 and {num_classes - 1} (the model's {num_classes} classes); "
+                         f"got {label}")
+    return int(label)
+
+
 def label_tensor(label: int, n: int, device: torch.device | str) -> Tensor:
     """``n`` copies of one integer label, shape (n,)."""
     return torch.full((n,), int(label), dtype=torch.long, device=device)

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .conditional import label_tensor, one_hot  # noqa: E402
+from .conditional import check_label, label_tensor, one_hot  # noqa: E402
 from .images import tile  # noqa: E402
 
 
@@ -47,15 +47,8 @@ def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Pa
 
 def _prior_label(model, label: int | None) -> int | None:
     """The label a picture of the prior is drawn for: ``label``, 0 for a conditional model without one."""
-    if not model.config.conditional:
-        if label is not None:
-            raise ValueError("a label needs a conditional model; this one was trained without labels")
-        return None
-    k = model.config.num_classes
-    label = 0 if label is None else int(label)
-    if not 0 <= label < k:
-        raise ValueError(f"label must be between 0 and {k - 1} (the model's {k} classes); got {label}")
-    return label
+    label = check_label(label, model.config.num_classes)
+    return 0 if label is None and model.config.conditional else label
 
 
 def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:

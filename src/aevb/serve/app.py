@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..conditional import LabelError, check_label
 from ..images import tile
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
@@ -142,18 +143,11 @@ class Explorer:
     def label(self, value: int | None, required: bool = True) -> torch.Tensor | None:
         """A conditional model's label as a (1,) tensor; None for an unconditional model (or when not
         ``required`` and not given)."""
-        k = self.num_classes
-        if k == 0:
-            if value is not None:
-                raise InputError("this model is not conditional; send no label")
-            return None
-        if value is None:
-            if required:
-                raise InputError(f"this model is conditional: send a label between 0 and {k - 1}")
-            return None
-        if not 0 <= value < k:
-            raise InputError(f"label must be between 0 and {k - 1}; got {value}")
-        return torch.tensor([value], dtype=torch.long, device=self.device)
+        try:
+            label = check_label(value, self.num_classes, "label", required=required)
+        except LabelError as e:
+            raise InputError(str(e)) from None
+        return None if label is None else torch.tensor([label], dtype=torch.long, device=self.device)
 
     def pixels(self, values: list[float]) -> torch.Tensor:
         c, h, w = self.shape
