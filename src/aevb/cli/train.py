@@ -1,0 +1,196 @@
+"""``aevb train``: train a model and write a run directory.
+
+    aevb train --dataset digits --epochs 100 --out runs/digits
+    aevb train --resume runs/digits --epochs 200
+    aevb train --dataset mnist --nproc 4 --out runs/mnist4     # 4 processes under torchrun
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, KINDS, PRESETS,
+                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS)
+from .errors import UserError, labels_for
+from .options import data_dir_option, device_option, image_size_option, int_list, seed_option
+
+ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
+
+_widths = int_list("layer widths", "500 or 400,400")
+
+
+@click.command()
+@click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face, "
+              "folder:PATH (PNG/JPEG images) or npy:PATH (.npy/.npz).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this directory (its own config; --epochs may raise the total).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
+@click.option("--kind", type=click.Choice(KINDS), help="vae, or a deterministic autoencoder (ae).")
+@click.option("--likelihood", type=click.Choice(LIKELIHOODS),
+              help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
+@click.option("--architecture", type=click.Choice(ARCHITECTURES), help="mlp, or conv (convolutional).")
+@click.option("--conv-channels", callback=_widths, help="conv: channels of the stride-2 convolutions, e.g. 32,64.")
+@click.option("--hidden", callback=_widths, help="Hidden layer widths, e.g. 500 or 400,400.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS))
+@click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
+@click.option("--conditional", is_flag=True,
+              help="Condition encoder and decoder on the label (a conditional VAE; needs a labelled data set).")
+@click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
+              help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
+@click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), help="Train on the ELBO or the IWAE bound.")
+@click.option("--iwae-k", type=click.IntRange(min=1), help="Samples of the IWAE training bound.")
+@click.option("--beta", type=click.FloatRange(min=0), help="KL weight (beta-VAE); 1 is the ELBO.")
+@click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
+@click.option("--free-bits", type=click.FloatRange(min=0), help="Nats per latent dimension not pushed to the prior.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS))
+@click.option("--lr", type=float, help="Learning rate (step size).")
+@click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
+@seed_option(default=None)
+@device_option
+@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
+@click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
+@click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
+@image_size_option
+@click.option("--fit", type=click.Choice(FITS), help="folder: resize (default) or crop (centre) to --image-size.")
+@click.option("--channels", type=click.Choice([str(c) for c in CHANNELS]), help="folder: 1 (grey) or 3 (RGB).")
+@data_dir_option
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data files.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between mid-epoch checkpoints.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Start from a config.json; flags override it.")
+@click.option("--clip-grad-norm", type=click.FloatRange(min=0, min_open=True), help="Clip the gradient norm to this.")
+@click.option("--skip-grad-norm", type=click.FloatRange(min=0, min_open=True),
+              help="Skip steps whose gradient norm exceeds this (non-finite ones always are).")
+@click.option("--max-skips", type=click.IntRange(min=1), help="Stop after this many consecutive skipped steps.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Autocast dtype: fp32, bf16 (CPU/CUDA) or fp16 (CUDA); log-likelihoods stay float32.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="fast: the batch size, step size and precision that reach a target ELBO soonest "
+              "(docs/performance.md); other flags override it.")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the training objective (first step compiles; cached for later runs).")
+@click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
+def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, conv_channels, channels,
+          device, nproc, conditional, **flags) -> None:
+    """Train a VAE (or an AE) and write a run directory.
+
+    Several processes: --nproc N here, or torchrun --nproc_per_node=N -m aevb train ... (the
+    batch size is global); see docs/scaling.md for several machines.
+    """
+    from ..checkpoint import read_config
+    from ..config import RunConfig
+    from ..distributed import shutdown
+    from ..train import Trainer, apply_overrides, default_config, fit_to_data
+
+    if nproc is not None and nproc > 1:
+        _relaunch_under_torchrun(nproc)
+        return
+
+    preset = flags.pop("preset", None)
+    overrides: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if hidden is not None:
+        overrides["hidden"] = hidden
+    if conv_channels is not None:
+        overrides["conv_channels"] = conv_channels
+    if channels is not None:
+        overrides["channels"] = int(channels)
+    overrides["device"] = device
+    if dataset is not None:
+        from ..data.custom import absolute
+
+        dataset = absolute(dataset)  # a run directory must not depend on the working directory
+    if no_download:
+        overrides["download"] = False
+    if resume is not None:
+        if out is not None or dataset is not None or config_file is not None or conditional:
+            raise UserError("--resume takes the run's own settings; do not combine it with --out, --dataset, "
+                            "--config or --conditional")
+        allowed = {"epochs", "device", "data_dir", "download", "compile"}
+        extra = sorted(set(overrides) - allowed)
+        if extra:
+            raise UserError(f"--resume keeps the run's settings; only --epochs, --device, --data-dir, --compile may change (got {', '.join(extra)})")
+        config = read_config(resume)
+        config = apply_overrides(config, overrides)
+        run_dir = resume
+        trainer = Trainer(config, run_dir, progress=not no_progress)
+        trainer.restore()
+    else:
+        if config_file is not None:
+            config = RunConfig.load(config_file)
+            if dataset:
+                overrides["dataset"] = dataset
+        else:
+            config = default_config(dataset or "digits")
+        config = apply_overrides(config, overrides)
+        data = None
+        if config_file is None:  # the model takes the data's (C, H, W) unless a config file fixed it
+            config, data = fit_to_data(config)
+        if conditional:  # the number of classes comes from the data set's labels
+            from dataclasses import replace
+
+            from ..conditional import num_classes_of
+            from ..data import load_dataset
+
+            data = data if data is not None else load_dataset(config.data)
+            config = replace(config, model=replace(config.model, num_classes=num_classes_of(data)))
+        run_dir = out or Path("runs") / config.data.dataset.replace(":", "_").replace("/", "_")
+        if (run_dir / "train_state.safetensors").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        trainer = Trainer(config, run_dir, dataset=data, progress=not no_progress)
+    try:
+        lines = trainer.run()
+    finally:
+        shutdown(trainer.dist)
+    if not trainer.dist.is_main:
+        return
+    click.echo(f"run directory: {run_dir}")
+    if lines:
+        click.echo(json.dumps(lines[-1]))
+    if not no_figures:
+        _figures(run_dir, str(trainer.device))
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """Run this same `aevb train` command as N processes under torchrun (one machine)."""
+    import subprocess
+
+    args, skip = [], False
+    for a in ARGV:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "aevb", *args]
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise click.ClickException(f"the {nproc}-process run failed (exit status {code}); see the messages above")
+
+
+def _figures(run_dir: Path, device: str) -> None:
+    from ..checkpoint import load
+    from ..report import write_report
+    from ..viz import plot_reconstructions, plot_samples
+
+    run = load(run_dir, device=device)
+    click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
+    test = run.dataset().test
+    x, y = test.x[:16].to(device), labels_for(run, test.y, 16, device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png', y=y)}")
+    click.echo(f"wrote {write_report(run)}")
