@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import click
 import pytest
 import torch
 from PIL import Image
@@ -89,3 +92,73 @@ def test_module_entry_point_and_help():
     for cmd in ("train", "evaluate", "sample", "reconstruct"):
         assert cmd in out
     assert "digits" in run_cli("data", "list").stdout
+
+
+def test_bare_aevb_prints_the_help_and_succeeds():
+    proc = run_cli()
+    assert proc.stdout.startswith("Usage: aevb") and "train" in proc.stdout and "evaluate" in proc.stdout
+    assert proc.stderr == ""
+
+
+HEAVY = ("torch", "matplotlib", "numpy", "scipy", "sklearn", "fastapi")
+
+
+def test_help_imports_neither_torch_nor_the_other_heavy_libraries():
+    from aevb.cli import cli
+
+    paths = [[]]  # every command and subcommand, each asked for --help
+    for name, command in cli.commands.items():
+        paths.append([name])
+        paths += [[name, sub] for sub in getattr(command, "commands", {})]
+    code = ("import json, sys\n"
+            "from aevb.cli import main\n"
+            f"codes = [main([*path, '--help']) for path in {paths!r}]\n"
+            f"print(json.dumps([codes, [m for m in {HEAVY!r} if m in sys.modules]]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert codes == [0] * len(paths)
+    assert loaded == []
+
+
+def test_every_device_option_defaults_to_auto():
+    from aevb.cli import cli
+
+    commands = [c for c in cli.commands.values()]
+    commands += [sub for c in list(commands) for sub in getattr(c, "commands", {}).values()]
+    devices = [p for c in commands for p in c.params if p.name == "device"]
+    assert len(devices) >= 7  # train, evaluate, sample, reconstruct, plot, report, serve
+    assert {p.default for p in devices} == {"auto"}
+
+
+def test_int_list_parser():
+    from aevb.cli.options import int_list
+
+    widths = int_list("layer widths", "500 or 400,400")
+    assert widths(None, None, "400, 400") == (400, 400)
+    assert widths(None, None, None) is None
+    for bad, message in [("4x", "expected comma-separated layer widths such as 500 or 400,400"),
+                         ("0,3", "layer widths must be positive integers"), ("", "must be positive integers")]:
+        with pytest.raises(click.BadParameter, match=message):
+            widths(None, None, bad)
+    dims = int_list("latent dimensions", "0,1", count=2, min_value=None)
+    assert dims(None, None, "3,-1") == (3, -1)
+    with pytest.raises(click.BadParameter, match="expected two latent dimensions such as 0,1"):
+        dims(None, None, "0,1,2")
+    with pytest.raises(click.BadParameter, match="integers of at least 2"):
+        int_list("sizes", "2,3", min_value=2)(None, None, "1")
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    code = ("import sys, aevb\n"
+            "assert 'torch' not in sys.modules and 'train' in dir(aevb)\n"
+            "from aevb.train import Trainer  # the submodules first: aevb.train stays the function\n"
+            "import aevb.evaluate\n"
+            "assert callable(aevb.train) and aevb.train.__module__ == 'aevb.train', aevb.train\n"
+            "assert callable(aevb.evaluate) and aevb.evaluate.__module__ == 'aevb.evaluate', aevb.evaluate\n"
+            "from aevb import *\n"
+            "assert VAE is aevb.VAE and load is aevb.load\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import aevb
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        aevb.nope  # noqa: B018

@@ -320,7 +320,7 @@ def test_unknown_query_parameters_are_ignored(client):
 
 
 def test_serve_command_binds_localhost_by_default():
-    from aevb.commands_viz import serve
+    from aevb.cli.serve import serve
 
     host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from aevb import viz
-from aevb.commands_viz import PLOT_KINDS as CLI_KINDS
+from aevb.cli.figures import PLOT_KINDS as CLI_KINDS
 
 from .vizmodels import aevb, colour_run, digits_run
 

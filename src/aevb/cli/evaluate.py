@@ -1,0 +1,66 @@
+"""``aevb evaluate``: a run's bounds and latent statistics on a split.
+
+    aevb evaluate runs/digits --k 1000 --json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import labels_for
+from .options import data_dir_option, device_option, resolved_device, seed_option, split_option
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--k", type=click.IntRange(min=0), default=5000, show_default=True,
+              help="Importance samples per image for log p(x).")
+@split_option
+@click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Cap on the samples decoded at once per image (memory is bounded without it: "
+                   "chunks stay under 16 MiB).")
+@seed_option()
+@data_dir_option
+@device_option
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json) -> None:
+    """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
+    KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x)."""
+    from ..checkpoint import load
+    from ..evaluate import evaluate as run_eval
+
+    device = resolved_device(device)
+    run = load(run_dir, device=device)
+    ds = run.dataset(data_dir)
+    part = ds.split(split)
+    x, y = part.x, part.y
+    if limit:
+        x, y = x[:limit], (y[:limit] if y is not None else None)
+    conditional = run.config.model.conditional
+    if conditional:
+        labels_for(run, y, None, device)  # a clear error when the split has no labels
+    probe_train = (ds.train.x.to(device), ds.train.y.to(device)) if probe and ds.train.y is not None else None
+    res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
+                   progress=not as_json and sys.stderr.isatty(),
+                   y=y.to(device) if ((probe or conditional) and y is not None) else None, probe_train=probe_train)
+    res["split"] = split
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{run.config.data.dataset} {split} split, {res['n']} images:")
+    if conditional:
+        click.echo(f"  conditional model ({run.config.model.num_classes} classes): every value is given the true "
+                   "label y (elbo and log_likelihood are of log p(x|y))")
+    for key, value in res.items():
+        if isinstance(value, float):
+            click.echo(f"  {key:24s} {value:.4f}")
+        elif key in ("active_units", "latent_dim"):
+            click.echo(f"  {key:24s} {value}")

@@ -1,0 +1,114 @@
+"""Figures of a run: ``aevb sample``, ``aevb reconstruct``, ``aevb plot`` and ``aevb report``.
+
+    aevb sample runs/digits --n 64
+    aevb reconstruct runs/digits
+    aevb plot runs/mnist2d --kind manifold --kind scatter     # PNGs in RUN_DIR/plots/
+    aevb report runs/mnist2d                                  # RUN_DIR/report.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .errors import labels_for
+from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option
+
+# Kept equal to aevb.viz.PLOT_KINDS (a test checks) so that `aevb --help` need not import matplotlib.
+PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", type=click.IntRange(min=1, max=1024), default=64, show_default=True)
+@click.option("--label", type=int,
+              help="Conditional models: draw every sample for this class (default: one row per class).")
+@seed_option()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
+@device_option
+def sample(run_dir, n, label, seed, out, device) -> None:
+    """A PNG grid of samples from the prior, decoded.
+
+    A conditional model draws all N for --label; without --label it draws one row per class,
+    N // classes columns (at least one), each column sharing one z, so a row shows a class and
+    a column one style.
+    """
+    from ..checkpoint import load
+    from ..conditional import check_label
+    from ..viz import plot_samples
+
+    run = load(run_dir, device=resolved_device(device))
+    check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
+    click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed, label=label)}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", type=click.IntRange(min=1, max=256), default=16, show_default=True)
+@split_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG path (default RUN_DIR/reconstructions.png).")
+@data_dir_option
+@device_option
+def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
+    """A PNG of test inputs above their reconstructions."""
+    from ..checkpoint import load
+    from ..viz import plot_reconstructions
+
+    device = resolved_device(device)
+    run = load(run_dir, device=device)
+    part = run.dataset(data_dir).split(split)
+    x, y = part.x[:n].to(device), labels_for(run, part.y, n, device)
+    click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n, y=y)}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(("all", *PLOT_KINDS)), default=("all",),
+              show_default=True, help="Which figure(s); repeat the flag for several.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the PNGs (default RUN_DIR/plots).")
+@click.option("--dims", default="0,1", show_default=True,
+              callback=int_list("latent dimensions", "0,1", count=2, min_value=None),
+              help="manifold: the two latent dimensions to span (others at 0).")
+@click.option("--n", type=click.IntRange(min=2, max=10000),
+              help="Grid side (manifold), images (samples, reconstructions), points (scatter) or steps.")
+@split_option
+@click.option("--a", "index_a", type=click.IntRange(min=0), default=0, show_default=True,
+              help="interpolate/traverse: index of the (first) image in the split.")
+@click.option("--b", "index_b", type=click.IntRange(min=0), default=1, show_default=True,
+              help="interpolate: index of the second image.")
+@click.option("--label", type=click.IntRange(min=0),
+              help="Conditional models: the class the manifold and samples are drawn for (default: manifold "
+                   "for 0, samples one row per class); data images always use their own labels.")
+@seed_option()
+@data_dir_option
+@device_option
+def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device) -> None:
+    """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
+    from ..checkpoint import load
+    from ..viz import make_plot
+
+    run = load(run_dir, device=resolved_device(device))
+    kinds = PLOT_KINDS if "all" in kinds else tuple(dict.fromkeys(kinds))
+    out = out or run_dir / "plots"
+    dataset = None
+    if any(k in ("scatter", "reconstructions", "interpolate", "traverse") for k in kinds):
+        dataset = run.dataset(data_dir)
+    for kind in kinds:
+        path = make_plot(run, kind, out / f"{kind}.png", dims=dims, n=n, split=split, seed=seed,
+                         index_a=index_a, index_b=index_b, dataset=dataset, label=label)
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML path (default RUN_DIR/report.html).")
+@data_dir_option
+@device_option
+def report(run_dir, out, data_dir, device) -> None:
+    """One self-contained HTML page: configuration, metrics and every figure."""
+    from ..checkpoint import load
+    from ..report import write_report
+
+    click.echo(f"wrote {write_report(load(run_dir, device=resolved_device(device)), out, data_dir)}")

@@ -1,0 +1,109 @@
+"""``aevb reproduce ...``: the paper's experiments as commands.
+
+    aevb reproduce figure2 --dataset frey_face --budget 10000000 --out results/fig2
+    aevb reproduce figure3 --budget 1000000 --out results/fig3
+    aevb reproduce iwae-table --budget 3000000 --out results/iwae
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import data_dir_option, int_list, seed_option
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+_out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                    help="Folder for the CSV and PNG.")
+_budget = click.option("--budget", type=click.IntRange(min=1), help="Training samples evaluated per model.")
+_threads_opt = click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
+
+
+@click.group()
+def reproduce() -> None:
+    """The paper's experiments: figure2, figure3, iwae-table (CSV + PNG)."""
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(["mnist", "frey_face"]), default="frey_face", show_default=True)
+@_budget
+@click.option("--nz", callback=int_list("latent sizes", "3,20"),
+              help="Latent sizes (default: the paper's for the data set).")
+@click.option("--algorithms", type=click.Choice(["both", "aevb", "wake-sleep"]), default="both", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Adagrad step size (default: chosen from 0.01, 0.02, 0.1 by a short trial).")
+@click.option("--n-eval", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Train and test images the bound is measured on.")
+@click.option("--points", type=click.IntRange(min=1), default=12, show_default=True)
+@_out
+@seed_option()
+@data_dir_option
+@_threads_opt
+def figure2(dataset, budget, nz, algorithms, lr, n_eval, points, out, seed, data_dir, threads) -> None:
+    """AEVB vs wake-sleep: lower bound per datapoint vs training samples (the paper's figure 2)."""
+    from ..reproduce import figure2 as fig2
+
+    _threads(threads)
+    algs = fig2.ALGORITHMS if algorithms == "both" else (algorithms,)
+    paths = fig2.run(dataset, out, budget=budget or 1_000_000, nzs=nz, algorithms=algs, lr=lr, n_eval=n_eval,
+                     points=points, seed=seed, data_dir=data_dir, log=click.echo)
+    for p in paths.values():
+        click.echo(f"wrote {p}")
+
+
+@click.command()
+@_budget
+@click.option("--train-sizes", callback=int_list("training-set sizes", "1000,50000"), default="1000,50000",
+              show_default=True, help="Training-set sizes (MCEM runs at the smallest).")
+@click.option("--k", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Importance samples per image for log p(x).")
+@click.option("--n-eval", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--points", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
+@click.option("--mcem/--no-mcem", default=True, show_default=True,
+              help="Train Monte Carlo EM at the smallest training size (--no-mcem: AEVB and wake-sleep only).")
+@_out
+@seed_option()
+@data_dir_option
+@_threads_opt
+def figure3(budget, train_sizes, k, n_eval, points, lr, mcem, out, seed, data_dir, threads) -> None:
+    """Estimated log p(x): AEVB vs wake-sleep vs Monte Carlo EM (the paper's figure 3)."""
+    from ..reproduce import figure3 as fig3
+
+    _threads(threads)
+    paths = fig3.run(out, budget=budget or 100_000, train_sizes=train_sizes, k=k, n_eval=n_eval, points=points,
+                     lr=lr, mcem=mcem, seed=seed, data_dir=data_dir, log=click.echo)
+    for p in paths.values():
+        click.echo(f"wrote {p}")
+
+
+@click.command("iwae-table")
+@_budget
+@click.option("--k", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--n-test", type=click.IntRange(min=1), help="Score only N test images (a fixed random subset).")
+@click.option("--subset", type=click.IntRange(min=1), help="Train on the first N training images.")
+@_out
+@seed_option()
+@data_dir_option
+@_threads_opt
+def iwae_table(budget, k, n_test, subset, out, seed, data_dir, threads) -> None:
+    """The IWAE paper's 1-layer VAE (784-200-200-50) on dynamically binarized MNIST, log p(x) at k."""
+    from ..reproduce import iwae_table as it
+
+    _threads(threads)
+    paths = it.run(out, budget=budget, k=k, n_test=n_test, subset=subset, seed=seed, data_dir=data_dir,
+                   log=click.echo)
+    for p in paths.values():
+        click.echo(f"wrote {p}")
+
+
+for _command in (figure2, figure3, iwae_table):
+    reproduce.add_command(_command)
