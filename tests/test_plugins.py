@@ -351,3 +351,15 @@ def test_a_format_1_run_loads_and_evaluates_to_the_same_numbers(tmp_path, family
     # migrated on load, and written back in the new format when saved again
     again = RunConfig.from_json(run.config.to_json())
     assert again == run.config
+
+
+def test_the_cli_loads_own_networks_only_with_trust_code(tmp_path, capsys):
+    from tests.vizmodels import aevb as run_aevb
+
+    aevb.train(dataset="digits", latent_dim=2, epochs=1, batch_size=50, out=tmp_path / "own", progress=False,
+               device="cpu", encoder=MyEncoder(2), decoder=MyDecoder(2))
+    rc, _, err = run_aevb(capsys, "sample", tmp_path / "own", "--out", tmp_path / "s.png")
+    assert rc == 1 and err.strip() == (f"aevb: error: this run's encoder is your own class {__name__}:MyEncoder; "
+                                       "rebuilding it imports and runs that code: pass --trust-code if you trust it")
+    rc, out, err = run_aevb(capsys, "sample", tmp_path / "own", "--out", tmp_path / "s.png", "--trust-code")
+    assert rc == 0 and (tmp_path / "s.png").stat().st_size > 1000, err

@@ -28,9 +28,8 @@ The x-dependent part is one dot product per row (u and c once per image), and th
 |l| and one log per ``LOG_GROUP`` pixels: sigmoid(|l|) lies in [1/2, 1], so a product of up to 64
 of them cannot underflow float32. log p(z) - log q(z|x) reduces to (sum eps^2 - sum z^2 + sum
 log sigma^2) / 2, the 2 pi terms cancelling. On a CPU the layers run through oneDNN's fused
-linear + activation (``dense_layer``), whose float32 GEMM ran 2.2-3.3x faster than torch.addmm's
-(MKL) on the AMD CPU we measured; elsewhere through addmm, tanh as 2 sigmoid(2a) - 1 (absolute error
-~1e-7, several times faster than torch.tanh on CPU). torch.compile did not pay (docs/performance.md).
+linear + activation (``dense_layer``); elsewhere through addmm, with tanh as 2 sigmoid(2a) - 1
+(absolute error ~1e-7). Why these choices, with the measurements: docs/performance.md, "Evaluation speed".
 """
 
 from __future__ import annotations
@@ -175,7 +174,7 @@ def bernoulli_prep(decoder: MLPDecoder, x: Tensor, mu: Tensor, log_var: Tensor,
 
 
 def _tanh_(a: Tensor) -> Tensor:
-    """tanh in place as 2 sigmoid(2a) - 1 (torch.tanh is several times slower on CPU)."""
+    """tanh in place as 2 sigmoid(2a) - 1 (faster than torch.tanh on CPU; docs/performance.md)."""
     return a.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
@@ -220,9 +219,8 @@ def use_onednn(gemm: str, like: Tensor) -> bool:
 
 
 def dense_layer(h: Tensor, linear: nn.Linear, activation: nn.Module | None, onednn: bool) -> Tensor:
-    """activation(h W^T + b) on rows h (R, in). With ``onednn`` one fused oneDNN call: on this
-    project's AMD CPU its float32 GEMM runs ~2.5x faster than torch.addmm's (MKL) and the
-    activation costs nothing extra; otherwise addmm and the activation in place."""
+    """activation(h W^T + b) on rows h (R, in). With ``onednn`` one fused oneDNN call (the activation
+    fused into the GEMM); otherwise addmm and the activation in place."""
     post_op = _ONEDNN_POST_OPS.get(type(activation))
     if onednn and post_op is not None:
         return torch.ops.mkldnn._linear_pointwise(h, linear.weight, linear.bias, post_op, [], "")

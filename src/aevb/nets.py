@@ -113,7 +113,15 @@ class NetworkError(ValueError):
 
 
 class UntrustedCode(NetworkError):
-    """Rebuilding a run's network would import code that the caller has not said to trust."""
+    """Rebuilding a run's network would import code that the caller has not said to trust:
+    ``part`` ("encoder" or "decoder") of class ``path`` ("module:QualName")."""
+
+    def __init__(self, part: str, path: str):
+        self.part, self.path = part, path
+        name = path.rpartition(":")[2].rpartition(".")[2]
+        super().__init__(f"this run's {part} is your own class {path}; rebuilding it imports and runs that code, "
+                         f"which aevb does only when asked: load with trust_code=True, or pass the class "
+                         f"(networks={{'{part}': {name}}})")
 
 
 def as_likelihood(cfg: ModelConfig, out):
@@ -166,9 +174,7 @@ def load_network(spec: Mapping[str, Any], part: str, trust_code: bool = False,
     if networks is not None and part in networks:
         cls = networks[part]
     elif not trust_code:
-        raise UntrustedCode(f"this run's {part} is your own class {path}; rebuilding it imports and runs that code, "
-                            f"which aevb does only when asked: load with trust_code=True, or pass the class "
-                            f"(networks={{'{part}': {path.rpartition(':')[2].rpartition('.')[2]}}})")
+        raise UntrustedCode(part, path)
     else:
         module_name, _, qualname = path.partition(":")
         try:

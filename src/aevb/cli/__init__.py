@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"aevb: error: {e.format_message()}", err=True)
         return 1
     except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError and CheckpointError are ValueErrors
+        nets = sys.modules.get("aevb.nets")
+        if nets is not None and isinstance(e, nets.UntrustedCode):
+            click.echo(f"aevb: error: this run's {e.part} is your own class {e.path}; rebuilding it imports and "
+                       "runs that code: pass --trust-code if you trust it", err=True)
+            return 1
         click.echo(f"aevb: error: {e}", err=True)
         return 1
     except Exception as e:

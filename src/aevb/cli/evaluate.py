@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .errors import labels_for
-from .options import data_dir_option, device_option, resolved_device, seed_option, split_option
+from .options import data_dir_option, device_option, resolved_device, seed_option, split_option, trust_code_option
 
 
 @click.command()
@@ -28,17 +28,18 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
 @seed_option()
 @data_dir_option
 @device_option
+@trust_code_option
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json) -> None:
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json, trust_code) -> None:
     """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
     KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x)."""
     from ..checkpoint import load
     from ..evaluate import evaluate as run_eval
 
     device = resolved_device(device)
-    run = load(run_dir, device=device)
+    run = load(run_dir, device=device, trust_code=trust_code)
     ds = run.dataset(data_dir)
     part = ds.split(split)
     x, y = part.x, part.y

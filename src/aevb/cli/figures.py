@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import labels_for
-from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option
+from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option, trust_code_option
 
 # Kept equal to aevb.viz.PLOT_KINDS (a test checks) so that `aevb --help` need not import matplotlib.
 PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
@@ -27,7 +27,8 @@ PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate"
 @seed_option()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
 @device_option
-def sample(run_dir, n, label, seed, out, device) -> None:
+@trust_code_option
+def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
     """A PNG grid of samples from the prior, decoded.
 
     A conditional model draws all N for --label; without --label it draws one row per class,
@@ -38,7 +39,7 @@ def sample(run_dir, n, label, seed, out, device) -> None:
     from ..conditional import check_label
     from ..viz import plot_samples
 
-    run = load(run_dir, device=resolved_device(device))
+    run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
     click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed, label=label)}")
 
@@ -51,13 +52,14 @@ def sample(run_dir, n, label, seed, out, device) -> None:
               help="PNG path (default RUN_DIR/reconstructions.png).")
 @data_dir_option
 @device_option
-def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
+@trust_code_option
+def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
     """A PNG of test inputs above their reconstructions."""
     from ..checkpoint import load
     from ..viz import plot_reconstructions
 
     device = resolved_device(device)
-    run = load(run_dir, device=device)
+    run = load(run_dir, device=device, trust_code=trust_code)
     part = run.dataset(data_dir).split(split)
     x, y = part.x[:n].to(device), labels_for(run, part.y, n, device)
     click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n, y=y)}")
@@ -84,12 +86,13 @@ def reconstruct(run_dir, n, split, out, data_dir, device) -> None:
 @seed_option()
 @data_dir_option
 @device_option
-def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device) -> None:
+@trust_code_option
+def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device, trust_code) -> None:
     """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
     from ..checkpoint import load
     from ..viz import make_plot
 
-    run = load(run_dir, device=resolved_device(device))
+    run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     kinds = PLOT_KINDS if "all" in kinds else tuple(dict.fromkeys(kinds))
     out = out or run_dir / "plots"
     dataset = None
@@ -106,9 +109,10 @@ def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, dat
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML path (default RUN_DIR/report.html).")
 @data_dir_option
 @device_option
-def report(run_dir, out, data_dir, device) -> None:
+@trust_code_option
+def report(run_dir, out, data_dir, device, trust_code) -> None:
     """One self-contained HTML page: configuration, metrics and every figure."""
     from ..checkpoint import load
     from ..report import write_report
 
-    click.echo(f"wrote {write_report(load(run_dir, device=resolved_device(device)), out, data_dir)}")
+    click.echo(f"wrote {write_report(load(run_dir, device=resolved_device(device), trust_code=trust_code), out, data_dir)}")

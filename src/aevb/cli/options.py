@@ -14,6 +14,9 @@ SPLITS = ("test", "valid", "train")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False),
                                help="Folder with the data files (else $AEVB_DATA_DIR, cache).")
+trust_code_option = click.option("--trust-code", is_flag=True,
+                                 help="The run was trained with your own network classes: import them (their "
+                                 "import paths are in config.json) to rebuild the model.")
 split_option = click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 
 

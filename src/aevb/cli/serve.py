@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, device_option, resolved_device
+from .options import data_dir_option, device_option, resolved_device, trust_code_option
 
 
 @click.command()
@@ -19,7 +19,8 @@ from .options import data_dir_option, device_option, resolved_device
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
 @data_dir_option
 @device_option
-def serve(run_dir, host, port, data_dir, device) -> None:
+@trust_code_option
+def serve(run_dir, host, port, data_dir, device, trust_code) -> None:
     """The latent explorer: sliders, latent map, sampling, drawing/uploading, interpolation."""
     try:
         import uvicorn
@@ -29,7 +30,7 @@ def serve(run_dir, host, port, data_dir, device) -> None:
         raise click.ClickException(f"the explorer needs fastapi and uvicorn ({e}); pip install 'aevb[serve]'") from None
     from ..checkpoint import load
 
-    run = load(run_dir, device=resolved_device(device))
+    run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     app = create_app(run, data_dir=data_dir)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host}: anyone who can reach it can use the explorer", err=True)
