@@ -9,6 +9,8 @@ import json
 
 import click
 
+from .errors import UserError
+
 SPLITS = ("test", "valid", "train")
 
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
@@ -27,13 +29,13 @@ def seed_option(default: int | None = 0):
 
 def resolved_device(name: str) -> str:
     """A ``--device`` value as a device ``aevb.checkpoint.load`` takes: "auto" becomes cuda, mps or cpu;
-    a device this machine does not have is a usage error naming the ones it has."""
+    a device this machine does not have is one line naming the ones it has (exit status 1)."""
     from ..devices import DeviceError, resolve_device
 
     try:
         return str(resolve_device(name))
     except DeviceError as e:
-        raise click.BadParameter(str(e), param_hint="'--device'") from None
+        raise UserError(f"--device: {e}") from None
 
 
 _COUNT_WORDS = {2: "two", 3: "three"}
