@@ -131,6 +131,11 @@ class ModelConfig:
         return self.num_classes > 0
 
 
+# Each model family's config class, by family name: ``aevb.models.register`` fills it, so that this
+# module needs no import of the families. A family not listed reads as a plain ModelConfig.
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
+
+
 @dataclass
 class DataConfig:
     """Which data set, where its files are, and how pixels become observations.
@@ -263,9 +268,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """The configuration a dict describes; one written by an older aevb is migrated first."""
-        from .models.registry import get_family  # the family names its own config class
-
+        """The configuration a dict describes; one written by an older aevb is migrated first. The model
+        part is read into its family's own config class (``MODEL_CONFIGS``)."""
         _check(isinstance(d, dict), "config must be a JSON object")
         version = d.get("format_version")
         _check(version in MIGRATIONS or version == FORMAT_VERSION,
@@ -273,8 +277,10 @@ class RunConfig:
                "use the aevb version that wrote it")
         d = _migrate(d)
         model = d.get("model", {})
-        family = get_family(model.get("family", "vae") if isinstance(model, dict) else "vae")
-        return cls(model=_build(family.config, model),
+        family = model.get("family", "vae") if isinstance(model, dict) else "vae"
+        hint = (None if family in MODEL_CONFIGS else
+                f"(model family {family!r} is not registered: import the module that registers it first)")
+        return cls(model=_build(MODEL_CONFIGS.get(family, ModelConfig), model, hint),
                    data=_build(DataConfig, d.get("data", {})),
                    train=_build(TrainConfig, d.get("train", {})),
                    format_version=FORMAT_VERSION)
@@ -312,11 +318,11 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _build(cls: type, d: Any) -> Any:
+def _build(cls: type, d: Any, hint: str | None = None) -> Any:
     _check(isinstance(d, dict), f"{cls.__name__} must be a JSON object")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
-    _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(unknown)}" + (f" {hint}" if hint else ""))
     try:
         return cls(**d)
     except TypeError as e:

@@ -7,7 +7,8 @@ registers it::
 
 ``ModelConfig.family`` names it; ``build_model(config)`` builds it; ``RunConfig.from_dict`` reads
 the model part of ``config.json`` into the family's own config class (``Family.config``, a
-subclass of ``ModelConfig`` when the family has settings of its own). Nothing outside a family's
+subclass of ``ModelConfig`` when the family has settings of its own; ``register`` lists it in
+``config.MODEL_CONFIGS``, so that the config module imports no family). Nothing outside a family's
 module asks which family a model is: it asks the model's ``capabilities``.
 """
 
@@ -18,7 +19,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..config import MODEL_CONFIGS, ConfigError, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def register(family: Family) -> Family:
     if not (isinstance(family.config, type) and issubclass(family.config, ModelConfig)):
         raise TypeError(f"family {family.name!r}: config must be ModelConfig or a subclass of it")
     FAMILIES[family.name] = family
+    MODEL_CONFIGS[family.name] = family.config  # what RunConfig.from_dict reads the model part into
     return family
 
 
