@@ -18,7 +18,7 @@ mkdir -p "$FIG"
 common=(--dataset mnist --latent-dim 2 --hidden 400 --epochs "$EPOCHS" --subset "$SUBSET" --seed 0 --no-progress --no-figures)
 for kind in vae ae; do
     if [ ! -f "$RUNS/$kind/model.safetensors" ]; then
-        python -m aevb train "${common[@]}" --kind "$kind" --out "$RUNS/$kind"
+        python -m aevb train "${common[@]}" --model "$kind" --out "$RUNS/$kind"
     fi
 done
 
