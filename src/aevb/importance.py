@@ -34,7 +34,6 @@ linear + activation (``dense_layer``); elsewhere through addmm, with tanh as 2 s
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import DiagonalGaussian, StandardNormal, standard_normal, standard_normal_log_prob
-from .nets import MLPDecoder
+from .nets import MLPDecoder, onednn_linear_works
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20  # decoder working set of a chunk (generic-path bytes): the fastest of 4-64 MiB
 LOG_GROUP = 16  # pixels whose sigmoid(|l|) are multiplied before one log is taken
@@ -191,21 +190,6 @@ def _activation_(module: nn.Module | None, a: Tensor) -> Tensor:
 
 
 _ONEDNN_POST_OPS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Identity: "none", type(None): "none"}
-
-
-@functools.cache
-def onednn_linear_works() -> bool:
-    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, what inductor calls on
-    CPU) runs here and agrees with addmm. It is a private op: anything unexpected means no."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, w, b = torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g), torch.randn(4, generator=g)
-        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "tanh", [], "")
-        return bool(torch.allclose(y, torch.tanh(torch.addmm(b, x, w.t())), atol=1e-5))
-    except Exception:  # noqa: BLE001 -- missing op, changed signature: use addmm
-        return False
 
 
 def use_onednn(gemm: str, like: Tensor) -> bool:

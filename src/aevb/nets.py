@@ -36,10 +36,12 @@ asked to (``trust_code=True``, or the class passed in ``networks``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
 import math
+import os
 from typing import Any, Mapping
 
 import torch
@@ -55,6 +57,100 @@ _ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "linear": nn.Identity,
 }
+
+
+# --- dense layers ------------------------------------------------------------------------------------
+#
+# On a CPU, activation(x W^T + b) runs as one oneDNN call (torch.ops.mkldnn._linear_pointwise, the op
+# inductor emits on CPU), forward and backward: its float32 and bf16 GEMMs at these shapes run about
+# twice as fast as the MKL GEMMs behind torch.nn.functional.linear on the CPUs we measured
+# (docs/performance.md), and the activation is fused into the GEMM. It is used only where it computes
+# the same function (float32 or a bf16 autocast region, an activation oneDNN fuses, not inside
+# torch.compile), checked once against addmm at first use; AEVB_ONEDNN=0 turns it off.
+
+_POST_OPS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "none", type(None): "none"}
+ONEDNN = os.environ.get("AEVB_ONEDNN", "1") != "0"
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether oneDNN's fused linear runs here and agrees with addmm. It is a private op: anything
+    unexpected means no."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g), torch.randn(4, generator=g)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "tanh", [], "")
+        dw = torch.ops.mkldnn._linear_pointwise(y.t(), x.t(), None, "none", [], "")  # strided operands
+        return bool(torch.allclose(y, torch.tanh(torch.addmm(b, x, w.t())), atol=1e-5)
+                    and torch.allclose(dw, y.t() @ x, atol=1e-4))
+    except Exception:  # noqa: BLE001 -- missing op, changed signature: use addmm
+        return False
+
+
+class _OneDNNDense(torch.autograd.Function):
+    """y = act(x W^T + b) for rows x (N, in), with its gradients, every GEMM through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, post_op: str) -> Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], "")
+        ctx.save_for_backward(x, weight, y)
+        ctx.post_op = post_op
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, y = ctx.saved_tensors
+        op = ctx.post_op
+        if op == "relu":
+            da = dy.masked_fill(y <= 0, 0)
+        elif op == "tanh":
+            da = torch.addcmul(dy, dy, y * y, value=-1)  # dy (1 - y^2)
+        elif op == "sigmoid":
+            da = dy * (y - y * y)
+        else:
+            da = dy
+        lin = torch.ops.mkldnn._linear_pointwise
+        dx = lin(da, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None  # (N, in)
+        dw = lin(da.t(), x.t(), None, "none", [], "") if ctx.needs_input_grad[1] else None  # (out, in)
+        db = da.sum(0) if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
+
+
+def _compute_dtype(h: Tensor) -> torch.dtype:
+    if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return h.dtype
+
+
+def dense(h: Tensor, linear: nn.Linear, activation: nn.Module | None = None) -> Tensor:
+    """activation(linear(h)) for h shaped (..., in): one oneDNN call on a CPU where it computes the
+    same (see above), else the modules themselves."""
+    post_op = _POST_OPS.get(type(activation))
+    dtype = _compute_dtype(h)
+    if (ONEDNN and post_op is not None and h.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and linear.weight.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_compiling()
+            and onednn_linear_works()):
+        rows = h.reshape(-1, h.shape[-1]).to(dtype)
+        bias = None if linear.bias is None else linear.bias.to(dtype)
+        y = _OneDNNDense.apply(rows, linear.weight.to(dtype), bias, post_op)
+        return y.view(*h.shape[:-1], y.shape[-1])
+    out = linear(h)
+    return out if activation is None else activation(out)
+
+
+def layer_pairs(trunk: nn.Sequential) -> list[tuple[nn.Linear, nn.Module]]:
+    """An ``mlp`` trunk as (linear layer, the activation after it) pairs, first to last."""
+    mods = list(trunk)
+    return list(zip(mods[0::2], mods[1::2]))
+
+
+def run_mlp(trunk: nn.Sequential, h: Tensor) -> Tensor:
+    """An ``mlp`` trunk applied to h (..., in), each layer through ``dense``."""
+    for linear, activation in layer_pairs(trunk):
+        h = dense(h, linear, activation)
+    return h
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -83,8 +179,8 @@ class MLPEncoder(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(sizes[-1], cfg.latent_dim) for name in heads})
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> dict[str, Tensor]:
-        h = self.trunk(_with_label(x.flatten(1), c))  # (B, C*H*W [+ K]) -> (B, hidden[-1])
-        return {name: head(h) for name, head in self.heads.items()}
+        h = run_mlp(self.trunk, _with_label(x.flatten(1), c))  # (B, C*H*W [+ K]) -> (B, hidden[-1])
+        return {name: dense(h, head) for name, head in self.heads.items()}
 
 
 def _params_per_pixel(cfg: ModelConfig) -> int:
@@ -207,15 +303,14 @@ class MLPDecoder(nn.Module):
     def hidden_layers(self) -> list[tuple[nn.Linear, nn.Module]]:
         """The trunk as (linear layer, the activation after it) pairs, first to last; ``self.mean``
         is the output layer (the logits of a Bernoulli decoder)."""
-        mods = list(self.trunk)
-        return list(zip(mods[0::2], mods[1::2]))
+        return layer_pairs(self.trunk)
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
         cfg = self.cfg
-        h = self.trunk(_with_label(z, c))
+        h = run_mlp(self.trunk, _with_label(z, c))
         shape = (*z.shape[:-1], *cfg.input_shape)  # (..., latent) -> (..., C, H, W)
-        second = self.log_var(h).view(shape) if self.log_var is not None else None
-        return make_likelihood(cfg, self.mean(h).view(shape), second)
+        second = dense(h, self.log_var).view(shape) if self.log_var is not None else None
+        return make_likelihood(cfg, dense(h, self.mean).view(shape), second)
 
 
 def conv_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
@@ -252,8 +347,8 @@ class ConvEncoder(nn.Module):
             c = c.to(device=x.device, dtype=x.dtype)
             planes = c[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (B, K) -> (B, K, H, W)
             x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
-        h = self.trunk(self.convs(x).flatten(1))  # (B, c_last, h, w) -> (B, hidden[-1])
-        return {name: head(h) for name, head in self.heads.items()}
+        h = run_mlp(self.trunk, self.convs(x).flatten(1))  # (B, c_last, h, w) -> (B, hidden[-1])
+        return {name: dense(h, head) for name, head in self.heads.items()}
 
 
 class ConvDecoder(nn.Module):
@@ -279,7 +374,7 @@ class ConvDecoder(nn.Module):
         channels, height, width = cfg.input_shape
         lead = z.shape[:-1]
         zc = _with_label(z, c)
-        h = self.project(self.trunk(zc.reshape(-1, zc.shape[-1])))  # (..., Z [+ K]) -> (N, c_last*h*w)
+        h = self.project(run_mlp(self.trunk, zc.reshape(-1, zc.shape[-1])))  # (..., Z [+ K]) -> (N, c_last*h*w)
         h = self.deconvs(h.view(h.shape[0], -1, *self.start))  # (N, c_first, h * 2^n, w * 2^n)
         params = self.out(h)[:, :, :height, :width]  # crop: h * 2^n >= H by construction
         params = params.reshape(*lead, -1, channels, height, width)  # (..., P, C, H, W)
