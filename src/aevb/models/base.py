@@ -126,6 +126,20 @@ class LatentVariableModel(nn.Module):
         """The decoded mean at the code (no sampling)."""
         return self.decode(self.embed(x, y), y).mean
 
+    @torch.no_grad()
+    def code_quantiles(self, probs: Tensor, draws: int = 20000, seed: int = 0) -> tuple[Tensor, str]:
+        """Quantiles of each code dimension under the prior at probabilities ``probs`` (P,): (P, latent_dim),
+        and what they are. N(0, I): the exact Gaussian quantiles; any other prior: the empirical quantiles
+        of ``draws`` codes from ``sample_codes`` (seeded)."""
+        from ..distributions import StandardNormal
+
+        probs = probs.double()
+        if isinstance(self.prior, StandardNormal):
+            q = torch.distributions.Normal(0.0, 1.0).icdf(probs).float()
+            return q[:, None].expand(-1, self.latent_dim).to(self.device), "Gaussian quantiles"
+        z = self.sample_codes(draws, generator=torch.Generator(device=self.device).manual_seed(seed)).double()
+        return torch.quantile(z, probs.to(z.device), dim=0).float(), f"quantiles of {draws} prior draws"
+
     def sample_codes(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> Tensor:
         """n codes z ~ p(z) in the space ``decode`` and ``embed`` share: (n, *latent_shape), on ``device``
