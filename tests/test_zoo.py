@@ -282,3 +282,259 @@ def test_importance_sampling_with_each_new_q_matches_the_closed_form(components)
         elbo1 = log_likelihood(model, x.reshape(20, 1, 1, D), k=1)
     assert (est - exact).abs().max().item() < 0.05
     assert (exact - elbo1).mean().item() > 0.05  # the one-sample bound is measurably below: the test has teeth
+
+
+# --- components compose: every combination trains, saves and loads back -----------------------------
+
+COMBOS = list(itertools.product(["none", "planar", "iaf"], ["standard", "vamp", "mog"], [1, 2], ["mlp", "conv"]))
+# (objective, conditional) cycled so that each pairs with every flow, prior, layer count and architecture
+OBJECTIVE_CONDITIONAL = list(itertools.product(["elbo", "iwae"], [False, True]))
+
+
+def _combo_id(c) -> str:
+    return f"{c[0]}-{c[1]}-{c[2]}l-{c[3]}"
+
+
+def tiny_config(flow="none", prior="standard", layers=1, arch="mlp", **model) -> RunConfig:
+    from aevb.runconfig import default_config
+
+    cfg = default_config("digits")
+    m = ModelConfig(input_shape=(1, 8, 8), architecture=arch, hidden=(12,), latent_dim=3, conv_channels=(4,),
+                    flow=flow, flow_steps=2, prior=prior, prior_components=4, stochastic_layers=layers,
+                    top_latent_dim=2, top_hidden=(6,), **model)
+    return RunConfig(model=m, data=cfg.data, train=cfg.train)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from aevb.data import load_dataset
+    from aevb.config import DataConfig
+
+    return load_dataset(DataConfig(dataset="digits", subset=60))
+
+
+@pytest.mark.parametrize("i,combo", list(enumerate(COMBOS)), ids=[_combo_id(c) for c in COMBOS])
+def test_every_combination_trains_and_loads_back_with_identical_outputs(i, combo, digits, tmp_path):
+    from dataclasses import replace
+
+    from aevb.train import Trainer
+
+    flow, prior, layers, arch = combo
+    objective, conditional = OBJECTIVE_CONDITIONAL[(i + i // 4) % 4]
+    cfg = tiny_config(flow, prior, layers, arch, num_classes=10 if conditional else 0)
+    cfg = replace(cfg, data=replace(cfg.data, subset=60),
+                  train=replace(cfg.train, epochs=1, batch_size=30, objective=objective, iwae_k=3, device="cpu",
+                                precision="bf16" if i % 3 == 0 else "fp32", eval_batch_size=100))
+    trainer = Trainer(cfg, tmp_path / "run", dataset=digits, progress=False)
+    lines = trainer.run()
+    assert len(lines) == 1 and math.isfinite(lines[0]["valid_elbo"])
+    model = trainer.model.eval()
+    run = aevb.load(tmp_path / "run")
+    loaded = run.model
+    assert run.config.model == cfg.model
+    x = digits.test.x[:5]
+    y = digits.test.y[:5] if conditional else None
+    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        z = model.sample_codes(4, generator=g())
+        assert z.shape == (4, 3) and torch.equal(z, loaded.sample_codes(4, generator=g()))
+        y4 = torch.arange(4) % 10 if conditional else None
+        assert torch.equal(loaded.embed(x, y), model.embed(x, y))
+        assert torch.equal(loaded.decode(z, y4).mean, model.decode(z, y4).mean)
+        zq, lq = model.encode(x, y).rsample_with_log_prob(3, generator=g())
+        zq2, lq2 = loaded.encode(x, y).rsample_with_log_prob(3, generator=g())
+        assert torch.equal(zq, zq2) and torch.equal(lq, lq2)
+        assert torch.equal(loaded.prior.log_prob(zq), model.prior.log_prob(zq))
+        e1 = elbo(model, x, generator=g(), y=y)["elbo"]
+        assert torch.equal(e1, elbo(loaded, x, generator=g(), y=y)["elbo"])
+        ll = log_likelihood(loaded, x, k=20, y=y)
+        assert torch.isfinite(ll).all() and (ll >= e1.double() - 5).all()
+
+
+def test_a_resumed_zoo_model_continues_bit_for_bit(digits, tmp_path):
+    """A flow + VampPrior + two-layer model stopped after 2 steps and resumed ends where an uninterrupted
+    run does (weights, optimizer, the noise generator)."""
+    from dataclasses import replace
+
+    from aevb.train import Trainer
+
+    cfg = tiny_config("iaf", "vamp", 2)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2, batch_size=20, device="cpu"))
+    straight = Trainer(cfg, tmp_path / "a", dataset=digits, progress=False)
+    straight.run()
+    stopped = Trainer(cfg, tmp_path / "b", dataset=digits, progress=False)
+    stopped.run(stop_after_steps=2)
+    resumed = Trainer(cfg, tmp_path / "b", dataset=digits, progress=False)
+    resumed.restore()
+    resumed.run()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+# --- what each component changes, and what is refused -------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", [dict(prior="vamp"), dict(flow="planar"), dict(stochastic_layers=2)])
+def test_a_family_without_the_component_refuses_it_in_one_line(setting):
+    name, value = next(iter(setting.items()))
+    with pytest.raises(ConfigError, match=rf"the ae model cannot have .*\({name}={value!r}\)"):
+        build_model(ModelConfig(input_shape=(1, 8, 8), hidden=(8,), latent_dim=2, family="ae", **setting))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prior="flat"), "prior must be one of standard, vamp, mog"),
+    (dict(flow="radial"), "flow must be one of none, planar, iaf"),
+    (dict(flow_steps=0), "flow_steps must be a positive integer"),
+    (dict(prior_components=0), "prior_components must be a positive integer"),
+    (dict(stochastic_layers=3), "stochastic_layers must be 1 or 2"),
+    (dict(top_hidden=(0,)), "top_hidden sizes must be positive"),
+])
+def test_zoo_settings_are_validated_by_name(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_zoo_settings_round_trip_and_old_configs_load_as_the_plain_vae():
+    cfg = tiny_config("iaf", "vamp", 2)
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    old = RunConfig().to_dict()
+    for key in ("prior", "prior_components", "flow", "flow_steps", "stochastic_layers", "top_latent_dim", "top_hidden"):
+        del old["model"][key]  # a config.json written before the zoo
+    model = build_model(RunConfig.from_dict(old).model)
+    assert type(model.prior).__name__ == "StandardNormal" and type(model.encode(torch.rand(2, 1, 28, 28))) is DiagonalGaussian
+
+
+def test_two_layers_the_decoder_reads_z1_and_the_code_is_z1():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(layers=2).model).eval()
+    x = torch.rand(4, 1, 8, 8)
+    q = model.encode(x)
+    z, log_q = q.rsample_with_log_prob(5)
+    assert z.shape == (5, 4, 3 + 2) and log_q.shape == (5, 4)
+    assert torch.allclose(q.log_prob(z), log_q, atol=1e-5)
+    assert torch.equal(model.decode(z).mean, model.decode(z[..., :3]).mean)  # the whole latent or z1 alone
+    assert torch.equal(model.embed(x), q.bottom.mean) and model.capabilities.latent_shape == (3,)
+    joint = model.prior.sample(6, generator=torch.Generator().manual_seed(0))
+    assert joint.shape == (6, 5) and torch.isfinite(model.prior.log_prob(joint)).all()
+    codes = model.sample_codes(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(codes, joint[:, :3])
+    assert model.sample(6).shape == (6, 1, 8, 8)
+
+
+def test_the_vamp_prior_holds_its_pseudo_inputs_not_a_second_encoder():
+    model = build_model(tiny_config(prior="vamp").model)
+    keys = list(model.state_dict())
+    assert "prior.pseudo_inputs" in keys and not any(k.startswith("prior.") and "encoder" in k for k in keys)
+    assert sum(p.numel() for p in model.prior.parameters()) == 4 * 64  # K pseudo-inputs of 8x8
+    assert len(list(model.parameters())) == len({id(p) for p in model.parameters()})
+
+
+def test_a_learned_prior_is_what_sample_and_the_manifold_draw_from(tmp_path):
+    from aevb.viz import plot_manifold
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(prior="mog").model).eval()
+    with torch.no_grad():
+        model.prior.means.add_(5.0)  # far from N(0, I)
+    codes = model.sample_codes(2000, generator=torch.Generator().manual_seed(0))
+    assert codes.mean().item() > 3.5
+    grid, how = model.code_quantiles(torch.tensor([0.05, 0.5, 0.95]))
+    assert how.startswith("quantiles of") and (grid[1] > 3).all()
+    assert plot_manifold(model, tmp_path / "m.png", n=5).stat().st_size > 1000
+    plain = build_model(tiny_config().model)
+    grid, how = plain.code_quantiles(torch.tensor([0.05, 0.5, 0.95]))
+    assert how == "Gaussian quantiles" and torch.allclose(grid[:, 0], torch.tensor([-1.6449, 0.0, 1.6449]), atol=1e-4)
+
+
+def test_the_explorer_serves_a_two_layer_flow_model_with_a_learned_prior(digits, tmp_path):
+    from dataclasses import replace
+
+    from aevb.serve.app import Explorer
+    from aevb.train import Trainer
+
+    cfg = tiny_config("planar", "vamp", 2)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=30, device="cpu"))
+    Trainer(cfg, tmp_path / "run", dataset=digits, progress=False).run()
+    ex = Explorer(aevb.load(tmp_path / "run"))
+    info = ex.info()
+    assert info["latent_dim"] == 3 and info["sliders"] == 3  # the sliders set z1, the code the decoder reads
+    z = ex.sample(seed=1)["z"]
+    assert len(z) == 3
+    assert ex.decode_png(torch.tensor(z))[:8] == b"\x89PNG\r\n\x1a\n"
+    enc = ex.encode(digits.test.x[:1])
+    assert len(enc["mu"]) == 3 and enc["std"] == [0.0, 0.0, 0.0]  # a flow posterior has no closed-form std
+
+
+def test_wake_sleep_trains_a_flow_posterior(digits, tmp_path):
+    """The sleep phase needs log q(z|x) at dreamt z: the flow's inverse gives it, with gradients."""
+    from dataclasses import replace
+
+    from aevb.train import Trainer
+
+    cfg = tiny_config("planar", "standard", 1)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=30, device="cpu", algorithm="wake-sleep"))
+    trainer = Trainer(cfg, tmp_path / "ws", dataset=digits, progress=False)
+    lines = trainer.run()
+    assert math.isfinite(lines[0]["train_sleep_log_q"])
+    assert trainer.model.posterior.flow.amortize.weight.grad is not None
+
+
+# --- aevb reproduce zoo --------------------------------------------------------------------------------
+
+
+def test_the_zoo_table_names_a_source_protocol_and_recipe_for_every_row():
+    from aevb.reproduce import zoo
+
+    assert set(zoo.ROW_NAMES) >= {"vae-1l", "iwae-1l", "vae-2l", "iwae-2l", "planar-10", "planar-80", "iaf", "mog",
+                                  "vamp", "vamp-2l", "vae-static", "iwae-static", "vamp-static"}
+    for row in zoo.ROWS:
+        assert row.protocol in ("dynamic", "static") and row.recipe in zoo.RECIPES and row.source and row.checked
+        assert row.published is None or 80 < row.published < 95
+        build_model(zoo.row_config(row, n_train=1000).model)  # every row's model builds
+    assert zoo.get_row("iaf").published is None  # no MLP figure in the paper: none invented
+    assert zoo.RECIPES["iwae"].passes == 3280
+
+
+def test_a_budget_cuts_the_schedule_short_and_keeps_its_start():
+    from aevb.reproduce.zoo import RECIPES, stages_within
+
+    iwae = RECIPES["iwae"]
+    assert stages_within(iwae, None)[-1] == (3280, pytest.approx(1e-4))
+    assert [end for end, _ in stages_within(iwae, 10)] == [1, 4, 10]
+    assert stages_within(iwae, 10)[:2] == stages_within(iwae, None)[:2]
+    assert stages_within(RECIPES["tomczak"], 3) == [(3, 5e-4)]
+
+
+@pytest.mark.slow
+def test_every_zoo_row_runs_end_to_end_on_a_subset(data_dir, tmp_path):
+    from aevb.reproduce import zoo
+
+    paths = zoo.run(tmp_path / "zoo", budget=1, k=5, n_test=20, subset=100, device="cpu", data_dir=str(data_dir),
+                    log=lambda line: None)
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows] == list(zoo.ROW_NAMES)
+    for r in rows:
+        assert {"row", "model", "protocol", "test_nll", "stderr", "k", "n_test", "passes", "wall_seconds", "published",
+                "source"} <= set(r)
+        assert math.isfinite(float(r["test_nll"])) and float(r["test_nll"]) > 0 and float(r["stderr"]) >= 0
+        assert (r["k"], r["n_test"], r["passes"]) == ("5", "20", "1")
+        assert r["dataset"] == {"dynamic": "mnist", "static": "binarized_mnist"}[r["protocol"]]
+    assert rows[0]["published"] == "86.76" and next(r for r in rows if r["row"] == "iaf")["published"] == ""
+    md = paths["md"].read_text()
+    assert md.count("\n") == len(rows) + 2 and "| vamp | VAE + VampPrior" in md
+
+
+@pytest.mark.slow
+def test_a_zoo_row_resumed_from_its_run_directory_matches_one_run_straight_through(data_dir, tmp_path):
+    from aevb.reproduce import zoo
+
+    common = dict(rows=("vae-1l",), k=5, n_test=10, subset=60, device="cpu", data_dir=str(data_dir), log=lambda s: None)
+    zoo.run(tmp_path / "a", budget=4, **common)
+    zoo.run(tmp_path / "b", budget=2, **common)  # stopped inside the second stage (passes 1 to 4)
+    paths = zoo.run(tmp_path / "b", budget=4, **common)  # the same command again, a larger budget: continues
+    a = aevb.load(tmp_path / "a" / "runs" / "vae-1l").model.state_dict()
+    b = aevb.load(tmp_path / "b" / "runs" / "vae-1l").model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with open(paths["csv"], newline="") as f:
+        assert next(csv.DictReader(f))["passes"] == "4"

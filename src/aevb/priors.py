@@ -29,7 +29,8 @@ def mixture_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
     """log (1/K) sum_k N(z; mu_k, diag exp(log_var_k)) for z (..., Z) and components mu, log_var (K, Z):
     shape (...,)."""
     with torch.autocast(z.device.type, enabled=False):
-        z, mu, log_var = _wide(z), _wide(mu).to(z.dtype), _wide(log_var).to(z.dtype)
+        z = _wide(z)
+        mu, log_var = _wide(mu).to(z.dtype), _wide(log_var).to(z.dtype)
         k, d = mu.shape
         flat = z.reshape(-1, d)  # (N, Z)
         precision = torch.exp(-log_var)  # (K, Z)
