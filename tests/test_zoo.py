@@ -18,12 +18,12 @@ from torch import nn
 
 import aevb
 from aevb.config import ConfigError, ModelConfig, RunConfig
-from aevb.distributions import DiagonalGaussian, Gaussian
+from aevb.distributions import DiagonalGaussian, Gaussian, StandardNormal
 from aevb.evaluate import log_likelihood
 from aevb.flows import IAF, FlowPosterior, PlanarFlow
 from aevb.models import VAE, build_model
-from aevb.objectives import elbo, iwae_bound
-from aevb.priors import MixtureOfGaussians, VampPrior, mixture_log_prob
+from aevb.objectives import elbo
+from aevb.priors import MixtureOfGaussians, mixture_log_prob
 
 # --- flows -------------------------------------------------------------------------------------------
 
@@ -121,9 +121,10 @@ def test_planar_steps_stay_invertible_for_any_u():
 
 
 def _direct_mixture(z, mu, log_var):
-    comps = torch.distributions.Independent(torch.distributions.Normal(mu.double(), torch.exp(0.5 * log_var.double())), 1)
-    mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(torch.ones(len(mu), dtype=torch.float64)), comps)
-    return mix.log_prob(z.double())
+    dist = torch.distributions
+    comps = dist.Independent(dist.Normal(mu.double(), torch.exp(0.5 * log_var.double())), 1)
+    weights = dist.Categorical(torch.ones(len(mu), dtype=torch.float64))
+    return dist.MixtureSameFamily(weights, comps).log_prob(z.double())
 
 
 def test_mixture_log_prob_matches_a_direct_mixture():
@@ -141,7 +142,8 @@ def test_mog_and_vamp_priors_log_prob_against_their_components():
     with torch.no_grad():
         mog.log_var.normal_(0, 0.5)
     z = torch.randn(10, 4)
-    torch.testing.assert_close(mog.log_prob(z).double(), _direct_mixture(z, mog.means, mog.log_var), rtol=1e-5, atol=1e-4)
+    direct = _direct_mixture(z, mog.means, mog.log_var)
+    torch.testing.assert_close(mog.log_prob(z).double(), direct, rtol=1e-5, atol=1e-4)
     model = VAE(ModelConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=4, prior="vamp", prior_components=6))
     q = model.encode(model.prior.inputs()[0])  # the posterior at the pseudo-inputs
     torch.testing.assert_close(model.prior.log_prob(z).double(), _direct_mixture(z, q.mu, q.log_var), rtol=1e-5,
@@ -401,7 +403,7 @@ def test_zoo_settings_round_trip_and_old_configs_load_as_the_plain_vae():
     for key in ("prior", "prior_components", "flow", "flow_steps", "stochastic_layers", "top_latent_dim", "top_hidden"):
         del old["model"][key]  # a config.json written before the zoo
     model = build_model(RunConfig.from_dict(old).model)
-    assert type(model.prior).__name__ == "StandardNormal" and type(model.encode(torch.rand(2, 1, 28, 28))) is DiagonalGaussian
+    assert type(model.prior) is StandardNormal and type(model.encode(torch.rand(2, 1, 28, 28))) is DiagonalGaussian
 
 
 def test_two_layers_the_decoder_reads_z1_and_the_code_is_z1():
@@ -446,16 +448,24 @@ def test_a_learned_prior_is_what_sample_and_the_manifold_draw_from(tmp_path):
     assert how == "Gaussian quantiles" and torch.allclose(grid[:, 0], torch.tensor([-1.6449, 0.0, 1.6449]), atol=1e-4)
 
 
-def test_the_explorer_serves_a_two_layer_flow_model_with_a_learned_prior(digits, tmp_path):
+@pytest.fixture(scope="module")
+def zoo_run(digits, tmp_path_factory):
+    """A planar-flow, VampPrior, two-layer model trained one epoch on digits."""
     from dataclasses import replace
 
-    from aevb.serve.app import Explorer
     from aevb.train import Trainer
 
+    out = tmp_path_factory.mktemp("zoo") / "run"
     cfg = tiny_config("planar", "vamp", 2)
     cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=30, device="cpu"))
-    Trainer(cfg, tmp_path / "run", dataset=digits, progress=False).run()
-    ex = Explorer(aevb.load(tmp_path / "run"))
+    Trainer(cfg, out, dataset=digits, progress=False).run()
+    return aevb.load(out)
+
+
+def test_the_explorer_serves_a_two_layer_flow_model_with_a_learned_prior(zoo_run, digits):
+    from aevb.serve.app import Explorer
+
+    ex = Explorer(zoo_run)
     info = ex.info()
     assert info["latent_dim"] == 3 and info["sliders"] == 3  # the sliders set z1, the code the decoder reads
     z = ex.sample(seed=1)["z"]
@@ -463,6 +473,13 @@ def test_the_explorer_serves_a_two_layer_flow_model_with_a_learned_prior(digits,
     assert ex.decode_png(torch.tensor(z))[:8] == b"\x89PNG\r\n\x1a\n"
     enc = ex.encode(digits.test.x[:1])
     assert len(enc["mu"]) == 3 and enc["std"] == [0.0, 0.0, 0.0]  # a flow posterior has no closed-form std
+
+
+def test_every_figure_and_the_report_draw_for_a_zoo_model(zoo_run, digits, tmp_path):
+    from aevb.report import figures
+
+    drawn = figures(zoo_run)
+    assert all(isinstance(fig, bytes) for fig in drawn.values()), {k: v for k, v in drawn.items() if isinstance(v, str)}
 
 
 def test_wake_sleep_trains_a_flow_posterior(digits, tmp_path):
@@ -538,3 +555,21 @@ def test_a_zoo_row_resumed_from_its_run_directory_matches_one_run_straight_throu
     assert all(torch.equal(a[key], b[key]) for key in a)
     with open(paths["csv"], newline="") as f:
         assert next(csv.DictReader(f))["passes"] == "4"
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_zoo_model_to_the_weights_of_one(tmp_path):
+    from aevb.checkpoint import load
+
+    from .conftest import run_cli
+    from .test_distributed import COMMON, torchrun
+
+    zoo_flags = ["--prior", "vamp", "--prior-components", "8", "--flow", "iaf", "--flow-steps", "2",
+                 "--stochastic-layers", "2", "--top-latent-dim", "2", "--top-hidden", "8", "--epochs", "2"]
+    run_cli(*COMMON, *zoo_flags, "--out", str(tmp_path / "one"))
+    proc = torchrun(2, *COMMON, *zoo_flags, "--out", str(tmp_path / "two"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    a, b = load(tmp_path / "one").model.state_dict(), load(tmp_path / "two").model.state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key

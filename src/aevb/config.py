@@ -100,11 +100,13 @@ class ModelConfig:
     prior_components: int = 500
     # The posterior q(z|x): the diagonal Gaussian alone ("none"), or pushed through flow_steps planar steps
     # (Rezende & Mohamed 2015) or inverse autoregressive steps (Kingma et al. 2016), both reading the
-    # encoder's context head "h" (with two stochastic layers, the flow acts on q(z1|x)).
+    # encoder's context head "h" (with two stochastic layers, the flow acts on q(z1|x)); each IAF step's MADE is
+    # as wide as the last hidden layer.
     flow: str = "none"
     flow_steps: int = 10
     # 2: the IWAE paper's stacked model: x -> hidden -> z1 (latent_dim) -> top_hidden -> z2 (top_latent_dim),
-    # and back z2 -> top_hidden -> z1 -> hidden -> x; the decoder reads z1. Ignored with 1 layer.
+    # and back z2 -> top_hidden -> z1 -> hidden -> x; the decoder reads z1. top_latent_dim and top_hidden are
+    # read only with 2 layers, flow_steps only with a flow, prior_components only with a learned prior.
     stochastic_layers: int = 1
     top_latent_dim: int = 50
     top_hidden: tuple[int, ...] = (100, 100)

@@ -84,7 +84,8 @@ class PlanarFlow(nn.Module):
                     lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
                 root = (0.5 * (lo + hi)).to(z.dtype)
             t = torch.tanh(root + bk)
-            a = root - (root + c * t - target) / (1 + c * (1 - t * t))  # Newton step: the value stays, the gradient flows
+            # one Newton step: the value stays the root, the gradient flows
+            a = root - (root + c * t - target) / (1 + c * (1 - t * t))
             t = torch.tanh(a + bk)
             z = z - u_hat[:, k] * t.unsqueeze(-1)
             logdet = logdet + torch.log1p(((1 - t * t) * c).clamp_min(-1 + 1e-6))

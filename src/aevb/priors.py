@@ -42,8 +42,8 @@ def mixture_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
 
 def uniform_indices(n: int, k: int, generator, device) -> Tensor:
     """n indices drawn uniformly from 0..k-1, through the normal noise source (``standard_normal``) so that
-    any generator the models use works: Phi(eps) is uniform on (0, 1)."""
-    eps = standard_normal((n,), generator, device, torch.float64)
+    any generator the models use works (the batch on axis -2, as a sharded one wants): Phi(eps) is uniform."""
+    eps = standard_normal((n, 1), generator, device, torch.float64)[:, 0]
     u = 0.5 * (1 + torch.erf(eps / math.sqrt(2)))
     return (u * k).long().clamp_(0, k - 1)
 

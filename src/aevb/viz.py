@@ -170,7 +170,7 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     ax.set_yticks(ticks, [f"{grid.flip(0)[i, b]:.2f}" for i in ticks])
     ax.set_xlabel(f"z[{a}]  ({how} 5%..95%)" if gaussian else f"z[{a}]  (prior marginal, {how} 5%..95%)")
     ax.set_ylabel(f"z[{b}]")
-    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at {'0' if gaussian else 'the prior median'}"
+    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at {'0' if gaussian else 'their prior medians'}"
     rest += "" if label is None else f"; label {label}"
     ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
     return save_figure(fig, path)

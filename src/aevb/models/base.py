@@ -160,7 +160,8 @@ class LatentVariableModel(nn.Module):
 
 # The component settings and their defaults: what a family that does not build one must leave alone.
 COMPONENT_DEFAULTS = {"prior": "standard", "flow": "none", "stochastic_layers": 1}
-_COMPONENT_WORDS = {"prior": "a learned prior", "flow": "a flow posterior", "stochastic_layers": "a second stochastic layer"}
+_COMPONENT_WORDS = {"prior": "a learned prior", "flow": "a flow posterior",
+                    "stochastic_layers": "a second stochastic layer"}
 
 
 def check_components(config: ModelConfig, supported: frozenset[str]) -> None:
