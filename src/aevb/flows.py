@@ -51,16 +51,24 @@ class PlanarFlow(nn.Module):
         return u_hat, w, b
 
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """z_K (..., B, Z) and sum_k log |det df_k/dz| (..., B) for z_0 (..., B, Z)."""
-        u_hat, w, b = self.step_parameters(h)
+        """z_K (..., B, Z) and sum_k log |det df_k/dz| (..., B) for z_0 (..., B, Z).
+
+        Each image's samples are rows of one matrix (B, N, Z), so a step is two batched products and a tanh;
+        the log-determinants of all K steps are taken at the end, from the K tanh values."""
+        u_hat, w, b = self.step_parameters(h)  # (B, K, Z), (B, K, Z), (B, K)
         wu_hat = (w * u_hat).sum(-1)  # (B, K)
         z = _wide(z)
-        logdet = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        lead, (n_images, z_dim) = z.shape[:-2], z.shape[-2:]
+        rows = z.movedim(-2, 0).reshape(n_images, -1, z_dim)  # (B, N, Z), N = samples per image
+        tanhs = []
         for k in range(self.steps):
-            t = torch.tanh((z * w[:, k]).sum(-1) + b[:, k])  # (..., B)
-            z = z + u_hat[:, k] * t.unsqueeze(-1)
-            logdet = logdet + torch.log1p(((1 - t * t) * wu_hat[:, k]).clamp_min(-1 + 1e-6))
-        return z, logdet
+            t = torch.baddbmm(b[:, k, None, None], rows, w[:, k, :, None]).tanh()  # tanh(w.z + b): (B, N, 1)
+            rows = torch.baddbmm(rows, t, u_hat[:, k, None, :])  # z + u' tanh(...)
+            tanhs.append(t)
+        t = torch.cat(tanhs, -1)  # (B, N, K)
+        logdet = torch.log1p(((1 - t * t) * wu_hat[:, None, :]).clamp_min(-1 + 1e-6)).sum(-1)  # (B, N)
+        return (rows.reshape(n_images, *lead, z_dim).movedim(0, -2),
+                logdet.reshape(n_images, *lead).movedim(0, -1))
 
     def inverse(self, y: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """z_0 and the same sum of log-determinants for z_K = y (..., B, Z).
