@@ -65,8 +65,8 @@ def _iwae_stages() -> tuple[tuple[int, float], ...]:
 RECIPES = {
     "iwae": Recipe("iwae", _iwae_stages(), batch_size=20, adam_eps=1e-4, valid_size=0,
                    description="Burda et al. 2016: Adam (0.9, 0.999, eps 1e-4), M = 20, 3^i passes at "
-                               "1e-3 * 10^(-i/7) for i = 0..7 (3280 passes), no validation split (60,000 MNIST training images; "
-                               "binarized_mnist keeps its own 50,000 / 10,000)"),
+                               "1e-3 * 10^(-i/7) for i = 0..7 (3280 passes), no validation split (60,000 MNIST "
+                               "training images; binarized_mnist keeps its own 50,000 / 10,000)"),
     "tomczak": Recipe("tomczak", ((2000, 5e-4),), batch_size=100, warmup_passes=100,
                       description="Tomczak & Welling 2018: Adam 5e-4, M = 100, KL warm-up over 100 epochs, "
                                   "at most 2000 epochs, 50,000 training / 10,000 validation images"),
