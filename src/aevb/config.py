@@ -28,6 +28,9 @@ DECODER_MEANS = ("sigmoid", "identity")
 CHANNELS = (1, 3)  # grey, RGB
 FITS = ("resize", "crop")  # how images of another size are brought to image_size
 ALGORITHMS = ("aevb", "wake-sleep")  # SGVB, or the wake-sleep baseline (aevb.wake_sleep)
+PRIORS = ("standard", "vamp", "mog")  # N(0, I), VampPrior, mixture of Gaussians (aevb.priors)
+FLOWS = ("none", "planar", "iaf")  # q(z|x) a diagonal Gaussian, or pushed through a flow (aevb.flows)
+STOCHASTIC_LAYERS = (1, 2)  # one latent layer, or the IWAE paper's two (z1 read by the decoder, z2 above it)
 
 
 class ConfigError(ValueError):
@@ -90,11 +93,29 @@ class ModelConfig:
     # rebuilt on load only when the code is trusted; None = the built-in network of ``architecture``.
     encoder: dict[str, Any] | None = None
     decoder: dict[str, Any] | None = None
+    # The prior p(z) (of the top layer with two stochastic layers): "standard" N(0, I), "vamp" (Tomczak &
+    # Welling 2018: a mixture of the posteriors at prior_components learned pseudo-inputs) or "mog" (a
+    # mixture of prior_components Gaussians with learned means and variances, equal weights).
+    prior: str = "standard"
+    prior_components: int = 500
+    # The posterior q(z|x): the diagonal Gaussian alone ("none"), or pushed through flow_steps planar steps
+    # (Rezende & Mohamed 2015) or inverse autoregressive steps (Kingma et al. 2016), both reading the
+    # encoder's context head "h" (with two stochastic layers, the flow acts on q(z1|x)); each IAF step's MADE is
+    # as wide as the last hidden layer.
+    flow: str = "none"
+    flow_steps: int = 10
+    # 2: the IWAE paper's stacked model: x -> hidden -> z1 (latent_dim) -> top_hidden -> z2 (top_latent_dim),
+    # and back z2 -> top_hidden -> z1 -> hidden -> x; the decoder reads z1. top_latent_dim and top_hidden are
+    # read only with 2 layers, flow_steps only with a flow, prior_components only with a learned prior.
+    stochastic_layers: int = 1
+    top_latent_dim: int = 50
+    top_hidden: tuple[int, ...] = (100, 100)
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
         self.hidden = tuple(int(v) for v in self.hidden)
         self.conv_channels = tuple(int(v) for v in self.conv_channels)
+        self.top_hidden = tuple(int(v) for v in self.top_hidden)
         _check(len(self.input_shape) == 3 and all(v > 0 for v in self.input_shape),
                f"input_shape must be three positive sizes (channels, height, width); got {self.input_shape}")
         _check(isinstance(self.family, str) and bool(self.family),
@@ -115,6 +136,15 @@ class ModelConfig:
         _check(len(self.conv_channels) <= 8, f"conv_channels allows at most 8 layers; got {len(self.conv_channels)}")
         _check(isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and self.num_classes >= 0,
                f"num_classes must be 0 (unconditional) or a positive number of classes; got {self.num_classes!r}")
+        _choice("prior", self.prior, PRIORS)
+        _choice("flow", self.flow, FLOWS)
+        for name in ("prior_components", "flow_steps", "top_latent_dim"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{name} must be a positive integer; got {value!r}")
+        _check(self.stochastic_layers in STOCHASTIC_LAYERS and not isinstance(self.stochastic_layers, bool),
+               f"stochastic_layers must be 1 or 2; got {self.stochastic_layers!r}")
+        _check(all(h >= 1 for h in self.top_hidden), f"top_hidden sizes must be positive; got {self.top_hidden}")
         for part in ("encoder", "decoder"):
             spec = getattr(self, part)
             _check(spec is None or (isinstance(spec, dict) and isinstance(spec.get("class"), str)

@@ -20,7 +20,8 @@ this contract, checked with a clear error before training (``check_networks``):
 
 - the **encoder** is called as ``encoder(x)`` with x shaped (B, C, H, W) (a conditional model:
   ``encoder(x, c)``, c the one-hot labels (B, K)) and returns a dict of tensors (B, latent_dim),
-  one per head the family reads: a VAE's ``"mu"`` and ``"log_var"`` (log sigma^2), an AE's ``"code"``;
+  one per head the family reads: a VAE's ``"mu"`` and ``"log_var"`` (log sigma^2), and with a flow
+  posterior ``"h"`` (the flow's context), an AE's ``"code"``;
 - the **decoder** is called as ``decoder(z)`` with z shaped (..., latent_dim) (conditional:
   ``decoder(z, c)``) and returns the likelihood's parameters shaped (..., C, H, W): logits for
   ``bernoulli``, the pre-sigmoid mean for ``gaussian_fixed``; for ``gaussian`` (learned variance)

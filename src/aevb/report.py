@@ -20,10 +20,11 @@ from .checkpoint import atomic_write
 from .viz import PLOT_KINDS, make_plot
 
 CAPTIONS = {
-    "manifold": "Decoded means over a grid of two latent dimensions, the grid mapped through the inverse "
-                "Gaussian CDF (Kingma & Welling, figure 4).",
+    "manifold": "Decoded means over a grid of two latent dimensions at the 5%..95% quantiles of the prior's "
+                "marginals: the inverse Gaussian CDF for N(0, I) (Kingma & Welling, figure 4), empirical quantiles "
+                "of prior draws for a learned prior.",
     "scatter": "Posterior means of test images, coloured by label (PCA to 2-D for larger latents).",
-    "samples": "Decoded means of z drawn from the prior N(0, I).",
+    "samples": "Decoded means of z drawn from the model's prior (N(0, I) unless learned).",
     "reconstructions": "Test inputs above their reconstructions at the posterior mean.",
     "interpolate": "Decoded means along the straight line between two test images' posterior means.",
     "traverse": "Each latent dimension swept over Gaussian quantiles, the others at a test image's posterior mean.",

@@ -58,7 +58,7 @@ def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
 @torch.no_grad()
 def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None,
                  label: int | None = None) -> Path:
-    """A grid of decoded means of z ~ N(0, I). A conditional model draws all n for ``label``, or
+    """A grid of decoded means of z ~ p(z) (the model's prior). A conditional model draws all n for ``label``, or
     without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
     g = torch.Generator(device=model.device).manual_seed(seed)
     if model.config.conditional and label is None:
@@ -86,7 +86,7 @@ def _plot_samples_per_class(model, path: str | Path, n: int, g: torch.Generator,
     ax.set_xticks([])
     ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(k)], [str(r) for r in range(k)], fontsize=8)
     ax.set_ylabel("label")
-    ax.set_title(title or "samples per label: one row per class, each column one z ~ N(0, I)", fontsize=10)
+    ax.set_title(title or "samples per label: one row per class, each column one z from the prior", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -138,18 +138,27 @@ def _check_dims(dims: tuple[int, int], latent_dim: int) -> tuple[int, int]:
 @torch.no_grad()
 def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20,
                   label: int | None = None) -> Path:
-    """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates mapped
-    through the inverse Gaussian CDF (the paper's figure 4); other dimensions held at 0.
-    A conditional model's grid is decoded for ``label`` (default 0)."""
+    """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates the 5%..95%
+    quantiles of the prior's marginals (for N(0, I) the inverse Gaussian CDF, the paper's figure 4;
+    for a learned prior, empirical quantiles of its draws, ``code_quantiles``); other dimensions held
+    at the prior's median (0 for N(0, I)). A conditional model's grid is decoded for ``label`` (default 0)."""
     zdim = model.latent_dim
     if zdim < 2:
         raise ValueError("a manifold plot needs a latent space of at least 2 dimensions")
     a, b = _check_dims(dims, zdim)
     label = _prior_label(model, label)
-    values = gaussian_quantiles(n)
-    z = torch.zeros(n, n, zdim, device=model.device)
-    z[..., a] = values.view(1, n).to(z.device)  # columns: z[a] increasing to the right
-    z[..., b] = values.flip(0).view(n, 1).to(z.device)  # rows: z[b] increasing upwards
+    probs = torch.linspace(0.05, 0.95, n, dtype=torch.float64)
+    if hasattr(model, "code_quantiles"):
+        grid, how = model.code_quantiles(probs)  # (n, Z)
+        centre = model.code_quantiles(torch.tensor([0.5]))[0][0]  # (Z,)
+    else:
+        grid, how = gaussian_quantiles(n)[:, None].expand(n, zdim), "Gaussian quantiles"
+        centre = torch.zeros(zdim)
+    grid, centre = grid.to(model.device), centre.to(model.device)
+    gaussian = how == "Gaussian quantiles"
+    z = centre.repeat(n, n, 1)  # (n, n, zdim)
+    z[..., a] = grid[:, a].view(1, n)  # columns: z[a] increasing to the right
+    z[..., b] = grid[:, b].flip(0).view(n, 1)  # rows: z[b] increasing upwards
     images = model.decode(z.view(-1, zdim), _label_tensor(model, label, n * n)).mean  # (n*n, C, H, W)
     h, w = images.shape[-2:]
     fig, ax = plt.subplots(figsize=_figsize(h, w, n, n))
@@ -157,11 +166,11 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
               extent=(-0.5, n - 0.5, n - 0.5, -0.5))
     ticks = sorted(set(range(0, n, max(1, n // 5))) | {n - 1})
-    ax.set_xticks(ticks, [f"{values[i]:.2f}" for i in ticks])
-    ax.set_yticks(ticks, [f"{values.flip(0)[i]:.2f}" for i in ticks])
-    ax.set_xlabel(f"z[{a}]  (Gaussian quantiles 5%..95%)")
+    ax.set_xticks(ticks, [f"{grid[i, a]:.2f}" for i in ticks])
+    ax.set_yticks(ticks, [f"{grid.flip(0)[i, b]:.2f}" for i in ticks])
+    ax.set_xlabel(f"z[{a}]  ({how} 5%..95%)" if gaussian else f"z[{a}]  (prior marginal, {how} 5%..95%)")
     ax.set_ylabel(f"z[{b}]")
-    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at 0"
+    rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at {'0' if gaussian else 'their prior medians'}"
     rest += "" if label is None else f"; label {label}"
     ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
     return save_figure(fig, path)

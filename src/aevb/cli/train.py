@@ -15,8 +15,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, PRESETS,
-                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS)
+from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, FLOWS, PRESETS,
+                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS)
 from .errors import UserError, labels_for
 from .options import data_dir_option, image_size_option, int_list, resolved_device, seed_option, device_option
 
@@ -44,6 +44,15 @@ _widths = int_list("layer widths", "500 or 400,400")
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
 @click.option("--conditional", is_flag=True,
               help="Condition encoder and decoder on the label (a conditional VAE; needs a labelled data set).")
+@click.option("--prior", type=click.Choice(PRIORS),
+              help="p(z): standard N(0, I), vamp (VampPrior) or mog (mixture of Gaussians).")
+@click.option("--prior-components", type=click.IntRange(min=1), help="K: pseudo-inputs (vamp) or Gaussians (mog).")
+@click.option("--flow", type=click.Choice(FLOWS), help="q(z|x) through a flow: none, planar or iaf.")
+@click.option("--flow-steps", type=click.IntRange(min=1), help="K: steps of the flow.")
+@click.option("--stochastic-layers", type=click.IntRange(1, 2),
+              help="2: the IWAE paper's z1 -> z2 stack (the decoder reads z1, of --latent-dim).")
+@click.option("--top-latent-dim", type=click.IntRange(min=1), help="Size of z2 (with --stochastic-layers 2).")
+@click.option("--top-hidden", callback=_widths, help="Hidden widths between z1 and z2, e.g. 100,100.")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")

@@ -2,7 +2,7 @@
 
 | family | module | what it is |
 |---|---|---|
-| ``vae`` | ``vae.py`` | Kingma & Welling (2013): Gaussian q(z\\|x), N(0, I) prior, any likelihood; conditional with labels |
+| ``vae`` | ``vae.py`` | Kingma & Welling (2013): Gaussian q(z\\|x), N(0, I) prior, any likelihood; conditional with labels; the zoo's components: flow posteriors, learned priors, two stochastic layers (``stacked.py``) |
 | ``ae`` | ``ae.py`` | a deterministic autoencoder with the same networks (no prior, no posterior) |
 
 Wake-sleep is an algorithm over the ``vae`` family (``aevb.wake_sleep``), not a family.

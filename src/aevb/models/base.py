@@ -9,7 +9,8 @@ integer classes (B,) or label weights (B, K), see ``aevb.conditional``):
 - ``encode(x, y)`` -> q(z|x) (a posterior object, ``aevb.distributions``), when ``has_posterior``;
 - ``embed(x, y)`` -> the deterministic code (B, Z), never sampled;
 - ``decode(z, y)`` -> p(x|z), a likelihood object with parameters shaped (..., C, H, W);
-- ``prior`` -> p(z), and ``sample(n, generator, y)`` -> decoded means of z ~ p(z);
+- ``prior`` -> p(z), ``sample_codes(n, generator)`` -> codes drawn from it (n, *latent_shape), and
+  ``sample(n, generator, y)`` -> their decoded means;
 - ``reconstruct(x, y)`` -> the decoded mean at the code;
 - ``capabilities`` -> what the model can do (below): the trainer, evaluation, figures, the report
   and the explorer ask this, never the family's name.
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..conditional import LabelError, check_labels, label_tensor, one_hot
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..nets import as_likelihood, build_decoder, build_encoder, init_normal_
 
 
@@ -62,10 +63,14 @@ class LatentVariableModel(nn.Module):
     documents the contract); ``heads`` are the encoder outputs the family reads."""
 
     CODE = "mu"  # the encoder head that is the deterministic code
+    # The component settings of ModelConfig this family builds from (of COMPONENT_DEFAULTS); any other
+    # one set away from its default is refused when the model is built.
+    COMPONENTS: frozenset[str] = frozenset()
 
     def __init__(self, config: ModelConfig, heads: tuple[str, ...], encoder: nn.Module | None = None,
                  decoder: nn.Module | None = None):
         super().__init__()
+        check_components(config, self.COMPONENTS)
         self.config = config
         self.heads = heads
         self.encoder = encoder if encoder is not None else build_encoder(config, heads=heads)
@@ -122,6 +127,26 @@ class LatentVariableModel(nn.Module):
         return self.decode(self.embed(x, y), y).mean
 
     @torch.no_grad()
+    def code_quantiles(self, probs: Tensor, draws: int = 20000, seed: int = 0) -> tuple[Tensor, str]:
+        """Quantiles of each code dimension under the prior at probabilities ``probs`` (P,): (P, latent_dim),
+        and what they are. N(0, I): the exact Gaussian quantiles; any other prior: the empirical quantiles
+        of ``draws`` codes from ``sample_codes`` (seeded)."""
+        from ..distributions import StandardNormal
+
+        probs = probs.double()
+        if isinstance(self.prior, StandardNormal):
+            q = torch.distributions.Normal(0.0, 1.0).icdf(probs).float()
+            return q[:, None].expand(-1, self.latent_dim).to(self.device), "Gaussian quantiles"
+        z = self.sample_codes(draws, generator=torch.Generator(device=self.device).manual_seed(seed)).double()
+        return torch.quantile(z, probs.to(z.device), dim=0).float(), f"quantiles of {draws} prior draws"
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+        """n codes z ~ p(z) in the space ``decode`` and ``embed`` share: (n, *latent_shape), on ``device``
+        (the model's by default)."""
+        return self.prior.sample(n, generator=generator, device=device or self.device)
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, y: int | Tensor | None = None) -> Tensor:
         """Decoded means of z ~ p(z): n images shaped (n, C, H, W). A conditional model needs ``y``:
         one class for all n, or n labels."""
@@ -130,8 +155,23 @@ class LatentVariableModel(nn.Module):
             y = label_tensor(y, n, device)
         if y is not None and self.config.num_classes and not y.is_floating_point():
             check_labels(y, self.config.num_classes, "labels")
-        z = self.prior.sample(n, generator=generator, device=device)
-        return self.decode(z, y).mean
+        return self.decode(self.sample_codes(n, generator=generator), y).mean
+
+
+# The component settings and their defaults: what a family that does not build one must leave alone.
+COMPONENT_DEFAULTS = {"prior": "standard", "flow": "none", "stochastic_layers": 1}
+_COMPONENT_WORDS = {"prior": "a learned prior", "flow": "a flow posterior",
+                    "stochastic_layers": "a second stochastic layer"}
+
+
+def check_components(config: ModelConfig, supported: frozenset[str]) -> None:
+    """``ConfigError`` (one line naming the setting) for a component set in ``config`` that the family,
+    building only ``supported`` ones, does not have."""
+    for name, default in COMPONENT_DEFAULTS.items():
+        value = getattr(config, name, default)
+        if name not in supported and value != default:
+            raise ConfigError(f"the {config.family} model cannot have {_COMPONENT_WORDS[name]} ({name}={value!r}); "
+                              f"leave {name} at {default!r}, or choose a family that builds one (vae)")
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ Endpoints (JSON in, JSON or PNG out; every rejection is a 4xx with ``{"error": "
     GET  /api/info              latent size, image shape, which controls the page shows
     GET  /api/map               up to MAP_POINTS test-set posterior means with labels (2-D latents only)
     POST /api/decode            {"z": [...]}                     -> image/png, the decoded mean
-    POST /api/sample            {"seed": 0}                      -> {"z": [...]} drawn from N(0, I)
+    POST /api/sample            {"seed": 0}                      -> {"z": [...]} drawn from the prior
     POST /api/encode            {"pixels": [...C*H*W in [0,1]]}  -> {"mu", "std", "png", "input_png"}
     POST /api/encode-image      raw PNG/JPEG bytes (+ ?invert=1) -> as /api/encode
     POST /api/interpolate       {"a": [...], "b": [...], "steps": 8} -> {"png": strip, "z": [...]}
@@ -199,12 +199,13 @@ class Explorer:
         return to_png(self.decode(z, y)[0])
 
     def sample(self, seed: int | None, label: int | None = None) -> dict:
-        """z ~ N(0, I); a conditional model's label is kept, or drawn uniformly when not given."""
+        """z ~ p(z), the model's prior (the code the sliders set); a conditional model's label is kept, or
+        drawn uniformly when not given."""
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
         given = self.label(label, required=False)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-        out: dict = {"z": self.model.prior.sample(1, generator=g, device="cpu")[0].tolist()}
+        out: dict = {"z": self.model.sample_codes(1, generator=g, device="cpu")[0].tolist()}
         if self.num_classes:
             out["label"] = label if given is not None else int(torch.randint(self.num_classes, (), generator=g))
         return out
@@ -213,7 +214,8 @@ class Explorer:
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         if self.model.capabilities.has_posterior:
             q = self.model.encode(x, y)
-            mu, std = q.mean[0], q.std[0]
+            mu = q.mean[0]
+            std = q.std[0] if hasattr(q, "std") else torch.zeros_like(mu)  # a flow posterior has no closed-form std
         else:
             mu = self.model.embed(x, y)[0]
             std = torch.zeros_like(mu)
