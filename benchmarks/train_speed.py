@@ -15,7 +15,8 @@ of an epoch: 3 passes (forward, and two for backward) of the four weight matrice
 same fixed draw for every system) is at most 100 nats, evaluating after every epoch (the
 evaluation is not counted), and reports the training seconds to get there.
 
-Systems: aevb (fp32, eager), aevb-compile (``--compile``), aevb-bf16 (bf16 autocast),
+Systems: aevb (fp32, eager), aevb-mkl (the same with AEVB_ONEDNN=0: every layer through
+PyTorch's own linear instead of oneDNN, see aevb.nets.dense), aevb-compile (``--compile``), aevb-bf16 (bf16 autocast),
 aevb-fast (the ``fast`` preset: see aevb.config.PRESETS), recipe (pytorch/examples/vae
 as written there: per-item Dataset + DataLoader, ``.item()`` every step) and pythae
 (0.1.2's TrainingPipeline with the same networks; skipped when pythae is not installed:
@@ -45,21 +46,26 @@ sys.path.insert(0, str(HERE))
 from mnist_vs_recipe import (BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo,  # noqa: E402
                              report)
 
-SYSTEMS = ("aevb", "aevb-compile", "aevb-bf16", "aevb-fast", "recipe", "pythae")
+SYSTEMS = ("aevb", "aevb-mkl", "aevb-compile", "aevb-bf16", "aevb-fast", "recipe", "pythae")
+ENV = {"aevb-mkl": {"AEVB_ONEDNN": "0"}}  # per-system environment of the child
 N_TRAIN, BATCH = 60_000, 128
 # forward + backward (x3) multiply-adds (x2) of the weight matrices 784x400, 400x(20+20), 20x400, 400x784
 FLOP_PER_SAMPLE = 3 * 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    """The float32 GEMM rate this process reaches (the best of three timings)."""
-    a = torch.randn(n, n)
+def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """The float32 GEMM rate this process reaches on ``device`` (the best of three timings)."""
+    a = torch.randn(n, n, device=device)
     a @ a
     best = 0.0
     for _ in range(3):
+        if device != "cpu":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(reps):
             a @ a
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
     return best / 1e9
 
@@ -70,25 +76,25 @@ def emit(**kw) -> None:
     print("RESULT " + json.dumps(kw), flush=True)
 
 
-def aevb_config(system: str, epochs: int):
+def aevb_config(system: str, epochs: int, device: str = "cpu"):
     from aevb.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from aevb.config import PRESETS
     from aevb.runconfig import apply_overrides
 
     cfg = RunConfig(model=ModelConfig(input_shape=(1, 28, 28), hidden=(400,), activation="relu", latent_dim=20),
                     data=DataConfig(dataset="mnist", binarize="dynamic", valid_size=0),
-                    train=TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, seed=0, device="cpu"))
-    extra = {"aevb": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
+                    train=TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, seed=0, device=device))
+    extra = {"aevb": {}, "aevb-mkl": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
              "aevb-fast": dict(PRESETS["fast"])}[system]
     return apply_overrides(cfg, extra)
 
 
-def run_aevb(system: str, epochs: int, target: float | None) -> None:
+def run_aevb(system: str, epochs: int, target: float | None, device: str = "cpu") -> None:
     from aevb.config import RunConfig, TrainConfig
     from aevb.data import load_dataset
     from aevb.train import Trainer
 
-    cfg = aevb_config(system, epochs)
+    cfg = aevb_config(system, epochs, device)
     data = load_dataset(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", dataset=data, progress=False)
@@ -195,7 +201,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     target = args.target if args.mode == "target" else None
     if args.system.startswith("aevb"):
-        run_aevb(args.system, args.epochs, target)
+        run_aevb(args.system, args.epochs, target, args.device)
     elif args.system == "recipe":
         run_recipe(args.epochs, target)
     else:
@@ -205,10 +211,11 @@ def child(args) -> None:
 
 # --- parent ------------------------------------------------------------------------------------
 
-def spawn(system: str, mode: str, epochs: int, threads: int, target: float) -> list[dict]:
+def spawn(system: str, mode: str, epochs: int, threads: int, target: float, device: str = "cpu") -> list[dict]:
     cmd = [sys.executable, __file__, mode, "--child", "--system", system, "--epochs", str(epochs),
-           "--threads", str(threads), "--target", str(target)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+           "--threads", str(threads), "--target", str(target), "--device", device]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV.get(system, {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"{system} failed:\n{proc.stderr[-3000:]}")
     return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -224,19 +231,19 @@ def available(systems: list[str]) -> list[str]:
 
 
 def speed(args) -> dict:
-    gflops = [matmul_gflops()]
+    gflops = [matmul_gflops(device=args.device)]
     epochs: dict[str, list[dict]] = {s: [] for s in args.systems}
     rss: dict[str, float] = {}
     compiled: dict[str, float] = {}  # the longest first-step compilation seen (excluded from the epoch times)
     for r in range(args.rounds):
         for system in args.systems:
-            rows = spawn(system, "speed", args.epochs, args.threads, 0.0)
+            rows = spawn(system, "speed", args.epochs, args.threads, 0.0, args.device)
             rss[system] = max(rss.get(system, 0.0), rows[-1]["peak_rss_mb"])
             timed = [row for row in rows if "seconds" in row]
             compiled[system] = max([compiled.get(system, 0.0)] + [row.get("compile_seconds", 0.0) for row in timed])
             epochs[system] += timed[1:] if len(timed) > 1 else timed  # each child's first epoch warms up
             print(f"round {r + 1} {system:13s} " + " ".join(f"{row['seconds']:.2f}" for row in timed), flush=True)
-    gflops.append(matmul_gflops())
+    gflops.append(matmul_gflops(device=args.device))
     peak = max(gflops)
     floor = FLOP_PER_SAMPLE * N_TRAIN / (peak * 1e9)
     res: dict = {"matmul_gflops": [round(g, 1) for g in gflops], "floor_seconds_per_epoch": round(floor, 3),
@@ -258,7 +265,7 @@ def speed(args) -> dict:
 def target(args) -> dict:
     res: dict = {"target_neg_elbo": args.target, "systems": {}}
     for system in args.systems:
-        rows = spawn(system, "target", args.max_epochs, args.threads, args.target)
+        rows = spawn(system, "target", args.max_epochs, args.threads, args.target, args.device)
         timed = [row for row in rows if "seconds" in row]
         reached = -timed[-1]["test_elbo"] <= args.target
         train_s = sum(row["seconds"] for row in timed)
@@ -286,6 +293,7 @@ def main(argv=None) -> None:
     ap.add_argument("--target", type=float, default=100.0, help="target: test -ELBO in nats")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--device", default="cpu", help="aevb's systems run here (cpu or cuda); recipe and pythae on the CPU")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -296,7 +304,10 @@ def main(argv=None) -> None:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    if args.device != "cpu" and any(not s.startswith("aevb") for s in args.systems):
+        raise SystemExit("--device cuda runs aevb's systems only (the recipe and pythae are timed on the CPU)")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": {"threads": args.threads, "cpus": os.cpu_count(),
+              "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
               "torch": torch.__version__, "python": platform.python_version()}}
     result.update(speed(args) if args.mode == "speed" else target(args))
     report(result, args.json)
