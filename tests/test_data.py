@@ -82,6 +82,20 @@ def test_binarization_modes():
     assert static.binary and set(torch.unique(static.train.x).tolist()) == {0.0, 1.0}
 
 
+def test_the_test_binarization_depends_on_its_own_seed_alone():
+    """The test split's dynamic draw is torch.bernoulli with its own generator (seed 12345): the same
+    whatever valid_size (which used to draw first from a shared generator) or subset."""
+    raw = load_dataset(DataConfig(dataset="digits")).test.x
+    want = torch.bernoulli(raw, generator=torch.Generator().manual_seed(registry.TEST_BINARIZE_SEED))
+    for kw in ({}, {"valid_size": 0}, {"valid_size": 50}, {"subset": 100}):
+        ds = load_dataset(DataConfig(dataset="digits", binarize="dynamic", **kw))
+        assert torch.equal(ds.test.x, want), kw
+    valid = load_dataset(DataConfig(dataset="digits", binarize="dynamic")).valid.x
+    raw_valid = load_dataset(DataConfig(dataset="digits")).valid.x
+    assert torch.equal(valid, torch.bernoulli(raw_valid,
+                                              generator=torch.Generator().manual_seed(registry.VALID_BINARIZE_SEED)))
+
+
 def test_subset_and_bad_names():
     assert len(load_dataset(DataConfig(dataset="digits", subset=100)).train) == 100
     with pytest.raises(DataError, match="unknown data set 'nope'"):
