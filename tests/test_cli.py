@@ -162,3 +162,18 @@ def test_the_package_loads_its_public_names_on_first_use():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         aevb.nope  # noqa: B018
+
+
+def test_the_log_variance_clamp_is_a_flag(tmp_path, capsys):
+    from .vizmodels import aevb
+
+    run = tmp_path / "r"
+    rc, _, err = aevb(capsys, "train", "--dataset", "digits", "--likelihood", "gaussian", "--hidden", "8",
+                      "--latent-dim", "2", "--epochs", "1", "--log-var-min", "-12.5", "--log-var-max", "4",
+                      "--out", run, "--no-progress", "--no-figures")
+    assert rc == 0, err
+    model = read_config(run).model
+    assert (model.log_var_min, model.log_var_max) == (-12.5, 4.0)
+    rc, out, err = aevb(capsys, "evaluate", run, "--k", "0", "--no-probe", "--json")
+    res = json.loads(out)
+    assert 0 <= res["decoder_scale_at_clamp"] <= 1 and "bits_per_dim" not in res  # a density: no bits/dim

@@ -180,6 +180,8 @@ class Bernoulli:
     which is stable for large |logit|.
     """
 
+    discrete = True  # log_prob is a log-probability of the data (bits/dim apply)
+
     def __init__(self, logits: Tensor, event_ndim: int = 1):
         self.logits = logits
         self.event_ndim = event_ndim
@@ -206,10 +208,14 @@ class Gaussian:
     1/(2 sigma^2) and an additive constant.
     """
 
-    def __init__(self, mean: Tensor, log_var: Tensor, event_ndim: int = 1):
+    discrete = False  # log_prob is a density: no bits/dim
+
+    def __init__(self, mean: Tensor, log_var: Tensor, event_ndim: int = 1,
+                 log_var_bounds: tuple[float, float] | None = None):
         self._mean = mean
         self.log_var = log_var
         self.event_ndim = event_ndim
+        self.log_var_bounds = log_var_bounds  # the clamp a learned log_var went through, if any
 
     @property
     def mean(self) -> Tensor:
@@ -218,6 +224,14 @@ class Gaussian:
     @property
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.log_var)
+
+    def at_clamp(self) -> Tensor | None:
+        """Where the learned log-variance sits at its clamp (bool, shape of the mean); None for a
+        variance that was not clamped (fixed, or a user's likelihood)."""
+        if self.log_var_bounds is None:
+            return None
+        lo, hi = self.log_var_bounds
+        return (self.log_var <= lo) | (self.log_var >= hi)
 
     def log_prob(self, x: Tensor) -> Tensor:
         mean, log_var, x = _wide(self._mean), _wide(self.log_var), _wide(x)
@@ -249,10 +263,16 @@ class DiscretizedLogistic:
     LOG_SCALE_MIN = -8.0
     LOG_SCALE_MAX = 5.0
 
+    discrete = True  # log_prob is a log-probability of the 256 levels (bits/dim apply)
+
     def __init__(self, mean: Tensor, log_scale: Tensor, event_ndim: int = 1):
         self._mean = mean
         self.log_scale = log_scale.clamp(self.LOG_SCALE_MIN, self.LOG_SCALE_MAX)
         self.event_ndim = event_ndim
+
+    def at_clamp(self) -> Tensor:
+        """Where the log-scale sits at its clamp (bool, shape of the mean)."""
+        return (self.log_scale <= self.LOG_SCALE_MIN) | (self.log_scale >= self.LOG_SCALE_MAX)
 
     @property
     def mean(self) -> Tensor:

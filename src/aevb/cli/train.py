@@ -44,6 +44,9 @@ _widths = int_list("layer widths", "500 or 400,400")
 @click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z.")
 @click.option("--conditional", is_flag=True,
               help="Condition encoder and decoder on the label (a conditional VAE; needs a labelled data set).")
+@click.option("--log-var-min", type=float, help="Clamp of every log-variance (decoder and q(z|x)): lower end, "
+              "default -10; evaluate reports the share of decoder pixels at it.")
+@click.option("--log-var-max", type=float, help="Clamp of every log-variance: upper end, default 10.")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
