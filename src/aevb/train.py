@@ -142,6 +142,11 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
+    grey = not bool(((ds.train.x == 0) | (ds.train.x == 1)).all())
+    if config.model.likelihood == "bernoulli" and config.data.binarize == "none" and grey:
+        raise ValueError(f"a Bernoulli decoder on {ds.name}'s grey levels with binarize none fits no probability "
+                         "of the data (log p(x) and bits/dim would mean nothing); set binarize to dynamic or static, "
+                         "or choose a gaussian or discretized_logistic likelihood")
     if config.model.conditional:
         check_data_labels(ds, config.model.num_classes)
 

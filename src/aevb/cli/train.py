@@ -64,7 +64,8 @@ _widths = int_list("layer widths", "500 or 400,400")
 @click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
 @seed_option(default=None)
 @device_option
-@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
+@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled); "
+              "default: dynamic for grey levels under a Bernoulli decoder, else none.")
 @click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
 @click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
 @image_size_option

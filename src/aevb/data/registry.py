@@ -184,8 +184,8 @@ def _draw(split: Split | None, seed: int) -> Split | None:
     return Split(torch.bernoulli(split.x, generator=torch.Generator().manual_seed(seed)), split.y)
 
 
-def _binarize(ds: Dataset, mode: str) -> Dataset:
-    """Static: threshold every split at 0.5. Dynamic: training batches are resampled by the
+def binarize(ds: Dataset, mode: str) -> Dataset:
+    """``ds`` binarized as ``DataConfig.binarize`` ``mode`` says (what ``load_dataset`` applies). Static: threshold every split at 0.5. Dynamic: training batches are resampled by the
     trainer; the evaluation splits are sampled once, each with its own fixed seed, so scores are comparable."""
     if mode == "none" or ds.binary:
         return ds
@@ -205,7 +205,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
                         "folder:PATH or npy:PATH")
-    ds = _binarize(ds, cfg.binarize)
+    ds = binarize(ds, cfg.binarize)
     if cfg.subset is not None:
         if cfg.subset > len(ds.train):
             raise DataError(f"subset {cfg.subset} is larger than the training split ({len(ds.train)})")
