@@ -139,6 +139,25 @@ def test_records_are_listed_by_name_and_documented():
 # --- splits ----------------------------------------------------------------------------
 
 
+def _image_keys(split) -> list[bytes]:
+    """One key per image: its pixel bytes."""
+    return [row.tobytes() for row in split.x.flatten(1).numpy()]
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_the_splits_of_every_data_set_are_disjoint_by_content(name, request):
+    """No image is in two splits, and none twice in one (each data set's files hold no duplicate):
+    a split cut one image off, e.g. test = pool[cut - 1 : -1], shares an image with train."""
+    data_dir = None if name == "digits" else str(request.getfixturevalue("data_dir"))
+    ds = load_dataset(DataConfig(dataset=name, data_dir=data_dir, download=False))  # no binarization
+    keys = {split: _image_keys(getattr(ds, split)) for split in ("train", "valid", "test")}
+    for split, k in keys.items():
+        assert len(set(k)) == len(k), f"{name} {split} holds an image twice"
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert not set(keys[a]) & set(keys[b]), f"{name}: {a} and {b} share images"
+
+
+
 def _rows(split):
     return split.x.flatten().long().tolist()
 
