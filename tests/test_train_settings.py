@@ -43,6 +43,10 @@ def test_a_bernoulli_decoder_on_grey_levels_without_binarization_is_refused(tmp_
     with pytest.raises(ValueError, match="set binarize to dynamic or static"):
         plan = plan_run(out=tmp_path / "p", overrides={"dataset": "digits", "binarize": "none"})
         Trainer(plan.config, plan.out, dataset=plan.data, progress=False)
+    grey = load_dataset(default_config("digits").data)  # its training split keeps the grey levels
+    with pytest.raises(ValueError, match="grey levels with binarize static"):  # static data would be thresholded
+        Trainer(apply_overrides(default_config("digits"), {"binarize": "static"}), tmp_path / "s", dataset=grey,
+                progress=False)
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
     cfg = apply_overrides(default_config("digits"), {"binarize": "none", "likelihood": "gaussian"})
     Trainer(cfg, tmp_path / "g", progress=False)  # a density of grey levels is fine
