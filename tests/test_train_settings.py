@@ -40,7 +40,7 @@ def test_a_bernoulli_decoder_on_grey_levels_without_binarization_is_refused(tmp_
     with pytest.raises(ValueError, match="Bernoulli decoder on digits's grey levels with binarize none"):
         cfg = RunConfig(model=ModelConfig(input_shape=(1, 8, 8)))  # RunConfig's data: digits, binarize none
         Trainer(cfg, tmp_path / "r", progress=False)
-    with pytest.raises(ValueError, match="set binarize to dynamic or static"):
+    with pytest.raises(ValueError, match="set binarize to dynamic"):
         plan = plan_run(out=tmp_path / "p", overrides={"dataset": "digits", "binarize": "none"})
         Trainer(plan.config, plan.out, dataset=plan.data, progress=False)
     grey = load_dataset(default_config("digits").data)  # its training split keeps the grey levels

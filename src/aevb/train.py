@@ -147,8 +147,9 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     mode = config.data.binarize
     if config.model.likelihood == "bernoulli" and mode != "dynamic" and grey:
         raise ValueError(f"a Bernoulli decoder on {ds.name}'s grey levels with binarize {mode} fits no probability "
-                         "of the data (log p(x) and bits/dim would mean nothing); set binarize to dynamic or static, "
-                         "or choose a gaussian or discretized_logistic likelihood")
+                         "of the data (log p(x) and bits/dim would mean nothing); set binarize to dynamic (or static, "
+                         "which thresholds the data as it is read), or choose a gaussian or discretized_logistic "
+                         "likelihood")
     if config.model.conditional:
         check_data_labels(ds, config.model.num_classes)
 
