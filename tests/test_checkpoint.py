@@ -64,6 +64,9 @@ def test_resume_is_bit_identical(tmp_path, optimizer):
     mb = [json.loads(x) for x in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()]
     assert [m["valid_elbo"] for m in ma] == [m["valid_elbo"] for m in mb]
     assert len(mb) == 2
+    # the training metrics too: epoch 2's means include the 12 steps before the stop (the saved sums)
+    train_metrics = lambda lines: [{k: v for k, v in m.items() if k.startswith("train_")} for m in lines]  # noqa: E731
+    assert train_metrics(ma) == train_metrics(mb) and "train_elbo" in train_metrics(ma)[1]
 
 
 def test_api_train_and_load(tmp_path):

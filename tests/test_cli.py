@@ -16,6 +16,7 @@ from aevb.data import load_dataset
 from aevb.evaluate import evaluate_elbo
 from aevb.models import build_model
 
+from .baselines import bernoulli_baseline
 from .conftest import run_cli
 
 
@@ -42,6 +43,10 @@ def test_train_evaluate_sample_reconstruct_on_digits(tmp_path):
     assert base < -40  # about 64 * ln 2 for logits near 0
     assert res["elbo"] > base + 12, (res["elbo"], base)
     assert res["elbo"] <= res["log_likelihood"] + 3 * res["log_likelihood_stderr"]
+    ds = load_dataset(read_config(run).data)
+    independent = bernoulli_baseline(ds.train.x, ds.test.x)  # -27.2: the best of a decoder ignoring z
+    assert res["elbo"] > independent + 1.5, (res["elbo"], independent)  # measured -24.1
+    assert res["log_likelihood"] > independent + 1.5, (res["log_likelihood"], independent)  # measured -23.6
 
     run_cli("sample", str(run), "--n", "16", "--out", str(tmp_path / "s.png"))
     run_cli("reconstruct", str(run), "--n", "8", "--out", str(tmp_path / "r.png"))
@@ -64,6 +69,10 @@ def test_train_on_an_mnist_subset(tmp_path, data_dir):
     assert base < -500  # about 784 * ln 2
     assert res["elbo"] > base + 300, (res["elbo"], base)
     assert res["log_likelihood"] > res["elbo"]
+    ds = load_dataset(read_config(run).data)  # the 2000 training images, the binarized test split
+    independent = bernoulli_baseline(ds.train.x, ds.test.x[:500])  # -200.5: a decoder ignoring z
+    assert res["elbo"] > independent + 15, (res["elbo"], independent)  # measured -160.5
+    assert res["log_likelihood"] > independent + 20, (res["log_likelihood"], independent)  # measured -153.5
 
 
 @pytest.mark.parametrize("args,message", [
@@ -162,3 +171,18 @@ def test_the_package_loads_its_public_names_on_first_use():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         aevb.nope  # noqa: B018
+
+
+def test_the_log_variance_clamp_is_a_flag(tmp_path, capsys):
+    from .vizmodels import aevb
+
+    run = tmp_path / "r"
+    rc, _, err = aevb(capsys, "train", "--dataset", "digits", "--likelihood", "gaussian", "--hidden", "8",
+                      "--latent-dim", "2", "--epochs", "1", "--log-var-min", "-12.5", "--log-var-max", "4",
+                      "--out", run, "--no-progress", "--no-figures")
+    assert rc == 0, err
+    model = read_config(run).model
+    assert (model.log_var_min, model.log_var_max) == (-12.5, 4.0)
+    rc, out, err = aevb(capsys, "evaluate", run, "--k", "0", "--no-probe", "--json")
+    res = json.loads(out)
+    assert 0 <= res["decoder_scale_at_clamp"] <= 1 and "bits_per_dim" not in res  # a density: no bits/dim

@@ -234,3 +234,20 @@ def test_discretized_logistic_samples_are_8_bit_values_in_range():
     assert s.min() >= 0 and s.max() <= 1
     torch.testing.assert_close(s * 255, (s * 255).round())
     assert (s == 0).any() and (s == 1).any()  # the edge bins collect the tails
+
+
+def test_a_decoders_log_scale_is_clamped_once_at_the_likelihoods_minimum():
+    """A sharp decoder: the likelihood nets.as_likelihood builds from log-scale -8 puts > 99% of an
+    interior pixel's mass in its bin (a second clamp at -5 in nets capped it at 0.144)."""
+    from aevb.nets import as_likelihood
+
+    cfg = small_config("mlp", "discretized_logistic", (1, 2, 2))
+    x = torch.full((1, 1, 2, 2), 100 / 255)
+    for raw in (-8.0, -30.0):  # at the minimum, and far below it (clamped to it)
+        logit = torch.logit(torch.tensor(100 / 255)).item()  # the decoder's mean goes through a sigmoid
+        out = torch.stack([torch.full((1, 1, 2, 2), logit), torch.full((1, 1, 2, 2), raw)], 1)
+        lik = as_likelihood(cfg, out)
+        p = lik.log_prob_per_dim(x).exp()
+        expected = 2 * torch.sigmoid(torch.tensor(0.5 / 255 * math.exp(-DiscretizedLogistic.LOG_SCALE_MIN))) - 1
+        torch.testing.assert_close(p, torch.full_like(p, expected.item()))
+        assert (p > 0.99).all()

@@ -82,6 +82,20 @@ def test_binarization_modes():
     assert static.binary and set(torch.unique(static.train.x).tolist()) == {0.0, 1.0}
 
 
+def test_the_test_binarization_depends_on_its_own_seed_alone():
+    """The test split's dynamic draw is torch.bernoulli with its own generator (seed 12345): the same
+    whatever valid_size (which used to draw first from a shared generator) or subset."""
+    raw = load_dataset(DataConfig(dataset="digits")).test.x
+    want = torch.bernoulli(raw, generator=torch.Generator().manual_seed(registry.TEST_BINARIZE_SEED))
+    for kw in ({}, {"valid_size": 0}, {"valid_size": 50}, {"subset": 100}):
+        ds = load_dataset(DataConfig(dataset="digits", binarize="dynamic", **kw))
+        assert torch.equal(ds.test.x, want), kw
+    valid = load_dataset(DataConfig(dataset="digits", binarize="dynamic")).valid.x
+    raw_valid = load_dataset(DataConfig(dataset="digits")).valid.x
+    assert torch.equal(valid, torch.bernoulli(raw_valid,
+                                              generator=torch.Generator().manual_seed(registry.VALID_BINARIZE_SEED)))
+
+
 def test_subset_and_bad_names():
     assert len(load_dataset(DataConfig(dataset="digits", subset=100)).train) == 100
     with pytest.raises(DataError, match="unknown data set 'nope'"):
@@ -123,6 +137,25 @@ def test_records_are_listed_by_name_and_documented():
 
 
 # --- splits ----------------------------------------------------------------------------
+
+
+def _image_keys(split) -> list[bytes]:
+    """One key per image: its pixel bytes."""
+    return [row.tobytes() for row in split.x.flatten(1).numpy()]
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_the_splits_of_every_data_set_are_disjoint_by_content(name, request):
+    """No image is in two splits, and none twice in one (each data set's files hold no duplicate):
+    a split cut one image off, e.g. test = pool[cut - 1 : -1], shares an image with train."""
+    data_dir = None if name == "digits" else str(request.getfixturevalue("data_dir"))
+    ds = load_dataset(DataConfig(dataset=name, data_dir=data_dir, download=False))  # no binarization
+    keys = {split: _image_keys(getattr(ds, split)) for split in ("train", "valid", "test")}
+    for split, k in keys.items():
+        assert len(set(k)) == len(k), f"{name} {split} holds an image twice"
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert not set(keys[a]) & set(keys[b]), f"{name}: {a} and {b} share images"
+
 
 
 def _rows(split):

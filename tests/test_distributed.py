@@ -57,6 +57,13 @@ def test_distributed_run_resumes(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert [m["epoch"] for m in load(tmp_path / "r").metrics] == [1, 2, 3]
+    # and it ends where an uninterrupted 2-process run of 3 epochs ends: the same weights
+    proc = torchrun(2, *COMMON, "--epochs", "3", "--out", str(tmp_path / "straight"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    a, b = load(tmp_path / "straight").model.state_dict(), load(tmp_path / "r").model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def _pid_with(marker: str, rank: str) -> int | None:

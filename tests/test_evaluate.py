@@ -23,6 +23,8 @@ from aevb.objectives import iwae_bound
 from aevb.train import train
 from aevb.runconfig import default_config
 
+from .baselines import bernoulli_baseline
+
 D, Z, SIGMA = 6, 2, 0.5
 
 
@@ -76,7 +78,9 @@ def test_importance_sampling_matches_closed_form_linear_gaussian():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
-    return train(default_config("digits"), out=out, epochs=3, latent_dim=4, hidden=(64,), progress=False, lr=3e-3, device="cpu")
+    # 20 epochs: enough to beat the independent-pixel baseline (test_evaluate_returns_flat_suite)
+    return train(default_config("digits"), out=out, epochs=20, latent_dim=4, hidden=(64,), progress=False, lr=3e-3,
+                 device="cpu")
 
 
 def test_elbo_below_iwae_k_below_iwae_larger_k(digits_run):
@@ -103,6 +107,8 @@ def test_evaluate_returns_flat_suite(digits_run):
         assert key in res, key
     assert res["k"] == 50 and res["n"] == 100
     assert res["log_likelihood"] >= res["elbo"] - 3 * res["log_likelihood_stderr"]
+    independent = bernoulli_baseline(ds.train.x, ds.test.x[:100])  # -27.5: the best of a decoder ignoring z
+    assert res["log_likelihood"] > independent + 1.5, (res["log_likelihood"], independent)  # measured -24.5
     assert 0 <= res["active_units"] <= 4
     assert sum(res[f"kl_dim_{j}"] for j in range(4)) == pytest.approx(res["kl"], rel=1e-4)
     assert res["bits_per_dim"] == pytest.approx(-res["log_likelihood"] / (64 * math.log(2)))
@@ -229,3 +235,56 @@ def test_conditional_model_takes_the_fast_path_with_its_label():
     assert ((fast - generic).abs() <= 1e-4 + 1.5e-7 * generic.abs()).all()
     other = log_likelihood(model, x, k=200, batch_size=4, seed=1, y=(y + 1) % 3)
     assert (fast - other).abs().max().item() > 1e-3  # the label reaches the decoder on the fast path
+
+
+# --- what the suite reports for which likelihood ----------------------------------------------
+
+
+def _small(likelihood: str, shape=(1, 2, 5)) -> VAE:
+    torch.manual_seed(0)
+    return VAE(ModelConfig(input_shape=shape, likelihood=likelihood, hidden=(8,), latent_dim=2))
+
+
+@pytest.mark.parametrize("likelihood,discrete", [("bernoulli", True), ("discretized_logistic", True),
+                                                 ("gaussian", False), ("gaussian_fixed", False)])
+def test_bits_per_dim_only_for_discrete_likelihoods(likelihood, discrete):
+    """Bits/dim are -log P(x) / (D ln 2) of a probability; a Gaussian density's (Frey Face's -2.88)
+    is no such number. The likelihood object says whether it is discrete."""
+    model = _small(likelihood)
+    x = (torch.randint(0, 2, (6, 1, 2, 5)) if likelihood == "bernoulli" else torch.randint(0, 256, (6, 1, 2, 5)) / 255)
+    res = evaluate(model, x.float(), k=4)
+    assert ("bits_per_dim" in res) is discrete and ("elbo_bits_per_dim" in res) is discrete
+    assert "log_likelihood" in res and res["discrete_likelihood"] is discrete  # says why bits/dim are absent
+    if discrete:
+        assert res["bits_per_dim"] == pytest.approx(-res["log_likelihood"] / (10 * math.log(2)))
+
+
+def test_evaluate_reports_the_fraction_of_decoder_log_variances_at_the_clamp():
+    """3 of the 10 pixels' log-variances are pushed past log_var_min (-10), 1 past log_var_max: 0.4."""
+    model = _small("gaussian")
+    with torch.no_grad():
+        head = model.decoder.log_var
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-30.0, -12.0, -10.5, 40.0, 0.0, -9.9, 9.9, 1.0, 2.0, 3.0]))
+    x = torch.rand(7, 1, 2, 5)
+    res = evaluate(model, x, k=0)
+    assert res["decoder_scale_at_clamp"] == pytest.approx(0.4)
+    with torch.no_grad():
+        head.bias.zero_()
+    assert evaluate(model, x, k=0)["decoder_scale_at_clamp"] == 0.0
+    # the discretized logistic's log-scale has one clamp, [LOG_SCALE_MIN, LOG_SCALE_MAX] = [-8, 5]
+    model = _small("discretized_logistic")
+    with torch.no_grad():
+        model.decoder.log_var.weight.zero_()
+        model.decoder.log_var.bias.copy_(torch.tensor([-9.0, -8.5, 6.0, 0, 0, 0, 0, 0, 0, -7.9]))
+    assert evaluate(model, x, k=0)["decoder_scale_at_clamp"] == pytest.approx(0.3)
+    assert "decoder_scale_at_clamp" not in evaluate(_small("bernoulli"), (x > 0.5).float(), k=0)  # no scale
+
+
+def test_log_likelihood_stderr_is_the_standard_error_over_images():
+    model = _small("bernoulli")
+    x = torch.randint(0, 2, (40, 1, 2, 5)).float()
+    res = evaluate(model, x, k=8, seed=3)
+    ll = log_likelihood(model, x, k=8, seed=3)
+    assert res["log_likelihood"] == pytest.approx(ll.mean().item(), rel=1e-12)
+    assert res["log_likelihood_stderr"] == pytest.approx(ll.std().item() / math.sqrt(40), rel=1e-9)

@@ -171,7 +171,8 @@ class DataConfig:
     """Which data set, where its files are, and how pixels become observations.
 
     ``binarize``: "dynamic" resamples x ~ Bernoulli(pixel) every batch on the device,
-    "static" thresholds once at 0.5, "none" keeps grey levels in [0, 1].
+    "static" thresholds once at 0.5, "none" keeps grey levels in [0, 1] (refused under a
+    Bernoulli decoder; a run that names none gets ``aevb.runconfig.default_binarize``).
     ``valid_size`` training examples are held out for validation (data sets with an
     official validation split ignore it); ``subset`` keeps only the first N training
     examples, for quick runs.

@@ -180,6 +180,8 @@ class Bernoulli:
     which is stable for large |logit|.
     """
 
+    discrete = True  # log_prob is a log-probability of the data (bits/dim apply)
+
     def __init__(self, logits: Tensor, event_ndim: int = 1):
         self.logits = logits
         self.event_ndim = event_ndim
@@ -206,10 +208,14 @@ class Gaussian:
     1/(2 sigma^2) and an additive constant.
     """
 
-    def __init__(self, mean: Tensor, log_var: Tensor, event_ndim: int = 1):
+    discrete = False  # log_prob is a density: no bits/dim
+
+    def __init__(self, mean: Tensor, log_var: Tensor, event_ndim: int = 1,
+                 log_var_bounds: tuple[float, float] | None = None):
         self._mean = mean
         self.log_var = log_var
         self.event_ndim = event_ndim
+        self.log_var_bounds = log_var_bounds  # the clamp a learned log_var went through, if any
 
     @property
     def mean(self) -> Tensor:
@@ -218,6 +224,14 @@ class Gaussian:
     @property
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.log_var)
+
+    def at_clamp(self) -> Tensor | None:
+        """Where the learned log-variance sits at its clamp (bool, shape of the mean); None for a
+        variance that was not clamped (fixed, or a user's likelihood)."""
+        if self.log_var_bounds is None:
+            return None
+        lo, hi = self.log_var_bounds
+        return (self.log_var <= lo) | (self.log_var >= hi)
 
     def log_prob(self, x: Tensor) -> Tensor:
         mean, log_var, x = _wide(self._mean), _wide(self.log_var), _wide(x)
@@ -243,12 +257,22 @@ class DiscretizedLogistic:
     """
 
     BIN = 1.0 / 255.0
-    LOG_SCALE_MIN = -8.0  # s >= 3.4e-4: a third of a bin width already puts ~99% in one bin
+    # The one clamp of the log-scale (decoders pass theirs unclamped). s >= 3.4e-4: a twelfth of a
+    # bin width, which puts 99.4% of an interior pixel's mass in its bin; s <= 148 is flatter than
+    # any use of [0, 1] needs, and keeps bin widths / s far from float32 underflow.
+    LOG_SCALE_MIN = -8.0
+    LOG_SCALE_MAX = 5.0
+
+    discrete = True  # log_prob is a log-probability of the 256 levels (bits/dim apply)
 
     def __init__(self, mean: Tensor, log_scale: Tensor, event_ndim: int = 1):
         self._mean = mean
-        self.log_scale = log_scale
+        self.log_scale = log_scale.clamp(self.LOG_SCALE_MIN, self.LOG_SCALE_MAX)
         self.event_ndim = event_ndim
+
+    def at_clamp(self) -> Tensor:
+        """Where the log-scale sits at its clamp (bool, shape of the mean)."""
+        return (self.log_scale <= self.LOG_SCALE_MIN) | (self.log_scale >= self.LOG_SCALE_MAX)
 
     @property
     def mean(self) -> Tensor:
@@ -258,7 +282,6 @@ class DiscretizedLogistic:
     def log_prob_per_dim(self, x: Tensor) -> Tensor:
         """log P(x) per pixel, unsummed, in float32 (or wider)."""
         mean, log_scale, x = _wide(self._mean), _wide(self.log_scale), _wide(x)
-        log_scale = log_scale.clamp(min=self.LOG_SCALE_MIN)
         inv_s = torch.exp(-log_scale)
         centered = x - mean
         plus = (centered + 0.5 * self.BIN) * inv_s
@@ -279,7 +302,7 @@ class DiscretizedLogistic:
         """Logistic noise, rounded to the nearest bin and clamped to [0, 1]."""
         u = torch.rand(self._mean.shape, generator=generator, device=self._mean.device, dtype=self._mean.dtype)
         u = u.clamp(1e-6, 1 - 1e-6)
-        scale = torch.exp(self.log_scale.clamp(min=self.LOG_SCALE_MIN))
+        scale = torch.exp(self.log_scale)
         x = self._mean + scale * (torch.log(u) - torch.log1p(-u))
         return (x.clamp(0.0, 1.0) * 255.0).round() / 255.0
 

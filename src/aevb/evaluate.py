@@ -1,7 +1,9 @@
 """Evaluation on a data split: ELBO, importance-sampled log p(x), and what the codes are worth.
 
 All values are nats per example (summed over pixels, averaged over images) unless the
-name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
+name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2), reported only for a discrete
+likelihood (Bernoulli, discretized logistic: ``log_prob`` is then a log-probability of the data;
+a Gaussian's is a density, whose "bits" would mean nothing).
 
 - ``log_likelihood``: the k-sample importance-weighted estimate log (1/k) sum_i w_i with
   z_i ~ q(z|x) (Burda et al. 2016), each image encoded once and its samples decoded in chunks
@@ -10,6 +12,9 @@ name says otherwise; ``bits_per_dim`` is -log p(x) / (D ln 2).
   error of the mean over images.
 - ``active_units``: dimensions u with Var_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, sec. 5.2).
 - ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
+- ``discrete_likelihood``, ``decoder_scale_at_clamp``: see ``decoder_statistics`` (the share of
+  pixels whose decoder log-variance or log-scale sits at its clamp; when it is not small, the
+  bound depends on the clamp, ``ModelConfig.log_var_min``/``log_var_max`` for a Gaussian).
 - ``probe_logreg_accuracy`` / ``probe_knn_accuracy``: classifiers fitted on the posterior
   means (``embed``) of training images and scored on the evaluated split's codes.
 
@@ -92,6 +97,32 @@ def log_likelihood(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk
 
 def bits_per_dim(log_px_nats: float, data_dim: int) -> float:
     return -log_px_nats / (data_dim * math.log(2))
+
+
+@torch.no_grad()
+def decoder_statistics(model, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, Any]:
+    """What the likelihood p(x|z) decoded at the codes of ``x`` (``embed``, no sampling) says of itself.
+
+    ``discrete_likelihood``: its ``log_prob`` is a log-probability of the data (the likelihood's
+    ``discrete``), so bits/dim apply. ``decoder_scale_at_clamp``, for a likelihood whose scale is
+    clamped (a learned Gaussian log-variance, clamped to [log_var_min, log_var_max]; the discretized
+    logistic's log-scale): the fraction of the pixels of ``x`` whose scale sits at the clamp, where
+    the bound no longer follows the data.
+    """
+    dev = model.device
+    discrete, at_clamp, pixels = True, 0, 0
+    for xb, yb in _labelled_batches(x, y, batch_size):
+        yb = None if yb is None else yb.to(dev)
+        lik = model.decode(model.embed(xb.to(dev), yb), yb)
+        discrete = discrete and bool(getattr(lik, "discrete", False))
+        mask = lik.at_clamp() if callable(getattr(lik, "at_clamp", None)) else None
+        if mask is not None:
+            at_clamp += int(mask.sum())
+            pixels += mask.numel()
+    out: dict[str, Any] = {"discrete_likelihood": discrete}
+    if pixels:
+        out["decoder_scale_at_clamp"] = at_clamp / pixels
+    return out
 
 
 @torch.no_grad()
@@ -194,8 +225,9 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     """The evaluation suite on ``x``, as one flat dict (nats per example).
 
     Keys: ``n``, ``k``, ``data_dim``; ``elbo``, ``reconstruction``, ``kl`` (an AE: ``reconstruction``);
-    a VAE adds ``log_likelihood``, ``log_likelihood_stderr``, ``bits_per_dim``, ``elbo_bits_per_dim``,
-    ``active_units``, ``kl_dim_0`` ...; with labels ``y`` and ``probe_train=(x_train, y_train)`` the
+    ``discrete_likelihood`` and, for a clamped decoder scale, ``decoder_scale_at_clamp``;
+    a VAE adds ``log_likelihood``, ``log_likelihood_stderr``, ``bits_per_dim`` and ``elbo_bits_per_dim``
+    (discrete likelihoods only), ``active_units``, ``kl_dim_0`` ...; with labels ``y`` and ``probe_train=(x_train, y_train)`` the
     probe accuracies ``probe_logreg_accuracy`` and ``probe_knn_accuracy``. ``k=0`` skips log p(x).
 
     ``y`` are the labels of ``x``. A conditional model needs them: every term is then given y
@@ -210,14 +242,18 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     cond_y = y if conditional else None
     result: dict[str, Any] = {"n": len(x), "k": k, "data_dim": d, "conditional": conditional}
     result.update(evaluate_elbo(model, x, batch_size=max(batch_size, 500), seed=seed, y=cond_y))
+    result.update(decoder_statistics(model, x, batch_size=max(batch_size, 500), y=cond_y))
+    discrete = result["discrete_likelihood"]
     if model.capabilities.has_posterior:
-        if "elbo" in result:
+        if "elbo" in result and discrete:
             result["elbo_bits_per_dim"] = bits_per_dim(result["elbo"], d)
         if k > 0:
             ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, seed=seed, progress=progress,
                                 y=cond_y)
             mean, se = _mean_and_stderr(ll)
-            result.update(log_likelihood=mean, log_likelihood_stderr=se, bits_per_dim=bits_per_dim(mean, d))
+            result.update(log_likelihood=mean, log_likelihood_stderr=se)
+            if discrete:
+                result["bits_per_dim"] = bits_per_dim(mean, d)
         stats = latent_statistics(model, x, y=cond_y)
         result["active_units"] = stats["active_units"]
         result["latent_dim"] = model.config.latent_dim

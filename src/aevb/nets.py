@@ -195,14 +195,12 @@ def make_likelihood(cfg: ModelConfig, out: Tensor, second: Tensor | None) -> Ber
     if cfg.likelihood == "bernoulli":
         return Bernoulli(out, event_ndim=3)
     mean = torch.sigmoid(out) if cfg.decoder_mean == "sigmoid" else out
-    if cfg.likelihood == "discretized_logistic":
-        # log-scale = log-variance / 2 up to a constant, so the same clamp range, halved
-        return DiscretizedLogistic(mean, second.clamp(0.5 * cfg.log_var_min, 0.5 * cfg.log_var_max), event_ndim=3)
-    if second is not None:
-        log_var = second.clamp(cfg.log_var_min, cfg.log_var_max)
-    else:
-        log_var = torch.full_like(mean, 2.0 * math.log(cfg.fixed_sigma))
-    return Gaussian(mean, log_var, event_ndim=3)
+    if cfg.likelihood == "discretized_logistic":  # its log-scale is clamped by the likelihood itself
+        return DiscretizedLogistic(mean, second, event_ndim=3)
+    if second is None:
+        return Gaussian(mean, torch.full_like(mean, 2.0 * math.log(cfg.fixed_sigma)), event_ndim=3)
+    bounds = (cfg.log_var_min, cfg.log_var_max)
+    return Gaussian(mean, second.clamp(*bounds), event_ndim=3, log_var_bounds=bounds)
 
 
 class NetworkError(ValueError):

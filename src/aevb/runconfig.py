@@ -39,13 +39,20 @@ class RunPlan:
     data: Dataset | None = None
 
 
+def default_binarize(likelihood: str, binary: bool) -> str:
+    """The binarization a run gets unless it names one: dynamic for grey levels under a Bernoulli
+    decoder (whose log p(x) is a probability only of binary data), none otherwise."""
+    return "dynamic" if likelihood == "bernoulli" and not binary else "none"
+
+
 def default_config(dataset: str = "digits") -> RunConfig:
-    """Sensible defaults for a data set: its shape and usual likelihood."""
+    """Sensible defaults for a data set: its shape, usual likelihood and ``default_binarize``."""
     from .data import dataset_info
 
     info = dataset_info(dataset)  # None for folder:/npy: data: plan_run fits the shape to what it reads
     cfg = RunConfig()
-    cfg.data = replace(cfg.data, dataset=dataset)
+    cfg.data = replace(cfg.data, dataset=dataset,
+                       binarize=default_binarize(info.likelihood, info.binary) if info else cfg.data.binarize)
     cfg.model = replace(cfg.model, input_shape=info.shape if info else (1, 28, 28),
                         likelihood=info.likelihood if info else "bernoulli")
     return cfg
@@ -156,15 +163,24 @@ def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
         from .data.custom import absolute
 
         overrides["dataset"] = absolute(overrides["dataset"])  # a run directory must not depend on the cwd
+    given = config is not None
     if config is None:
         config = default_config(overrides.get("dataset", "digits"))
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         overrides = {**PRESETS[preset], **overrides}
+    choose_binarize = not given and "binarize" not in overrides  # default_binarize, once the data is read
     config = apply_overrides(config, overrides)
+    if choose_binarize:
+        config = replace(config, data=replace(config.data, binarize="none"))
     if data is None:
         data = load_dataset(config.data)
+    if choose_binarize:
+        from .data.registry import binarize
+
+        mode = default_binarize(config.model.likelihood, data.binary)
+        config, data = replace(config, data=replace(config.data, binarize=mode)), binarize(data, mode)
     fitted: dict[str, Any] = {}
     if "input_shape" not in overrides:
         fitted["input_shape"] = data.shape  # the model takes the data's (C, H, W)

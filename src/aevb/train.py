@@ -125,7 +125,8 @@ def binarize_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A Bernoulli(x) draw of every pixel, as uniform < x: the same distribution as
     torch.bernoulli, and faster on CPU (one vectorised uniform draw and a comparison)."""
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return torch.lt(u, x, out=u)  # written over the uniforms as 0.0 / 1.0
+    torch.lt(u, x, out=u)  # written over the uniforms as 0.0 / 1.0
+    return u.add_(x, alpha=0)  # + 0 * x: a NaN pixel stays NaN (and its step is skipped), not 0
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -142,6 +143,13 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
+    grey = not bool(((ds.train.x == 0) | (ds.train.x == 1)).all())
+    mode = config.data.binarize
+    if config.model.likelihood == "bernoulli" and mode != "dynamic" and grey:
+        raise ValueError(f"a Bernoulli decoder on {ds.name}'s grey levels with binarize {mode} fits no probability "
+                         "of the data (log p(x) and bits/dim would mean nothing); set binarize to dynamic (or static, "
+                         "which thresholds the data as it is read), or choose a gaussian or discretized_logistic "
+                         "likelihood")
     if config.model.conditional:
         check_data_labels(ds, config.model.num_classes)
 

@@ -53,6 +53,9 @@ _widths = int_list("layer widths", "500 or 400,400")
               help="2: the IWAE paper's z1 -> z2 stack (the decoder reads z1, of --latent-dim).")
 @click.option("--top-latent-dim", type=click.IntRange(min=1), help="Size of z2 (with --stochastic-layers 2).")
 @click.option("--top-hidden", callback=_widths, help="Hidden widths between z1 and z2, e.g. 100,100.")
+@click.option("--log-var-min", type=float, help="Clamp of every log-variance (decoder and q(z|x)): lower end, "
+              "default -10; evaluate reports the share of decoder pixels at it.")
+@click.option("--log-var-max", type=float, help="Clamp of every log-variance: upper end, default 10.")
 @click.option("--init-std", type=click.FloatRange(min=0, min_open=True),
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
@@ -70,7 +73,8 @@ _widths = int_list("layer widths", "500 or 400,400")
 @click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
 @seed_option(default=None)
 @device_option
-@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled).")
+@click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled); "
+              "default: dynamic for grey levels under a Bernoulli decoder, else none.")
 @click.option("--valid-size", type=click.IntRange(min=0), help="Training examples held out for validation.")
 @click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training examples.")
 @image_size_option

@@ -170,18 +170,30 @@ def dataset_info(name: str) -> DatasetInfo | None:
 DEFAULT_LIKELIHOOD: dict[str, str] = {name: info.likelihood for name, info in DATASETS.items()}
 
 
-def _binarize(ds: Dataset, mode: str) -> Dataset:
-    """Static: threshold every split at 0.5. Dynamic: training batches are resampled by the
-    trainer; the evaluation splits are sampled once with a fixed seed so scores are comparable."""
+# Each evaluation split's dynamic binarization is drawn once, from a generator of its own, so that
+# the test images scored depend on nothing but this seed (not on valid_size, subset or the order of
+# the draws). 12345 keeps the test draw of runs with valid_size 0, which drew the test split first.
+TEST_BINARIZE_SEED = 12345
+VALID_BINARIZE_SEED = 12346
+
+
+def _draw(split: Split | None, seed: int) -> Split | None:
+    """One Bernoulli(pixel) draw of every value of ``split``, from a generator seeded with ``seed``."""
+    if split is None:
+        return None
+    return Split(torch.bernoulli(split.x, generator=torch.Generator().manual_seed(seed)), split.y)
+
+
+def binarize(ds: Dataset, mode: str) -> Dataset:
+    """``ds`` binarized as ``DataConfig.binarize`` ``mode`` says (what ``load_dataset`` applies). Static: threshold every split at 0.5. Dynamic: training batches are resampled by the
+    trainer; the evaluation splits are sampled once, each with its own fixed seed, so scores are comparable."""
     if mode == "none" or ds.binary:
         return ds
     if mode == "static":
         f = lambda s: Split((s.x > 0.5).float(), s.y)  # noqa: E731
-    else:
-        g = torch.Generator().manual_seed(12345)
-        f = lambda s: Split(torch.bernoulli(s.x, generator=g), s.y)  # noqa: E731
-        return Dataset(ds.name, ds.train, f(ds.valid) if ds.valid else None, f(ds.test), False, ds.num_classes)
-    return Dataset(ds.name, f(ds.train), f(ds.valid) if ds.valid else None, f(ds.test), True, ds.num_classes)
+        return Dataset(ds.name, f(ds.train), f(ds.valid) if ds.valid else None, f(ds.test), True, ds.num_classes)
+    return Dataset(ds.name, ds.train, _draw(ds.valid, VALID_BINARIZE_SEED), _draw(ds.test, TEST_BINARIZE_SEED),
+                   False, ds.num_classes)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -193,7 +205,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         raise DataError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
                         "folder:PATH or npy:PATH")
-    ds = _binarize(ds, cfg.binarize)
+    ds = binarize(ds, cfg.binarize)
     if cfg.subset is not None:
         if cfg.subset > len(ds.train):
             raise DataError(f"subset {cfg.subset} is larger than the training split ({len(ds.train)})")
