@@ -32,6 +32,17 @@ def has_real_data() -> bool:
     return DATA_DIR is not None and (DATA_DIR / "mnist").is_dir()
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "needs_data: uses the real data sets (given to every test that takes the "
+                            "data_dir fixture)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     if not has_real_data():

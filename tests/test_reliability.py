@@ -402,8 +402,9 @@ def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(tmp_path, c
 
     if device in available_devices():
         pytest.skip(f"this machine has {device}")
-    line = one_line_error(capsys, "train", "--device", device, "--out", tmp_path / "x", code=2)
-    assert f"'--device': " in line and f"this machine has: auto, {', '.join(available_devices())}" in line
+    line = one_line_error(capsys, "train", "--device", device, "--out", tmp_path / "x")
+    assert line.startswith("aevb: error: --device: ") and line.endswith(f"this machine has: auto, "
+                                                                        f"{', '.join(available_devices())}")
     monkeypatch.setattr(aevb.runconfig, "load_dataset", lambda cfg: pytest.fail("the data were read first"))
     with pytest.raises(DeviceError, match=f"this machine has: auto, {available_devices()[0]}"):
         aevb.train(device=device, out=tmp_path / "x", progress=False)

@@ -27,13 +27,15 @@ def seed_option(default: int | None = 0):
 
 def resolved_device(name: str) -> str:
     """A ``--device`` value as a device ``aevb.checkpoint.load`` takes: "auto" becomes cuda, mps or cpu;
-    a device this machine does not have is a usage error naming the ones it has."""
+    a device this machine does not have is one line naming the ones it has (exit status 1: the
+    command is right, the machine lacks the device)."""
     from ..devices import DeviceError, resolve_device
+    from .errors import UserError
 
     try:
         return str(resolve_device(name))
     except DeviceError as e:
-        raise click.BadParameter(str(e), param_hint="'--device'") from None
+        raise UserError(f"--device: {e}") from None
 
 
 _COUNT_WORDS = {2: "two", 3: "three"}
