@@ -18,7 +18,8 @@ FLOAT_BYTES = 4
 # The optimizer's tensors of the parameters' size (Adam's two moments, ...). Training holds the
 # weights, their gradients and these slots; a checkpoint serialises weights and slots, in two buffers
 # (safetensors' and the bytes written): 4 + 3 * slots copies at the peak, 10 for Adam (measured:
-# a 51-million-parameter MLP on digits peaked at 2.06 GB above the process's 0.38 GB before training).
+# a 51-million-parameter MLP on digits peaked 1.97 GiB above the process's size before training,
+# against the estimate of 2.05 GiB; docs/reliability.md).
 OPTIMIZER_SLOTS = {"adam": 2, "adagrad": 1, "sgd": 1}
 ACTIVATION_COPIES = 3  # a training batch's outputs kept for backward, their gradients, working tensors
 
