@@ -4,6 +4,7 @@ convolutional VAE trained for one epoch on a folder of PNGs through the real com
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_flat_folder_grey_resize_crop_and_channels(tmp_path):
 @pytest.mark.parametrize("setup,match", [
     (lambda p: None, "no such folder"),
     (lambda p: p.mkdir(), "no images found"),
-    (lambda p: (png(p / "a.png"), png(p / "b.png"), (p / "notes.txt").write_text("x")), "notes.txt is not a PNG or JPEG"),
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("x")), "no images found .*; found only notes.txt"),
     (lambda p: (png(p / "a.png"), png(p / "b.png"), (p / "c.png").write_bytes(b"not a png")), "cannot read image c.png"),
     (lambda p: (png(p / "a.png", h=8), png(p / "b.png", h=9), png(p / "c.png")), "different sizes"),
     (lambda p: (png(p / "a.png"), png(p / "cls" / "b.png")), "either directly in the folder"),
@@ -89,6 +90,59 @@ def test_bad_folders_raise_one_line_errors(tmp_path, setup, match):
     with pytest.raises(DataError, match=match) as e:
         load(f"folder:{root}")
     assert "\n" not in str(e.value)
+
+
+def png16(path, values: np.ndarray):
+    """A 16-bit grey PNG of ``values`` (H, W) in 0..65535, written chunk by chunk."""
+    import zlib
+
+    from .imagefiles import png_chunk, png_file
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)  # filter byte + big-endian pixels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_file(values.shape[1], values.shape[0], png_chunk(b"IDAT", zlib.compress(rows)), bit_depth=16))
+    return path
+
+
+def test_16_bit_pngs_are_scaled_by_their_bit_depth(tmp_path):
+    rng = np.random.default_rng(0)
+    values = [rng.integers(0, 65536, (6, 5)) for _ in range(4)]
+    for i, v in enumerate(values):
+        png16(tmp_path / f"{i}.png", v)
+    png16(tmp_path / "grey.png", np.full((6, 5), 31457))  # 31457 / 65535 = 0.48001
+    ds = load(f"folder:{tmp_path}", valid_size=0)
+    x = torch.cat([ds.train.x, ds.test.x])
+    want = torch.from_numpy(np.stack([*values, np.full((6, 5), 31457)]).astype(np.float32) / 65535).unsqueeze(1)
+    assert torch.equal(torch.sort(x.flatten())[0], torch.sort(want.flatten())[0])  # every value exactly
+    assert x.mean().item() == pytest.approx(want.mean().item(), abs=1e-6)  # before: clipped at 255, mean near 1
+    grey = next(im for im in x if torch.all(im == im.flatten()[0]))
+    assert grey.flatten()[0].item() == pytest.approx(0.48001, abs=1e-5)
+    resized = load(f"folder:{tmp_path}", image_size=(3, 5), channels=3)  # resized in floating point, then 3 channels
+    assert resized.shape == (3, 3, 5) and resized.train.x.max() <= 1 and 0.3 < resized.train.x.mean() < 0.7
+
+
+def test_other_files_in_an_image_folder_are_skipped_and_named(tmp_path):
+    from aevb.data.custom import SkippedFiles
+
+    for i in range(4):
+        png(tmp_path / f"{i}.png", seed=i)
+    (tmp_path / "notes.txt").write_text("where these came from")
+    (tmp_path / "labels.csv").write_text("0,1")
+    with pytest.warns(SkippedFiles, match=r"skipped 2 file\(s\) that are not PNG or JPEG images: labels.csv, notes.txt$"):
+        ds = load(f"folder:{tmp_path}")  # before: DataError for the whole folder
+    assert len(ds.train) + len(ds.valid) + len(ds.test) == 4
+
+
+def test_the_command_names_the_skipped_files_in_one_line(tmp_path, capsys):
+    from aevb.cli import main
+
+    for i in range(4):
+        png(tmp_path / "imgs" / f"{i}.png", h=4, w=4, seed=i)
+    (tmp_path / "imgs" / "notes.txt").write_text("x")
+    assert main(["data", "fetch", f"folder:{tmp_path / 'imgs'}"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"aevb: warning: folder:{tmp_path / 'imgs'}: skipped 1 file(s) that are not PNG or JPEG images: "
+                   "notes.txt\n")
 
 
 # --- arrays -----------------------------------------------------------------------------
@@ -136,7 +190,10 @@ def bad_float(v):
     ("few.npy", np.zeros((2, 4, 4), np.uint8), "at least 3 are needed"),
     ("y.npz", dict(x=np.zeros((5, 4, 4), np.uint8), y=np.arange(4)), "one label per image"),
     ("y2.npz", dict(x=np.zeros((5, 4, 4), np.uint8), y=np.zeros((5, 2), int)), "one label per image"),
-    ("yf.npz", dict(x=np.zeros((5, 4, 4), np.uint8), y=np.zeros(5)), "non-negative integers"),
+    ("yf.npz", dict(x=np.zeros((5, 4, 4), np.uint8), y=np.zeros(5)), "non-negative integers; got dtype float64"),
+    ("yneg.npz", dict(x=np.zeros((5, 4, 4), np.uint8), y=np.array([0, 1, -1, 2, -3])),
+     r"y has negative labels \(2 of them, the smallest -3\); labels must be non-negative"),  # before: "got dtype int64"
+    ("obj.npz", dict(x=np.array([{"a": 1}] * 5, dtype=object)), "holds an array of Python objects .*never loads"),
     ("nox.npz", dict(images=np.zeros((5, 4, 4), np.uint8)), "has no array 'x'"),
     ("str.npy", np.array([["a"] * 4] * 4 * 5).reshape(5, 4, 4), "dtype"),
 ])
@@ -170,8 +227,23 @@ def test_missing_and_unreadable_array_files(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(f"npy:{tmp_path / 'nope.npy'}")
     (tmp_path / "junk.npy").write_bytes(b"definitely not numpy")
-    with pytest.raises(DataError, match="not a readable .npy or .npz"):
+    with pytest.raises(DataError, match="not a readable .npy or .npz") as e:
         load(f"npy:{tmp_path / 'junk.npy'}")
+    assert str(e.value) == (f"npy:{tmp_path / 'junk.npy'}: not a readable .npy or .npz file: it starts with "
+                            "b'defini', not with the signature of a NumPy array (np.save) or of a zip archive (np.savez)")
+    assert "allow_pickle" not in str(e.value)  # before: numpy's "Cannot load file containing pickled data ..."
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True)
+    np.save(tmp_path / "good.npy", np.zeros((5, 4, 4), np.uint8))
+    whole = (tmp_path / "good.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[:-10])
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "good.npz", x=np.zeros((5, 4, 4), np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:200])
+    for name, message in (("objects.npy", "holds an array of Python objects (pickled), which aevb never loads"),
+                          ("cut.npy", "it is truncated or corrupt"), ("empty.npy", "the file is empty"),
+                          ("cut.npz", "it is truncated or corrupt")):
+        with pytest.raises(DataError, match=re.escape(message)):
+            load(f"npy:{tmp_path / name}")
     with pytest.raises(DataError, match="give a path"):
         load("npy:")
 

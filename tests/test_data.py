@@ -259,7 +259,7 @@ def _copy(data_dir: Path, tmp: Path, rel: str) -> Path:
 
 
 def test_corrupt_copy_raises_checksum_error(data_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv("AEVB_DATA_DIR")
+    monkeypatch.delenv("AEVB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     f = _copy(data_dir, tmp_path, "mnist/t10k-labels-idx1-ubyte.gz")
     assert locate(MNIST_FILES["t10k-labels"], tmp_path, download=False) == f
@@ -271,7 +271,7 @@ def test_corrupt_copy_raises_checksum_error(data_dir, tmp_path, monkeypatch):
 
 
 def test_missing_file_without_download_names_the_folders(tmp_path, monkeypatch):
-    monkeypatch.delenv("AEVB_DATA_DIR")
+    monkeypatch.delenv("AEVB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="not found in .*AEVB_DATA_DIR"):
         locate(MNIST_FILES["t10k-labels"], tmp_path / "nowhere", download=False)
@@ -280,7 +280,7 @@ def test_missing_file_without_download_names_the_folders(tmp_path, monkeypatch):
 @pytest.fixture
 def mirror(tmp_path, data_dir, monkeypatch):
     """A static file server on 127.0.0.1 serving tmp_path/'mirror'; no other data folder is visible."""
-    monkeypatch.delenv("AEVB_DATA_DIR")
+    monkeypatch.delenv("AEVB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tmp_path / "mirror"
     root.mkdir()
@@ -355,3 +355,26 @@ def test_amat_parser():
     with pytest.raises(DataError, match="values other than 0 and 1"):
         parse_amat(row.replace("1", "2", 1).encode())
     assert np.array_equal(arr[0, :4], [0, 1, 0, 1])
+
+
+@pytest.mark.slow  # three fresh pytest processes: 2 s each on an idle machine
+def test_without_the_data_a_data_test_skips_and_in_ci_fails_unless_no_data_is_expected(tmp_path):
+    """The ``data_dir`` fixture's contract, on a one-line test in a fresh pytest (conftest as a plugin)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_needs_data.py").write_text("def test_it(data_dir):\n    assert data_dir.is_dir()\n")
+
+    def pytest_with(**env: str) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items() if k not in ("CI", "AEVB_NO_DATA", "AEVB_DATA_DIR")}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p",
+                               "tests.conftest", str(tmp_path / "test_needs_data.py")], cwd=REPO, text=True,
+                              capture_output=True, env={**clean, "AEVB_DATA_DIR": str(tmp_path / "none"), **env})
+
+    alone = pytest_with()
+    assert alone.returncode == 0 and "1 skipped" in alone.stdout and "set AEVB_DATA_DIR" in alone.stdout, alone.stdout
+    ci = pytest_with(CI="true")
+    assert ci.returncode == 1 and "must point at the shared data folder in CI" in ci.stdout, ci.stdout
+    hidden = pytest_with(CI="true", AEVB_NO_DATA="1", AEVB_DATA_DIR=str(REPO.parent / "shared" / "data"))
+    assert hidden.returncode == 0 and "AEVB_NO_DATA=1: this pass runs without the real data sets" in hidden.stdout

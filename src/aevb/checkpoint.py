@@ -16,6 +16,7 @@ into place, so a crash leaves either the old file or the new one, never half of 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -43,21 +44,28 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file renamed into place. An ``OSError``
+    (a full disk, a read-only folder, a path below a file) names ``path`` and leaves no temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from None
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as an ordinary write would (mkstemp makes 0600)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary write would (mkstemp makes 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -67,6 +75,38 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` as the same kind of OSError naming ``path`` (not a temporary file's name)."""
+    return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+PROBE_BYTES = 1 << 16
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise an ``OSError`` naming ``folder`` unless files can be written there: the nearest existing
+    folder on its path takes a 64 KiB probe file (removed at once). Creates nothing, so a command can
+    check its output before it computes."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # "a/b" -> "a" -> "." (relative paths stay as the user wrote them)
+    if not existing.is_dir():
+        what = "it is" if existing == folder else f"{existing} is"
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} a file, not a folder", str(folder))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".aevb-write-check.", dir=existing)
+    except OSError as e:
+        raise _naming(e, folder) from None
+    try:
+        os.write(fd, bytes(PROBE_BYTES))
+    except OSError as e:
+        raise _naming(e, folder) from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,9 +123,17 @@ def _cpu_tensors(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_model(run_dir: str | Path, model: torch.nn.Module, config: RunConfig) -> None:
+    """Write config.json and the weights. When the weights cannot be written into a new run
+    directory, the config.json just written is removed again: no lone config.json is left."""
     run_dir = Path(run_dir)
+    new = not (run_dir / CONFIG).exists()
     atomic_write(run_dir / CONFIG, config.to_json().encode())
-    atomic_write(run_dir / WEIGHTS, st_save(_cpu_tensors(unwrap(model).state_dict()), {"format": "pt"}))
+    try:
+        atomic_write(run_dir / WEIGHTS, st_save(_cpu_tensors(unwrap(model).state_dict()), {"format": "pt"}))
+    except OSError:
+        if new:
+            (run_dir / CONFIG).unlink(missing_ok=True)
+        raise
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -98,8 +146,34 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + n])
     except (SafetensorError, ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not a safetensors file ({e}); aevb never loads pickled checkpoints") from None
+        raise CheckpointError(f"{path} {_what_is_wrong(data, e)}") from None
     return tensors, header.get("__metadata__") or {}
+
+
+PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, a raw pickle (protocol 2+)
+
+
+def _what_is_wrong(data: bytes, error: Exception) -> str:
+    """Why ``data`` is not a whole safetensors file: empty, cut short, a pickle, or something else."""
+    if not data:
+        return "is empty (0 bytes); the write that made it was interrupted: train again or restore a copy"
+    if data.startswith(PICKLE_SIGNATURES):
+        return "is a pickled (torch.save) checkpoint, not a safetensors file; aevb never loads pickled checkpoints"
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
+    if n is not None and 8 + n <= len(data):
+        try:
+            header = json.loads(data[8 : 8 + n])
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError):
+            header, end = None, None
+        if end is not None and 8 + n + end > len(data):
+            return (f"is truncated: it has {len(data)} bytes of the {8 + n + end} its header describes; it was "
+                    "cut short (a full disk or a copy that stopped): train again or restore a copy")
+    elif n is not None and n < (1 << 27):  # a plausible header length longer than the file
+        return (f"is truncated: its header alone should be {n} bytes, and the file has {len(data)}; it was cut "
+                "short (a full disk or a copy that stopped): train again or restore a copy")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"is not a safetensors file ({first}); it is corrupt or was written by another program"
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -209,8 +283,18 @@ def remove_temporaries(run_dir: str | Path) -> None:
 
 
 def append_metrics(run_dir: str | Path, line: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(line) + "\n")
+    """Add one line to metrics.jsonl; a write that fails (a full disk) leaves the file as it was."""
+    path = Path(run_dir) / METRICS
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if path.exists():
+            os.truncate(path, size)  # no half line
+        raise _naming(e, path) from None
 
 
 def truncate_metrics(run_dir: str | Path, n_lines: int) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,11 @@ def _check(cond: bool, message: str) -> None:
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     _check(value in options, f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (False for NaN, +-inf, strings, None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -127,10 +136,14 @@ class ModelConfig:
                f"latent_dim must be a positive integer; got {self.latent_dim!r}")
         _check(all(h >= 1 for h in self.hidden), f"hidden sizes must be positive; got {self.hidden}")
         _choice("decoder_mean", self.decoder_mean, DECODER_MEANS)
-        _check(self.fixed_sigma > 0, f"fixed_sigma must be positive; got {self.fixed_sigma}")
+        _check(_finite(self.fixed_sigma) and self.fixed_sigma > 0,
+               f"fixed_sigma must be positive and finite; got {self.fixed_sigma}")
+        _check(_finite(self.log_var_min) and _finite(self.log_var_max),
+               f"log_var_min and log_var_max must be finite; got {self.log_var_min} and {self.log_var_max}")
         _check(self.log_var_min < self.log_var_max,
                f"log_var_min ({self.log_var_min}) must be below log_var_max ({self.log_var_max})")
-        _check(self.init_std is None or self.init_std > 0, f"init_std must be positive; got {self.init_std}")
+        _check(self.init_std is None or (_finite(self.init_std) and self.init_std > 0),
+               f"init_std must be positive and finite; got {self.init_std}")
         _check(len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
                f"conv_channels must be one or more positive channel counts; got {self.conv_channels}")
         _check(len(self.conv_channels) <= 8, f"conv_channels allows at most 8 layers; got {len(self.conv_channels)}")
@@ -257,8 +270,9 @@ class TrainConfig:
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
                f"batch_size must be a positive integer; got {self.batch_size!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check(self.lr > 0, f"learning rate must be positive; got {self.lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
+        _check(_finite(self.lr) and self.lr > 0, f"learning rate must be positive and finite; got {self.lr}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be >= 0 and finite; got {self.weight_decay}")
         _choice("estimator", self.estimator, ESTIMATORS)
         _check(isinstance(self.samples, int) and self.samples >= 1, f"samples (L) must be >= 1; got {self.samples!r}")
         _choice("precision", self.precision, PRECISIONS)
@@ -267,15 +281,16 @@ class TrainConfig:
                f"objective must be one of {', '.join(OBJECTIVES)} (or null for the model's default); got {self.objective!r}")
         _choice("kl_schedule", self.kl_schedule, KL_SCHEDULES)
         _check(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"iwae_k must be >= 1; got {self.iwae_k!r}")
-        _check(self.beta >= 0, f"beta must be >= 0; got {self.beta}")
+        _check(_finite(self.beta) and self.beta >= 0, f"beta must be >= 0 and finite; got {self.beta}")
         _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
                f"warmup_steps must be >= 0; got {self.warmup_steps!r}")
         _check(self.kl_schedule == "constant" or self.warmup_steps > 0,
                f"kl_schedule {self.kl_schedule!r} needs warmup_steps > 0")
-        _check(self.free_bits >= 0, f"free_bits must be >= 0; got {self.free_bits}")
-        _check(self.clip_grad_norm is None or self.clip_grad_norm > 0,
-               f"clip_grad_norm must be positive; got {self.clip_grad_norm}")
-        _check(self.skip_grad_norm > 0, f"skip_grad_norm must be positive; got {self.skip_grad_norm}")
+        _check(_finite(self.free_bits) and self.free_bits >= 0, f"free_bits must be >= 0 and finite; got {self.free_bits}")
+        _check(self.clip_grad_norm is None or (_finite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+               f"clip_grad_norm must be positive and finite; got {self.clip_grad_norm}")
+        _check(_finite(self.skip_grad_norm) and self.skip_grad_norm > 0,
+               f"skip_grad_norm must be positive and finite; got {self.skip_grad_norm}")
         _check(isinstance(self.max_skips, int) and self.max_skips >= 1, f"max_skips must be >= 1; got {self.max_skips!r}")
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
@@ -308,12 +323,14 @@ class RunConfig:
                "use the aevb version that wrote it")
         d = _migrate(d)
         model = d.get("model", {})
+        if isinstance(model, dict) and "family" in model:
+            check_type(ModelConfig, "family", model["family"], "model")
         family = model.get("family", "vae") if isinstance(model, dict) else "vae"
         hint = (None if family in MODEL_CONFIGS else
                 f"(model family {family!r} is not registered: import the module that registers it first)")
-        return cls(model=_build(MODEL_CONFIGS.get(family, ModelConfig), model, hint),
-                   data=_build(DataConfig, d.get("data", {})),
-                   train=_build(TrainConfig, d.get("train", {})),
+        return cls(model=_build(MODEL_CONFIGS.get(family, ModelConfig), model, "model", hint),
+                   data=_build(DataConfig, d.get("data", {}), "data"),
+                   train=_build(TrainConfig, d.get("train", {}), "train"),
                    format_version=FORMAT_VERSION)
 
     @classmethod
@@ -349,12 +366,101 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _build(cls: type, d: Any, hint: str | None = None) -> Any:
-    _check(isinstance(d, dict), f"{cls.__name__} must be a JSON object")
+def _build(cls: type, d: Any, section: str, hint: str | None = None) -> Any:
+    """The ``cls`` dataclass a JSON object ``d`` (the ``section`` of config.json) describes; every
+    field is checked against its annotation first, so a wrong kind of value names the field."""
+    _check(isinstance(d, dict), f"{section} must be a JSON object ({cls.__name__}); got {_kind(d)}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(unknown)}" + (f" {hint}" if hint else ""))
+    for name, value in d.items():
+        check_type(cls, name, value, section)
     try:
         return cls(**d)
     except TypeError as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+# --- field types ------------------------------------------------------------------------
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotation of each field of a config dataclass ({} when they cannot be evaluated)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation naming something its module cannot see: leave it unchecked
+        return {}
+
+
+def check_type(cls: type, name: str, value: Any, section: str) -> None:
+    """``ConfigError`` naming ``section.name`` and the expected type when ``value`` does not fit the
+    field's annotation (a number where a float is expected, a list where a tuple is)."""
+    hint = field_hints(cls).get(name)
+    if hint is not None and not _fits(value, hint):
+        raise ConfigError(f"{section}.{name} must be {_describe(hint)}; got {_kind(value)}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # a kind this check does not know: the dataclass validates it
+
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe(hint: Any) -> str:
+    """What a value of this annotation looks like in JSON, e.g. "a list of integers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_PLURALS.get(args[0], 'values')}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_PLURALS.get(args[0], 'values')}"
+        return f"a list of {len(args)} values"
+    if origin is dict or hint is dict:
+        return "an object"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _kind(value: Any) -> str:
+    """A value as a message shows it, with its JSON kind: "the string '0.01'", "the integer 400"."""
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, numbers.Integral):
+        return f"the integer {value}"
+    if isinstance(value, numbers.Real):
+        return f"the number {value}"
+    if isinstance(value, (list, tuple)):
+        return f"the list {json.dumps(list(value), default=str)}"
+    if isinstance(value, dict):
+        return "an object"
+    return f"{value!r} (a {type(value).__name__})"

@@ -87,6 +87,8 @@ def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
                 out[kind] = path.read_bytes()
             except ValueError as e:
                 out[kind] = str(e)
+            except RuntimeError as e:  # a numerical failure (torch's LinAlgError is one): say so, draw the rest
+                out[kind] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'failed'}"
     return out
 
 

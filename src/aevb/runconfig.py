@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
-from .config import PRESETS, ConfigError, RunConfig
+from .config import PRESETS, ConfigError, RunConfig, check_type
 from .data import Dataset, load_dataset
+from .devices import resolve_device
 
 # What a resumed run may change: where and how it runs, and how long.
 RESUMABLE = ("epochs", "device", "data_dir", "download", "compile")
@@ -91,8 +92,18 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         if not owners:
             raise ConfigError(f"unknown setting {key!r}")
         changes[owners[0]][key] = value
-    return RunConfig(model=replace(model, **changes["model"]), data=replace(config.data, **changes["data"]),
-                     train=replace(config.train, **changes["train"]), format_version=config.format_version)
+    built = {}
+    for name, obj in parts.items():
+        try:
+            built[name] = replace(obj, **changes[name])
+        except (TypeError, ConfigError) as e:
+            for key, value in changes[name].items():  # a value of the wrong kind: name it and its type
+                check_type(type(obj), key, value, name)
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{name} settings: {e}") from None
+    return RunConfig(model=built["model"], data=built["data"], train=built["train"],
+                     format_version=config.format_version)
 
 
 def default_out(dataset: str) -> Path:
@@ -101,23 +112,58 @@ def default_out(dataset: str) -> Path:
 
 
 def check_out(out: Path, overwrite: bool = False) -> None:
-    """Refuse an output folder that holds a run or other files, unless ``overwrite`` (then the run's
-    files are removed first; other files stay)."""
+    """Refuse an output folder that holds a run or other files (a run only without ``overwrite``),
+    or that cannot be written (``aevb.checkpoint.check_writable``). Changes nothing."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not a folder; choose another output folder")
-    if not out.is_dir():
+    if out.is_dir():
+        if is_run(out) and not overwrite:
+            raise ConfigError(f"{out} already holds a run; resume it (--resume, resume=True), choose another "
+                              "output folder, or replace it (overwrite=True in Python)")
+        if not is_run(out) and any(out.iterdir()):
+            raise ConfigError(f"{out} is not empty and is not a run directory; choose an empty or new folder")
+    ckpt.check_writable(out)
+
+
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` holds an aevb run (its config.json or training state)."""
+    return (folder / ckpt.CONFIG).exists() or (folder / ckpt.TRAIN_STATE).exists()
+
+
+def clear_run(out: Path) -> None:
+    """Remove the files aevb wrote into the run directory ``out`` (other files stay)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for folder in ("tensorboard", "plots"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def check_memory(config: RunConfig, data: Dataset, own_networks: bool = False) -> None:
+    """Refuse a run whose model (and, on an accelerator, data) would not fit in the memory free on
+    its device, with the estimate and what to change; estimated on the meta device, nothing allocated.
+    ``own_networks``: the model uses networks of your own, whose size is not known here."""
+    from .memory import available_bytes, format_bytes, model_footprint, tensor_bytes, training_bytes
+
+    device = resolve_device(config.train.device)
+    free = available_bytes(device)
+    footprint = None if own_networks else model_footprint(config.model)
+    if free is None or footprint is None:
         return
-    is_run = (out / ckpt.CONFIG).exists() or (out / ckpt.TRAIN_STATE).exists()
-    if is_run and not overwrite:
-        raise ConfigError(f"{out} already holds a run; resume it, or choose another output folder "
-                          "(or overwrite it)")
-    if not is_run and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} is not empty and is not a run directory; choose an empty or new folder")
-    if overwrite and is_run:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for folder in ("tensorboard", "plots"):
-            shutil.rmtree(out / folder, ignore_errors=True)
+    params, activations = footprint
+    need = training_bytes(config, params, activations)
+    parts = f"{params:,} parameters, {activations:,} activations per image at batch size {config.train.batch_size}"
+    if device.type != "cpu":  # on the CPU the data are in memory already; elsewhere they are copied there
+        splits = [s for s in (data.train, data.valid, data.test) if s is not None]
+        data_need = tensor_bytes(*(s.x for s in splits), *(s.y for s in splits))
+        need += data_need
+        parts += f", the data {format_bytes(data_need)}"
+    if need > free:
+        raise ConfigError(
+            f"training this model needs about {format_bytes(need)} ({parts}) but {device} has "
+            f"{format_bytes(free)} free; make it smaller: narrower or fewer hidden layers (hidden, --hidden), "
+            "smaller images (image_size, --image-size, for folder: data), a convolutional network "
+            "(architecture 'conv', --architecture conv) or a smaller batch_size (--batch-size)")
 
 
 def completed_epochs(run_dir: Path) -> int | None:
@@ -132,13 +178,14 @@ def completed_epochs(run_dir: Path) -> int | None:
 def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
              config: RunConfig | str | Path | None = None, preset: str | None = None,
              overrides: dict[str, Any] | None = None, conditional: bool = False, data: Dataset | None = None,
-             overwrite: bool = False) -> RunPlan:
+             overwrite: bool = False, own_networks: bool = False) -> RunPlan:
     """The configuration and run directory of a run to train (see the module docstring).
 
     ``config``: a ``RunConfig`` or the path of a config.json to start from; ``overrides``: settings by
     field name (``dataset``, ``epochs``, ``model``, ...), applied after ``preset``; ``conditional``:
     condition on the data set's labels; ``data``: an already loaded data set; ``overwrite``: replace
-    a run already in ``out``.
+    a run already in ``out``; ``own_networks``: the model will use networks of your own (the
+    memory check leaves their size out).
     """
     overrides = _family_name(dict(overrides or {}))
     if resume is not None:
@@ -155,7 +202,10 @@ def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
         if done is not None and "epochs" in overrides and overrides["epochs"] < done:
             raise ConfigError(f"{run_dir} has already trained {done} epochs; epochs must be at least {done} "
                               f"(got {overrides['epochs']})")
-        return RunPlan(apply_overrides(saved, overrides), run_dir, resume=True, data=data)
+        config = apply_overrides(saved, overrides)
+        resolve_device(config.train.device)  # a device this machine lacks: refused before any work
+        ckpt.check_writable(run_dir)
+        return RunPlan(config, run_dir, resume=True, data=data)
 
     if isinstance(config, (str, Path)):
         config = RunConfig.load(config)
@@ -174,6 +224,9 @@ def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
     config = apply_overrides(config, overrides)
     if choose_binarize:
         config = replace(config, data=replace(config.data, binarize="none"))
+    resolve_device(config.train.device)  # a device this machine lacks: refused before any work
+    run_dir = Path(out) if out is not None else default_out(config.data.dataset)
+    check_out(run_dir, overwrite)  # before the data are read: that may take a while
     if data is None:
         data = load_dataset(config.data)
     if choose_binarize:
@@ -190,6 +243,7 @@ def plan_run(*, out: str | Path | None = None, resume: str | Path | None = None,
         fitted["num_classes"] = num_classes_of(data)
     if fitted:
         config = replace(config, model=replace(config.model, **fitted))
-    run_dir = Path(out) if out is not None else default_out(config.data.dataset)
-    check_out(run_dir, overwrite)
+    check_memory(config, data, own_networks)
+    if overwrite and run_dir.is_dir() and is_run(run_dir):
+        clear_run(run_dir)
     return RunPlan(config, run_dir, resume=False, data=data)

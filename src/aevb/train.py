@@ -46,6 +46,7 @@ from .schedules import kl_weight
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
+MAX_SKIPPED_FRACTION = 0.5  # an epoch with more of its steps skipped stops the run (Trainer._check_epoch)
 
 
 class TrainingDiverged(RuntimeError):
@@ -382,6 +383,8 @@ class Trainer:
             totals = all_reduce_sum(torch.stack([self.sums[k].double() for k in keys] + [steps.double()]), self.dist)
             n = totals[-1].clamp(min=1)
             line.update({f"train_{k}": (totals[i] / n).item() for i, k in enumerate(keys)})
+            good = totals[-1].item() / self.dist.world_size  # every process counts the same steps
+            line["skipped_fraction"] = round(1 - good / self.steps_per_epoch, 4)  # of this epoch's steps
         self.model.eval()
         line.update(self._validate())
         self.model.train()
@@ -392,6 +395,7 @@ class Trainer:
             self.compile_seconds = None
         t = self.config.train
         line["kl_weight"] = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
+        self._check_epoch(line)
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = {}
@@ -406,6 +410,29 @@ class Trainer:
                     self.tb.add_scalar(key.replace("_", "/", 1), value, self.global_step)
             self.tb.flush()
         return line
+
+    def _check_epoch(self, line: dict[str, Any]) -> None:
+        """Stop the run (before this epoch is saved) when most of its steps were skipped or its
+        validation bound is not finite: the consecutive-skip limit cannot see that in a short epoch."""
+        state = self.out / ckpt.TRAIN_STATE
+        kept = (f"the last good checkpoint {state} is intact" if state.exists() else
+                f"no checkpoint was written (delete {self.out} to train there again)")
+        fix = "Lower the learning rate, clip the gradient norm, or check the data for NaN/Inf"
+        fraction = line.get("skipped_fraction", 0.0)
+        if fraction > MAX_SKIPPED_FRACTION:
+            norm = float(self.guard.bad_norm)
+            why = ("not finite (NaN or Inf)" if not math.isfinite(norm)
+                   else f"above skip_grad_norm ({norm:.3g} > {self.config.train.skip_grad_norm:g})")
+            skipped = round(fraction * self.steps_per_epoch)
+            raise TrainingDiverged(
+                f"training stopped after epoch {line['epoch']}: {skipped} of its {self.steps_per_epoch} steps "
+                f"({fraction:.0%}) were skipped because the loss or gradient norm was {why}; {kept}. {fix}")
+        bad = {k: v for k, v in line.items() if k.endswith(("_elbo", "_reconstruction")) and not k.startswith("train_")
+               and not math.isfinite(v)}
+        if bad:
+            key, value = next(iter(bad.items()))
+            raise TrainingDiverged(f"training stopped after epoch {line['epoch']}: {key} is {value} (the model "
+                                   f"diverged); {kept}. {fix}")
 
     def _catch_sigint(self):
         """Ctrl-C finishes the current step, checkpoints, and stops (main thread only)."""
@@ -480,7 +507,8 @@ class Trainer:
                 lines.append(line)
                 valid = {k: v for k, v in line.items() if k.endswith("_elbo") or k.endswith("_reconstruction")}
                 if main:
-                    bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()))
+                    skipped = f", skipped {line['skipped_fraction']:.0%} of steps" if "skipped_fraction" in line else ""
+                    bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()) + skipped)
                     ckpt.save_model(self.out, self.model, self.config)
                     self.save_state()
         finally:
@@ -525,7 +553,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
             decoder = load_network(m.decoder, "decoder", trust_code)
     else:
         plan = plan_run(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
-                        data=data, overwrite=overwrite)
+                        data=data, overwrite=overwrite, own_networks=encoder is not None or decoder is not None)
         specs = {part: network_spec(net) for part, net in (("encoder", encoder), ("decoder", decoder))
                  if net is not None}
         if specs:

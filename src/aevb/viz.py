@@ -10,6 +10,7 @@ prior either one ``label`` or, for samples without one, a grid with one row per 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -37,12 +38,28 @@ def _show(ax, arr: np.ndarray) -> None:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
-    """Write ``fig`` as PNG (creating the folder) and close it."""
+    """Write ``fig`` (as PNG, or the format the suffix names) and close it; the folder is created, and
+    the file written atomically, so a full disk leaves no half a PNG."""
+    from .checkpoint import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight" if tight else None)
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=path.suffix[1:].lower() or "png", dpi=dpi, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
     return path
+
+
+def check_finite_weights(model) -> None:
+    """``ValueError`` saying so when the model's weights hold NaN or Inf (a run that diverged):
+    its pictures would be blank, and its codes cannot be projected."""
+    bad = {name: int((~torch.isfinite(p)).sum()) for name, p in model.named_parameters() if not torch.isfinite(p).all()}
+    if bad:
+        names = ", ".join(list(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(f"the model's weights hold {sum(bad.values())} NaN or infinite values (in {names}): "
+                         "training diverged, so there is nothing to draw; train again with a lower learning rate")
 
 
 def _prior_label(model, label: int | None) -> int | None:
@@ -60,6 +77,7 @@ def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str
                  label: int | None = None) -> Path:
     """A grid of decoded means of z ~ p(z) (the model's prior). A conditional model draws all n for ``label``, or
     without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
+    check_finite_weights(model)
     g = torch.Generator(device=model.device).manual_seed(seed)
     if model.config.conditional and label is None:
         return _plot_samples_per_class(model, path, n, g, title)
@@ -95,6 +113,7 @@ def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, 
                          y: torch.Tensor | None = None) -> Path:
     """Inputs (top row) above their reconstructions (bottom row), decoded at the posterior mean
     (a conditional model's given the true labels ``y``)."""
+    check_finite_weights(model)
     x = x[:n]
     y = None if y is None else y[:n]
     recon = model.reconstruct(x, y).reshape(x.shape)
@@ -184,7 +203,12 @@ def latent_codes(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch
 
 
 def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
-    """(N, 2) points to draw, axis labels, and the PCA (mean, components) used (None for 2-D codes)."""
+    """(N, 2) points to draw, axis labels, and the PCA (mean, components) used (None for 2-D codes).
+    With fewer than two images there is at most one principal component (none for one image): the
+    missing axis is drawn at 0. ``ValueError`` when the codes are not finite (a diverged model)."""
+    if not torch.isfinite(codes).all():
+        bad = int((~torch.isfinite(codes)).any(1).sum())
+        raise ValueError(f"the codes of {bad} of {len(codes)} images are NaN or infinite (the model diverged)")
     if codes.shape[1] == 2:
         return codes, ["z[0]", "z[1]"], None, None
     if codes.shape[1] == 1:
@@ -192,9 +216,13 @@ def project_2d(codes: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tens
     mean = codes.double().mean(0)
     centred = codes.double() - mean
     _, s, v = torch.linalg.svd(centred, full_matrices=False)
-    share = (s**2) / (s**2).sum()
-    comps = v[:2]  # (2, D)
-    labels = [f"principal component {i + 1} of z ({100 * share[i]:.0f}% of variance)" for i in range(2)]
+    total = (s**2).sum()
+    share = (s**2) / total if total > 0 else torch.zeros_like(s)
+    comps = torch.zeros(2, codes.shape[1], dtype=torch.float64)  # (2, D); rows past the rank stay 0
+    k = min(2, len(v))
+    comps[:k] = v[:k]
+    labels = [f"principal component {i + 1} of z ({100 * share[i]:.0f}% of variance)" if i < len(share)
+              else f"principal component {i + 1} of z (none: {len(codes)} image(s))" for i in range(2)]
     return (centred @ comps.T).float(), labels, mean.float(), comps.float()
 
 
@@ -329,6 +357,9 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
     if n is not None and kind in limits and not 2 <= n <= limits[kind]:
         raise ValueError(f"n for a {kind} plot must be between 2 and {limits[kind]}; got {n}")
     model = run.model
+    if kind == "curves":
+        return plot_curves(run.metrics, path)
+    check_finite_weights(model)
     if label is not None:
         _prior_label(model, label)  # checked for every kind
     if kind == "manifold":

@@ -17,11 +17,12 @@ ends with one line on stderr naming the problem, and exit status 2 (usage) or 1.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from . import data, evaluate, explain, figures, reproduce, serve, train
-from .errors import UserError
+from .errors import UserError, describe_os_error
 
 __all__ = ["UserError", "cli", "main"]
 
@@ -42,8 +43,25 @@ for _command in (train.train, evaluate.evaluate, figures.sample, figures.reconst
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the command, turning every user error into one line."""
+    """Entry point: run the command, turning every user error into one line (and aevb's own
+    warnings, such as files skipped, into one line each)."""
     train.ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    previous = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.split(".")[0] == "aevb":
+            click.echo(f"aevb: warning: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+    try:
+        return _run(argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="aevb", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -58,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         click.echo(f"aevb: error: {e.format_message()}", err=True)
         return 1
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError and CheckpointError are ValueErrors
+    except OSError as e:  # a full disk, a read-only folder, a path below a file, a missing file
+        click.echo(f"aevb: error: {describe_os_error(e)}", err=True)
+        return 1
+    except ValueError as e:  # ConfigError, DataError and CheckpointError are ValueErrors
         nets = sys.modules.get("aevb.nets")
         if nets is not None and isinstance(e, nets.UntrustedCode):
             click.echo(f"aevb: error: this run's {e.part} is your own class {e.path}; rebuilding it imports and "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 
@@ -16,3 +18,19 @@ def labels_for(run, y, n: int | None, device: str):
     if y is None:
         raise UserError(f"{run.dir} is a conditional model but its data set has no labels in this split")
     return (y if n is None else y[:n]).to(device)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line: the path, the problem, and what to do about it."""
+    where = f"{e.filename}: " if e.filename else ""
+    hint = _OS_HINTS.get(e.errno)
+    return f"{where}{e.strerror or e}" + (f"; {hint}" if hint else "")

@@ -35,13 +35,15 @@ def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
     N // classes columns (at least one), each column sharing one z, so a row shows a class and
     a column one style.
     """
-    from ..checkpoint import load
+    from ..checkpoint import check_writable, load
     from ..conditional import check_label
     from ..viz import plot_samples
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
+    out = out or run_dir / "samples.png"
+    check_writable(out.parent)  # before anything is drawn
     check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
-    click.echo(f"wrote {plot_samples(run.model, out or run_dir / 'samples.png', n=n, seed=seed, label=label)}")
+    click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label)}")
 
 
 @click.command()
@@ -55,14 +57,16 @@ def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
 @trust_code_option
 def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
     """A PNG of test inputs above their reconstructions."""
-    from ..checkpoint import load
+    from ..checkpoint import check_writable, load
     from ..viz import plot_reconstructions
 
     device = resolved_device(device)
     run = load(run_dir, device=device, trust_code=trust_code)
+    out = out or run_dir / "reconstructions.png"
+    check_writable(out.parent)
     part = run.dataset(data_dir).split(split)
     x, y = part.x[:n].to(device), labels_for(run, part.y, n, device)
-    click.echo(f"wrote {plot_reconstructions(run.model, x, out or run_dir / 'reconstructions.png', n=n, y=y)}")
+    click.echo(f"wrote {plot_reconstructions(run.model, x, out, n=n, y=y)}")
 
 
 @click.command()
@@ -89,12 +93,13 @@ def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
 @trust_code_option
 def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device, trust_code) -> None:
     """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
-    from ..checkpoint import load
+    from ..checkpoint import check_writable, load
     from ..viz import make_plot
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
-    kinds = PLOT_KINDS if "all" in kinds else tuple(dict.fromkeys(kinds))
     out = out or run_dir / "plots"
+    check_writable(out)
+    kinds = PLOT_KINDS if "all" in kinds else tuple(dict.fromkeys(kinds))
     dataset = None
     if any(k in ("scatter", "reconstructions", "interpolate", "traverse") for k in kinds):
         dataset = run.dataset(data_dir)
@@ -112,7 +117,9 @@ def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, dat
 @trust_code_option
 def report(run_dir, out, data_dir, device, trust_code) -> None:
     """One self-contained HTML page: configuration, metrics and every figure."""
-    from ..checkpoint import load
+    from ..checkpoint import check_writable, load
     from ..report import write_report
 
-    click.echo(f"wrote {write_report(load(run_dir, device=resolved_device(device), trust_code=trust_code), out, data_dir)}")
+    run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
+    check_writable((out or run_dir / "report.html").parent)
+    click.echo(f"wrote {write_report(run, out, data_dir)}")

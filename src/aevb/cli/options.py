@@ -29,7 +29,8 @@ def seed_option(default: int | None = 0):
 
 def resolved_device(name: str) -> str:
     """A ``--device`` value as a device ``aevb.checkpoint.load`` takes: "auto" becomes cuda, mps or cpu;
-    a device this machine does not have is one line naming the ones it has (exit status 1)."""
+    a device this machine does not have is one line naming the ones it has (exit status 1: the
+    command is right, the machine lacks the device)."""
     from ..devices import DeviceError, resolve_device
 
     try:

@@ -15,11 +15,15 @@ import click
 from .options import data_dir_option, device_option, int_list, resolved_device, seed_option
 
 
-def _threads(n: int | None) -> None:
-    if n:
+def _prepare(out: Path, threads: int | None) -> None:
+    """Check that ``out`` can be written before anything is computed, and set the CPU threads."""
+    from ..checkpoint import check_writable
+
+    check_writable(out)
+    if threads:
         import torch
 
-        torch.set_num_threads(n)
+        torch.set_num_threads(threads)
 
 
 _out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -52,7 +56,7 @@ def figure2(dataset, budget, nz, algorithms, lr, n_eval, points, out, seed, data
     """AEVB vs wake-sleep: lower bound per datapoint vs training samples (the paper's figure 2)."""
     from ..reproduce import figure2 as fig2
 
-    _threads(threads)
+    _prepare(out, threads)
     algs = fig2.ALGORITHMS if algorithms == "both" else (algorithms,)
     paths = fig2.run(dataset, out, budget=budget or 1_000_000, nzs=nz, algorithms=algs, lr=lr, n_eval=n_eval,
                      points=points, seed=seed, data_dir=data_dir, log=click.echo)
@@ -79,7 +83,7 @@ def figure3(budget, train_sizes, k, n_eval, points, lr, mcem, out, seed, data_di
     """Estimated log p(x): AEVB vs wake-sleep vs Monte Carlo EM (the paper's figure 3)."""
     from ..reproduce import figure3 as fig3
 
-    _threads(threads)
+    _prepare(out, threads)
     paths = fig3.run(out, budget=budget or 100_000, train_sizes=train_sizes, k=k, n_eval=n_eval, points=points,
                      lr=lr, mcem=mcem, seed=seed, data_dir=data_dir, log=click.echo)
     for p in paths.values():
@@ -99,7 +103,7 @@ def iwae_table(budget, k, n_test, subset, out, seed, data_dir, threads) -> None:
     """The IWAE paper's 1-layer VAE (784-200-200-50) on dynamically binarized MNIST, log p(x) at k."""
     from ..reproduce import iwae_table as it
 
-    _threads(threads)
+    _prepare(out, threads)
     paths = it.run(out, budget=budget, k=k, n_test=n_test, subset=subset, seed=seed, data_dir=data_dir,
                    log=click.echo)
     for p in paths.values():

@@ -5,14 +5,18 @@
 
 ``folder:PATH``
     Every ``.png``, ``.jpg`` and ``.jpeg`` file under PATH (sub-folders included; hidden
-    files skipped), read with Pillow in sorted path order. When every image sits in a
+    files skipped; other files skipped with a ``SkippedFiles`` warning naming them), read with
+    Pillow in sorted path order. When every image sits in a
     sub-folder of PATH, the sub-folder names (sorted) are the class labels 0, 1, ...;
     when every image sits directly in PATH there are no labels; a mixture is an error.
     ``DataConfig.channels`` 1 or 3 converts to grey or RGB (default: grey when every
     image is grey, else RGB; alpha is dropped). ``DataConfig.image_size`` (height, width)
     brings every image to that size, by ``fit="resize"`` (ignores the aspect ratio) or
     ``fit="crop"`` (scales the shorter side, then cuts the centre); without it every
-    image must already have the same size. Pixels are divided by 255.
+    image must already have the same size. Pixels are scaled by their bit depth: divided by
+    65535 in 16-bit grey PNGs, by 255 in every other image (Pillow reads other 16-bit PNGs as
+    8 bits). Before any pixel is decoded, the headers give the data set's size: one that would
+    not fit in the free memory is refused with the estimate.
 
 ``npy:PATH``
     A ``.npy`` array of images, or a ``.npz`` with key ``x`` and optional ``y`` (integer
@@ -30,6 +34,8 @@ Every problem raises ``DataError`` with one line that names the file.
 
 from __future__ import annotations
 
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +46,9 @@ from .dataset import Dataset, shuffled_splits
 from .files import DataError
 
 PREFIXES = ("folder:", "npy:")
+NPY_MAGIC, ZIP_MAGIC, EMPTY_ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def is_custom(name: str) -> bool:
@@ -71,18 +78,24 @@ def load_custom(cfg: DataConfig) -> Dataset:
 # --- folders of images ------------------------------------------------------------------
 
 
+class SkippedFiles(UserWarning):
+    """Files of a ``folder:`` data set that are not PNG or JPEG images, left out (the message names them)."""
+
+
 def _read_folder(root: Path, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
         raise DataError(f"folder:{root}: not a folder (use npy:{root} for an array file)")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    found = sorted(f for f in root.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    files = [f for f in found if f.suffix.lower() in IMAGE_SUFFIXES]
+    other = [str(f.relative_to(root)) for f in found if f.suffix.lower() not in IMAGE_SUFFIXES]
     if not files:
-        raise DataError(f"folder:{root}: no images found (expected .png, .jpg or .jpeg files)")
-    other = [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+        also = f"; found only {_some(other)}" if other else ""
+        raise DataError(f"folder:{root}: no images found (expected .png, .jpg or .jpeg files){also}")
     if other:
-        raise DataError(f"folder:{root}: {other[0].relative_to(root)} is not a PNG or JPEG image "
-                        f"({len(other)} such file(s)); remove it or move it out of the folder")
+        warnings.warn(f"folder:{root}: skipped {len(other)} file(s) that are not PNG or JPEG images: {_some(other)}",
+                      SkippedFiles, stacklevel=4)
     depths = {len(f.relative_to(root).parts) for f in files}
     if depths - {1, 2} or depths == {1, 2}:
         raise DataError(f"folder:{root}: put every image either directly in the folder (no labels) or in one level "
@@ -90,34 +103,78 @@ def _read_folder(root: Path, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tenso
     labelled = depths == {2}
     classes = sorted({f.parent.name for f in files}) if labelled else []
 
-    images = []
-    for f in files:
+    def opened(f: Path, decode: bool):
         try:
-            with Image.open(f) as im:
+            im = Image.open(f)
+            if decode:
                 im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+            return im
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
             raise DataError(f"folder:{root}: cannot read image {f.relative_to(root)} ({e})") from None
-    channels = cfg.channels or (1 if all(im.mode in _GREY_MODES for im in images) else 3)
-    mode = "L" if channels == 1 else "RGB"
+
+    headers = []  # (width, height), mode: read from each file's header, no pixel decoded yet
+    for f in files:
+        with opened(f, decode=False) as im:
+            headers.append((im.size, im.mode))
+    channels = cfg.channels or (1 if all(mode in _GREY_MODES for _, mode in headers) else 3)
     size = cfg.image_size
     if size is None:
-        sizes = {im.size for im in images}
+        sizes = {wh for wh, _ in headers}
         if len(sizes) > 1:
             (w0, h0), (w1, h1) = sorted(sizes)[:2]
             raise DataError(f"folder:{root}: images have {len(sizes)} different sizes (e.g. {h0}x{w0} and {h1}x{w1}, "
                             "height x width); choose one: image_size (--image-size on the command line)")
-    arrays = []
-    for im in images:
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = _fit(im, size, cfg.fit)
-        arrays.append(np.asarray(im, dtype=np.uint8))
-    arr = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
-    x = torch.from_numpy(arr).float().div_(255.0)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # -> (N, C, H, W)
+        w, h = sizes.pop()
+        size = (h, w)
+    _check_memory(f"folder:{root}", len(files), channels, size,
+                  hint="choose a smaller image_size (--image-size on the command line)" if cfg.image_size else
+                  "bring them to a smaller size with image_size (--image-size on the command line, e.g. 64)")
+    x = torch.empty(len(files), channels, *size)  # (N, C, H, W), filled one image at a time
+    for i, f in enumerate(files):
+        with opened(f, decode=True) as im:
+            x[i] = _pixels(im, channels, size, cfg.fit)
     y = torch.tensor([classes.index(f.parent.name) for f in files], dtype=torch.int64) if labelled else None
     return x, y, (len(classes) if labelled else None)
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey PNGs (Pillow keeps their depth)
+
+
+def _pixels(im, channels: int, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """One image as (C, H, W) float32 values in [0, 1], scaled by its bit depth (16-bit grey by
+    1/65535; Pillow gives every other PNG and JPEG as 8 bits, scaled by 1/255)."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        im = im.convert("F")  # exact for 16-bit values; resized in floating point
+        scale = 65535.0
+    else:
+        im = im.convert("L" if channels == 1 else "RGB")
+        scale = 255.0
+    if im.size != (size[1], size[0]):
+        im = _fit(im, size, fit)
+    arr = torch.from_numpy(np.asarray(im, dtype=np.float32) / scale).clamp_(0, 1)
+    if arr.ndim == 2:  # grey: (H, W) -> (C, H, W), copied into 3 channels for an RGB data set
+        return arr.expand(channels, *arr.shape)
+    return arr.permute(2, 0, 1)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_memory(name: str, n: int, channels: int, size: tuple[int, int], hint: str) -> None:
+    """Refuse ``n`` images of ``size`` (H, W) that would not fit in the free memory as float32
+    tensors (the data set and, while it is split, a second copy), before any is decoded."""
+    from ..memory import FLOAT_BYTES, available_bytes, format_bytes
+
+    need = 2 * n * channels * size[0] * size[1] * FLOAT_BYTES
+    free = available_bytes("cpu")
+    if free is None or need <= free:
+        return
+    h, w = size
+    raise DataError(f"{name}: {n} images of {h}x{w} pixels ({channels} channel(s)) need about {format_bytes(need)} "
+                    f"as float32 tensors but this machine has {format_bytes(free)} free; {hint}")
 
 
 def _fit(im, size: tuple[int, int], fit: str):
@@ -136,25 +193,47 @@ def _read_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int | N
     name = f"npy:{path}"
     if path.is_dir():
         raise DataError(f"{name}: is a folder (use folder:{path} for a folder of images)")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic:
+        raise DataError(f"{name}: the file is empty")
+    if not magic.startswith((NPY_MAGIC, ZIP_MAGIC, EMPTY_ZIP_MAGIC)):
+        raise DataError(f"{name}: not a readable .npy or .npz file: it starts with {magic!r}, not with the "
+                        "signature of a NumPy array (np.save) or of a zip archive (np.savez)")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{name}: not a readable .npy or .npz file ({str(e).splitlines()[0] if str(e) else e})") from None
+        # a .npy is mapped, not read: its shape is checked against the free memory before its values are read
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if magic.startswith(NPY_MAGIC) else None)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in text or "Python objects" in text:  # an array of Python objects, stored pickled
+            raise DataError(f"{name}: holds an array of Python objects (pickled), which aevb never loads; "
+                            "save a numeric array (uint8 or float)") from None
+        raise DataError(f"{name}: not a readable .npy or .npz file ({text}); it is truncated or corrupt") from None
     if isinstance(loaded, np.ndarray):
         x, y = loaded, None
     else:
         with loaded:
             if "x" not in loaded.files:
                 raise DataError(f"{name}: the .npz has no array 'x' (found: {', '.join(loaded.files) or 'none'})")
-            x = loaded["x"]
-            y = loaded["y"] if "y" in loaded.files else None
+            try:
+                x = loaded["x"]
+                y = loaded["y"] if "y" in loaded.files else None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                text = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if "allow_pickle" in text:
+                    raise DataError(f"{name}: holds an array of Python objects (pickled), which aevb never loads; "
+                                    "save numeric arrays (uint8 or float images, integer labels)") from None
+                raise DataError(f"{name}: cannot read its arrays ({text}); the file is truncated or corrupt") from None
     x = _images_from_array(x, name)
     labels, n_classes = None, None
     if y is not None:
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{name}: y must hold one label per image ({len(x)}); got shape {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{name}: y must be non-negative integers; got dtype {y.dtype}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{name}: y must hold the class labels as non-negative integers; got dtype {y.dtype}")
+        if len(y) and y.min() < 0:
+            raise DataError(f"{name}: y has negative labels ({int((y < 0).sum())} of them, the smallest {y.min()}); "
+                            "labels must be non-negative integers 0, 1, ...")
         labels = torch.from_numpy(y.astype(np.int64))
         n_classes = int(y.max()) + 1 if len(y) else None
     return x, labels, n_classes
@@ -170,6 +249,9 @@ def _images_from_array(x: np.ndarray, name: str) -> torch.Tensor:
             raise DataError(f"{name}: cannot tell the channel axis of shape {x.shape}; need 1 or 3 channels, first or last")
     if 0 in x.shape:
         raise DataError(f"{name}: x holds no images (shape {x.shape})")
+    n, c, h, w = (x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else x.shape
+    _check_memory(name, n, c, (h, w), hint="use fewer or smaller images")
+    x = np.array(x)  # read a mapped .npy into memory (and never share a tensor with the file)
     if x.dtype == np.uint8:
         t = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
     elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
