@@ -138,7 +138,7 @@ def zoo(rows, budget, k, n_test, subset, out, seed, device, data_dir, threads, p
     recipe, test -log p(x) at k against the published figures (zoo.csv, zoo.md). Resumable: run it again."""
     from ..reproduce import zoo as z
 
-    _threads(threads)
+    _prepare(out, threads)
     paths = z.run(out, rows=rows, budget=budget, k=k, n_test=n_test, subset=subset, seed=seed,
                   device=resolved_device(device), data_dir=data_dir, progress=progress, log=click.echo)
     for p in paths.values():
