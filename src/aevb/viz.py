@@ -36,11 +36,13 @@ def _show(ax, arr: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
-    """Write ``fig`` as PNG (creating the folder) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight" if tight else None)
+def save_figure(fig, path, dpi: int = 110, tight: bool = True):
+    """Write ``fig`` as PNG to ``path`` (creating the folder) or into a binary file object, close it, and
+    return ``path``."""
+    if not hasattr(path, "write"):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path
 
