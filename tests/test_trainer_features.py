@@ -175,9 +175,9 @@ def test_mlflow_logs_params_metrics_figures_and_the_run_directory(tmp_path, monk
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     store = tmp_path / "mlruns"
     run_dir = tmp_path / "r"
-    rc, out, err = aevb_cli(capsys, "train", "--dataset", "digits", "--subset", "200", "--epochs", "2", "--hidden", "16",
-                            "--latent-dim", "2", "--figures-every", "1", "--mlflow", str(store), "--out", run_dir,
-                            "--no-progress")
+    rc, out, err = aevb_cli(capsys, "train", "--dataset", "digits", "--subset", "200", "--epochs", "2",
+                            "--hidden", "16", "--latent-dim", "2", "--figures-every", "1", "--mlflow", str(store),
+                            "--out", run_dir, "--no-progress")
     assert rc == 0, err
     uri = store.absolute().as_uri()
     assert json.loads((run_dir / "config.json").read_text())["train"]["mlflow"] == uri  # absolute: resumable anywhere
@@ -285,3 +285,10 @@ def test_train_flags_reach_the_configuration(tmp_path, capsys):
     assert (tmp_path / "r" / BEST).is_file() and (tmp_path / "r" / "figures" / "epoch_0001_samples.png").is_file()
     tensors, meta = read_safetensors(tmp_path / "r" / "train_state.safetensors")
     assert json.loads(meta["lr_schedule"])["per_step"]["last_epoch"] == 4  # steps: 400 digits, 100 a batch
+
+
+def test_early_stopping_without_any_finite_score_says_so(tmp_path, monkeypatch, capsys):
+    scripted_validation(monkeypatch, [math.nan] * 4)
+    lines = Trainer(small(epochs=4, patience=2), tmp_path / "r", dataset=digits(), progress=True).run()
+    assert len(lines) == 2 and read_best(tmp_path / "r") is None
+    assert "early stopping after epoch 2: no finite validation score in 2 epochs" in capsys.readouterr().out

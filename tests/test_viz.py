@@ -173,7 +173,8 @@ def test_curves_of_a_short_run_have_integer_epoch_ticks(tmp_path, monkeypatch):
         return real_save(fig, path, **kw)
 
     monkeypatch.setattr(viz, "save_figure", keep_ticks)
-    viz.plot_curves([{"epoch": e, "train_elbo": -3.0 + e, "valid_elbo": -3.5 + e} for e in (1, 2, 3)], tmp_path / "c.png")
+    metrics = [{"epoch": e, "train_elbo": -3.0 + e, "valid_elbo": -3.5 + e} for e in (1, 2, 3)]
+    viz.plot_curves(metrics, tmp_path / "c.png")
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 

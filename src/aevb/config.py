@@ -283,7 +283,8 @@ class TrainConfig:
                "lr_warmup_steps needs an lr_schedule: warmup (a ramp, then constant), cosine, step or plateau")
         _check(0 < self.lr_gamma < 1, f"lr_gamma must be between 0 and 1 (the factor the rate is multiplied by); "
                f"got {self.lr_gamma}")
-        _check(0 <= self.lr_min < self.lr, f"lr_min must be >= 0 and below the learning rate {self.lr}; got {self.lr_min}")
+        _check(0 <= self.lr_min < self.lr,
+               f"lr_min must be >= 0 and below the learning rate {self.lr}; got {self.lr_min}")
 
 
 @dataclass

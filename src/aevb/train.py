@@ -51,7 +51,7 @@ from .models import Capabilities, build_model
 from .models.base import check_networks
 from .objectives import OBJECTIVES
 from .schedules import kl_weight
-from .tracking import RunLogger, tensorboard_writer  # noqa: F401  (tensorboard_writer: kept importable from here)
+from .tracking import RunLogger
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
@@ -489,6 +489,13 @@ class Trainer:
             parts.append(f"no improvement for {self.epoch - self.best.epoch}/{t.patience} epochs")
         return f"epoch {line['epoch']}/{t.epochs}: " + ", ".join(parts)
 
+    def _early_stop_summary(self) -> str:
+        b, patience = self.best, self.config.train.patience
+        if b.score is None:
+            return f"early stopping after epoch {self.epoch}: no finite validation score in {patience} epochs"
+        return (f"early stopping after epoch {self.epoch}: {b.key} has not improved for {patience} epochs "
+                f"(best {b.score:.3f} at epoch {b.epoch}, kept in {ckpt.BEST})")
+
     def _progress_key(self) -> str | None:
         return next((k for k in ("elbo", "iwae", "reconstruction") if k in self.sums), None)
 
@@ -580,9 +587,7 @@ class Trainer:
                         ckpt.save_best(self.out, self.model, self.best.as_dict())
                     self.save_state()
             if self.epoch < t.epochs:
-                b = self.best
-                self._say(f"early stopping after epoch {self.epoch}: {b.key} has not improved for {t.patience} "
-                          f"epochs (best {b.score:.3f} at epoch {b.epoch}, kept in {ckpt.BEST})")
+                self._say(self._early_stop_summary())
             status = "finished"
         finally:
             bar.close()

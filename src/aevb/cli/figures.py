@@ -76,7 +76,8 @@ def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
 @click.option("--grid", type=click.IntRange(min=2, max=64), help="manifold: the grid's side (default 20).")
 @click.option("--images", type=click.IntRange(min=2, max=1024),
               help="samples (default 64), reconstructions (default 16, at most 256): how many images.")
-@click.option("--points", type=click.IntRange(min=2, max=10000), help="scatter: at most this many points (default 5000).")
+@click.option("--points", type=click.IntRange(min=2, max=10000),
+              help="scatter: at most this many points (default 5000).")
 @click.option("--steps", type=click.IntRange(min=2, max=64),
               help="interpolate (default 10), traverse (default 9): steps along the line or sweep.")
 @click.option("--n", type=click.IntRange(min=2, max=10000),
