@@ -69,6 +69,44 @@ def test_resume_is_bit_identical(tmp_path, optimizer):
     assert train_metrics(ma) == train_metrics(mb) and "train_elbo" in train_metrics(ma)[1]
 
 
+SCHEDULES = [  # (settings, the step to stop at): each schedule's state must survive the stop
+    ({"lr_schedule": "cosine", "lr_warmup_steps": 10, "figures_every": 1}, 37),
+    ({"lr_schedule": "step", "lr_step_epochs": 1, "lr_gamma": 0.5, "optimizer": "adagrad"}, 37),
+    # 4 steps an epoch at a rate too high: the plateau scheduler cuts the rate in epochs 3 and 4, around the stop
+    ({"lr_schedule": "plateau", "lr_patience": 0, "lr_gamma": 0.5, "lr": 0.3, "subset": 200, "epochs": 6,
+      "patience": 4}, 13),
+]
+
+
+@pytest.mark.parametrize("settings,stop", SCHEDULES, ids=[s["lr_schedule"] for s, _ in SCHEDULES])
+def test_resume_with_a_schedule_and_the_best_checkpoint_is_bit_identical(tmp_path, settings, stop):
+    from aevb.checkpoint import BEST, read_best
+
+    cfg = small_config(**{"binarize": "dynamic", "lr": 0.01, **settings})
+    data = load_dataset(cfg.data)
+    full = Trainer(cfg, tmp_path / "full", dataset=data, progress=False)
+    full.run()
+    Trainer(cfg, tmp_path / "cut", dataset=data, progress=False).run(stop_after_steps=stop)
+    resumed = Trainer(cfg, tmp_path / "cut", dataset=data, progress=False)
+    resumed.restore()
+    assert resumed.global_step == stop
+    resumed.run()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("seconds", "compile_seconds")
+    ma = [{k: v for k, v in m.items() if k not in timing} for m in load(tmp_path / "full").metrics]
+    mb = [{k: v for k, v in m.items() if k not in timing} for m in load(tmp_path / "cut").metrics]
+    assert ma == mb and len(ma) == cfg.train.epochs
+    assert resumed.lr_schedule.state_dict() == full.lr_schedule.state_dict()
+    lrs = [m["lr"] for m in ma]
+    assert len(set(lrs)) > 1  # the schedule did change the rate
+    best_a, best_b = read_best(tmp_path / "full"), read_best(tmp_path / "cut")
+    assert best_a == best_b and best_a["epoch"] == 1 + max(range(len(ma)), key=lambda i: ma[i]["valid_elbo"])
+    ta, _ = read_safetensors(tmp_path / "full" / BEST)
+    tb, _ = read_safetensors(tmp_path / "cut" / BEST)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 def test_api_train_and_load(tmp_path):
     run = aevb.train(dataset="digits", epochs=2, hidden=(16,), latent_dim=2, out=tmp_path / "r", progress=False)
     assert isinstance(run.model, aevb.VAE) and run.model.latent_dim == 2

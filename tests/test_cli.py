@@ -186,3 +186,59 @@ def test_the_log_variance_clamp_is_a_flag(tmp_path, capsys):
     rc, out, err = aevb(capsys, "evaluate", run, "--k", "0", "--no-probe", "--json")
     res = json.loads(out)
     assert 0 <= res["decoder_scale_at_clamp"] <= 1 and "bits_per_dim" not in res  # a density: no bits/dim
+
+
+def copied_run(src, dst):
+    """A copy of a trained run (its config, weights and metrics) that a test may write into."""
+    dst.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def test_evaluate_keeps_evaluation_json_with_its_settings(tmp_path, capsys):
+    from aevb.checkpoint import read_evaluation
+
+    from .vizmodels import aevb, digits_run
+
+    run = copied_run(digits_run(4).dir, tmp_path / "r")
+    rc, out, err = aevb(capsys, "evaluate", run, "--k", "20", "--n", "50", "--seed", "3", "--no-probe", "--json")
+    assert rc == 0, err
+    printed = json.loads(out)
+    kept = read_evaluation(run)
+    assert printed == kept
+    assert (kept["k"], kept["n"], kept["seed"], kept["split"]) == (20, 50, 3, "test")
+    assert kept["binarization"].startswith("none: grey levels")
+    assert len(kept["kl_per_dim"]) == 4 and not any(k.startswith("kl_dim_") for k in kept)
+    assert sum(kept["kl_per_dim"]) == pytest.approx(kept["kl"], rel=1e-4)
+    for key in ("elbo", "log_likelihood", "log_likelihood_stderr", "bits_per_dim", "active_units", "written"):
+        assert key in kept, key
+    rc, out, _ = aevb(capsys, "evaluate", run, "--k", "7", "--n", "30", "--no-probe")
+    assert rc == 0 and "30 images, log p(x) with k = 7 importance samples per image, seed 0:" in out
+    assert "kl_per_dim" in out and f"wrote {run / 'evaluation.json'}" in out
+    assert read_evaluation(run)["k"] == 7  # the latest evaluation replaces the last
+
+
+def test_evaluation_record_names_the_binarization_protocol():
+    from aevb.evaluate import evaluation_record
+
+    res = {"n": 2, "k": 5, "elbo": -1.0, "kl_dim_1": 0.5, "kl_dim_0": 0.25, "kl_dim_10": 0.125}
+    record = evaluation_record(res, split="valid", seed=4, binarize="dynamic")
+    assert record["kl_per_dim"] == [0.25, 0.5, 0.125]  # by dimension, 10 after 1
+    assert record["binarization"].startswith("dynamic: the evaluation splits sampled once") and record["seed"] == 4
+    assert evaluation_record(res, split="test", seed=0, binarize="static")["binarization"].startswith("static")
+
+
+@pytest.mark.parametrize("command,flag,words", [
+    ("evaluate", "--k", "log p(x) estimate"),
+    ("train", "--iwae-k", "IWAE training bound"),
+    ("train", "--samples", "training ELBO estimate"),
+])
+def test_each_sample_count_says_which_estimate_it_belongs_to(capsys, command, flag, words):
+    from aevb.cli import main
+
+    capsys.readouterr()
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.index(f"{flag} INTEGER")  # the option's own line, not a mention in the description
+    assert words in text[start : start + 200], text[start : start + 200]

@@ -68,3 +68,52 @@ def test_report_is_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_report_shows_the_latest_evaluation_and_the_best_epoch(tmp_path, capsys):
+    from aevb.checkpoint import load
+
+    from .test_cli import copied_run
+
+    src = digits_run(2)
+    run_dir = copied_run(src.dir, tmp_path / "r")
+    html = write_report(load(run_dir)).read_text()
+    assert "not evaluated yet: run <code>aevb evaluate" in html and "Best epoch" not in html
+    rc, _, err = aevb(capsys, "evaluate", run_dir, "--k", "9", "--n", "40", "--seed", "2", "--no-probe")
+    assert rc == 0, err
+    (run_dir / "best.safetensors").write_bytes((src.dir / "best.safetensors").read_bytes())
+    run = load(run_dir)
+    html = write_report(run).read_text()
+    ev = run.evaluation
+    assert "<h2>Evaluation</h2><p>The test split, 40 images; log p(x) with k = 9 importance samples per image; " \
+           "seed 2; binarization: none" in html.replace("\n", "")
+    assert f"<tr><th>log_likelihood</th><td class=num>{ev['log_likelihood']:.4f}</td></tr>" in html
+    assert "<tr><th>kl_per_dim</th><td class=num>" + " ".join(f"{v:.4f}" for v in ev["kl_per_dim"]) in html
+    best = run.best
+    assert f"Best epoch: {best['epoch']} (valid_elbo {best['score']:.4f})" in html
+
+
+def test_report_says_when_a_conditional_models_samples_barely_depend_on_z(tmp_path):
+    import torch
+
+    from aevb.report import LOW_KL_NATS, model_kl, z_share
+
+    run = digits_run(2, conditional=True)
+    kl, source = model_kl(run)
+    assert kl == run.metrics[-1]["valid_kl"] and source == f"valid split, epoch {run.metrics[-1]['epoch']}"
+    assert kl < LOW_KL_NATS  # 25 epochs on 8x8 digits: z passes little beyond the label
+    html = write_report(run, tmp_path / "c.html").read_text()
+    assert '<p class="note" id="z-warning">The samples barely depend on z: ' \
+           f"KL(q(z|x,y) || p(z)) = {kl:.3f} nats per example" in html
+    assert "z-warning" not in write_report(digits_run(2), tmp_path / "u.html").read_text()  # unconditional
+    # z_share: 0 for a decoder that ignores z, the share of the variance over labels and z otherwise
+    model = run.model
+    assert 0 < z_share(model) < 1
+    with torch.no_grad():
+        first = model.decoder.trunk[0].weight
+        saved = first.clone()
+        first[:, : model.latent_dim] = 0  # the decoder reads (z, one-hot y): z's columns first
+        try:
+            assert z_share(model) == 0.0
+        finally:
+            first.copy_(saved)

@@ -7,7 +7,11 @@ A run directory holds
 - ``train_state.safetensors`` everything needed to continue exactly: weights, optimizer
   tensors, random-generator states, and (in the file's metadata, as JSON) the epoch,
   step and optimizer hyperparameters;
-- ``metrics.jsonl``        one JSON object per epoch.
+- ``metrics.jsonl``        one JSON object per epoch;
+- ``best.safetensors``     the weights of the epoch with the best validation ELBO (its epoch and
+  score in the metadata): ``load(run_dir, which="best")``;
+- ``evaluation.json``      the latest ``aevb evaluate`` (its settings and every metric);
+- ``figures/``             samples and reconstructions drawn during training (``figures_every``).
 
 Everything that reads or writes a run directory is here: the trainer calls these functions and
 does no file I/O of its own. Nothing is pickled. Every file is written to a temporary file, fsynced, and renamed
@@ -37,6 +41,10 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 METRICS = "metrics.jsonl"
+BEST = "best.safetensors"
+EVALUATION = "evaluation.json"
+FIGURES = "figures"
+WHICH = ("last", "best")  # the weights load() reads: model.safetensors or best.safetensors
 
 
 class CheckpointError(ValueError):
@@ -136,6 +144,24 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, config: RunConfig) -
         raise
 
 
+def save_best(run_dir: str | Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
+    """Keep ``model``'s weights as the run's best, with ``info`` (epoch, score key and value) in the metadata."""
+    tensors = _cpu_tensors(unwrap(model).state_dict())
+    atomic_write(Path(run_dir) / BEST, st_save(tensors, {"format": "pt", "best": json.dumps(info)}))
+
+
+def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """What ``save_best`` recorded beside the best weights (epoch, score key and value); None without them."""
+    path = Path(run_dir) / BEST
+    if not path.is_file():
+        return None
+    _, meta = read_safetensors(path)
+    try:
+        return json.loads(meta["best"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: the best epoch's metadata is missing or corrupt ({e})") from None
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, with a clear error for anything else."""
     if not path.is_file():
@@ -190,18 +216,25 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", trust_code: bool = False,
-               networks: Mapping[str, type] | None = None) -> tuple[torch.nn.Module, RunConfig]:
+               networks: Mapping[str, type] | None = None, which: str = "last") -> tuple[torch.nn.Module, RunConfig]:
     """The run's model in eval mode on ``device`` ("auto" picks one), and its configuration.
+    ``which``: "last" (model.safetensors) or "best" (best.safetensors, the best validation ELBO).
     ``trust_code``/``networks``: for a run with your own networks (``aevb.models.build_model``)."""
     run_dir = Path(run_dir)
+    if which not in WHICH:
+        raise CheckpointError(f"which must be one of {', '.join(WHICH)}; got {which!r}")
     config = read_config(run_dir)
+    weights = run_dir / (WEIGHTS if which == "last" else BEST)
+    if which == "best" and not weights.is_file():
+        raise CheckpointError(f"{run_dir} has no {BEST}: no epoch has finished yet, or the run was trained by an "
+                              "aevb that kept no best checkpoint; load the last weights instead")
     model = build_model(config.model, trust_code=trust_code, networks=networks)
-    tensors, _ = read_safetensors(run_dir / WEIGHTS)
+    tensors, _ = read_safetensors(weights)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{run_dir / WEIGHTS} does not match {CONFIG} ({first})") from None
+        raise CheckpointError(f"{weights} does not match {CONFIG} ({first})") from None
     return model.to(resolve_device(device)).eval(), config
 
 
@@ -234,26 +267,39 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 
 def save_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any]) -> None:
+                     extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any],
+                     schedule: dict[str, Any] | None = None) -> None:
+    """``schedule``: the learning-rate schedule's state (``aevb.lr_schedules.LRSchedule.state_dict``), as JSON."""
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
     tensors.update(opt_tensors)
     tensors.update(extra_tensors)
     meta = {"progress": json.dumps(progress), "optimizer": json.dumps(opt_meta)}
+    if schedule is not None:
+        meta["lr_schedule"] = json.dumps(schedule)
     atomic_write(Path(run_dir) / TRAIN_STATE, st_save(_cpu_tensors(tensors), meta))
 
 
-def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """(tensors, progress, optimizer metadata) of a run's training state."""
+def _read_train_state(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:
     path = Path(run_dir) / TRAIN_STATE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the run cannot be resumed (it finished without training state, "
                               "or never reached its first checkpoint)")
     tensors, meta = read_safetensors(path)
+    return path, tensors, meta
+
+
+def _json_meta(path: Path, meta: dict[str, str], key: str, default: Any = ...) -> Any:
     try:
-        return tensors, json.loads(meta["progress"]), json.loads(meta["optimizer"])
+        return json.loads(meta[key]) if (key in meta or default is ...) else default
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: training-state metadata is missing or corrupt ({e})") from None
+
+
+def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors, progress, optimizer metadata) of a run's training state."""
+    path, tensors, meta = _read_train_state(run_dir)
+    return tensors, _json_meta(path, meta, "progress"), _json_meta(path, meta, "optimizer")
 
 
 @dataclass
@@ -263,17 +309,19 @@ class TrainState:
 
     progress: dict[str, Any]
     sums: dict[str, torch.Tensor]
+    schedule: dict[str, Any] | None = None  # the learning-rate schedule's state; None for a constant rate
 
 
 def restore_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         generator: torch.Generator, device: torch.device) -> TrainState:
     """Load a run's training state into ``model``, ``optimizer`` and the noise ``generator``."""
-    tensors, progress, opt_meta = load_train_state(run_dir)
+    path, tensors, meta = _read_train_state(run_dir)
+    progress, opt_meta = _json_meta(path, meta, "progress"), _json_meta(path, meta, "optimizer")
     unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer_from_flat(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, opt_meta)
     generator.set_state(tensors["rng.noise"])
     sums = {k[len("sums."):]: v.to(device) for k, v in tensors.items() if k.startswith("sums.")}
-    return TrainState(progress, sums)
+    return TrainState(progress, sums, _json_meta(path, meta, "lr_schedule", None))
 
 
 def remove_temporaries(run_dir: str | Path) -> None:
@@ -313,6 +361,34 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_figure(run_dir: str | Path, name: str, png: bytes) -> Path:
+    """Write a figure drawn during training as RUN_DIR/figures/NAME and return its path."""
+    path = Path(run_dir) / FIGURES / name
+    atomic_write(path, png)
+    return path
+
+
+def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` (``aevb.evaluate.evaluation_record``) as RUN_DIR/evaluation.json, replacing the last one."""
+    path = Path(run_dir) / EVALUATION
+    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+    return path
+
+
+def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's latest evaluation (RUN_DIR/evaluation.json), or None when it was never evaluated."""
+    path = Path(run_dir) / EVALUATION
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); run aevb evaluate again to rewrite it") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; run aevb evaluate again to rewrite it")
+    return record
+
+
 @dataclass
 class Run:
     """A loaded run directory: its model (in eval mode) and configuration."""
@@ -320,10 +396,21 @@ class Run:
     dir: Path
     config: RunConfig
     model: torch.nn.Module
+    which: str = "last"  # the weights loaded: "last" or "best"
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.dir)
+
+    @property
+    def evaluation(self) -> dict[str, Any] | None:
+        """The latest ``aevb evaluate`` of the run (evaluation.json), or None."""
+        return read_evaluation(self.dir)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best epoch by validation ELBO (epoch, score key and value), or None."""
+        return read_best(self.dir)
 
     def dataset(self, data_dir: str | None = None):
         """The run's data set, read as it was configured for training."""
@@ -336,12 +423,15 @@ class Run:
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", *, trust_code: bool = False,
-         networks: Mapping[str, type] | None = None) -> Run:
+         networks: Mapping[str, type] | None = None, which: str = "last") -> Run:
     """Rebuild a run's model from its directory alone: ``aevb.load("runs/mnist")``.
+
+    ``which="best"`` loads the weights of the epoch with the best validation ELBO (best.safetensors)
+    instead of the last ones.
 
     A run trained with your own networks records their classes by import path; rebuilding them
     imports that code, so it needs ``trust_code=True`` or the classes themselves
     (``networks={"encoder": MyEncoder, "decoder": MyDecoder}``).
     """
-    model, config = load_model(run_dir, device, trust_code=trust_code, networks=networks)
-    return Run(Path(run_dir), config, model)
+    model, config = load_model(run_dir, device, trust_code=trust_code, networks=networks, which=which)
+    return Run(Path(run_dir), config, model, which)

@@ -35,6 +35,7 @@ ALGORITHMS = ("aevb", "wake-sleep")  # SGVB, or the wake-sleep baseline (aevb.wa
 PRIORS = ("standard", "vamp", "mog")  # N(0, I), VampPrior, mixture of Gaussians (aevb.priors)
 FLOWS = ("none", "planar", "iaf")  # q(z|x) a diagonal Gaussian, or pushed through a flow (aevb.flows)
 STOCHASTIC_LAYERS = (1, 2)  # one latent layer, or the IWAE paper's two (z1 read by the decoder, z2 above it)
+LR_SCHEDULES = ("constant", "warmup", "cosine", "step", "plateau")  # see aevb.lr_schedules
 
 
 class ConfigError(ValueError):
@@ -264,6 +265,24 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
     algorithm: str = "aevb"
+    # The learning rate over the run (aevb.lr_schedules): constant; warmup (a linear ramp over
+    # lr_warmup_steps optimizer steps, then constant); cosine (down to lr_min at the last step);
+    # step (times lr_gamma every lr_step_epochs epochs); plateau (times lr_gamma when the validation
+    # ELBO has not improved for lr_patience epochs). lr_warmup_steps ramps up any of them first.
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_min: float = 0.0
+    lr_gamma: float = 0.1
+    lr_step_epochs: int = 10
+    lr_patience: int = 5
+    # Early stopping: stop when the validation ELBO has not improved for this many epochs (0 = never).
+    # The weights of the best epoch are kept in best.safetensors either way.
+    patience: int = 0
+    # Epochs between samples and reconstructions drawn into RUN_DIR/figures and TensorBoard (0 = none).
+    figures_every: int = 0
+    # An MLflow tracking URI (e.g. file:/abs/mlruns or http://host:5000) to log params, per-epoch
+    # metrics, figures and the run directory to; None = no MLflow (pip install "aevb[mlflow]").
+    mlflow: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -295,6 +314,28 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        self._check_lr_schedule()
+        for name in ("patience", "figures_every"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                   f"{name} must be an integer >= 0 (0 = off); got {value!r}")
+        _check(self.mlflow is None or (isinstance(self.mlflow, str) and bool(self.mlflow.strip())),
+               f"mlflow must be a tracking URI (or null for none); got {self.mlflow!r}")
+
+    def _check_lr_schedule(self) -> None:
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name, low in (("lr_warmup_steps", 0), ("lr_step_epochs", 1), ("lr_patience", 0)):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                   f"{name} must be an integer >= {low}; got {value!r}")
+        _check(self.lr_schedule != "warmup" or self.lr_warmup_steps > 0,
+               "lr_schedule 'warmup' needs lr_warmup_steps > 0")
+        _check(self.lr_schedule != "constant" or self.lr_warmup_steps == 0,
+               "lr_warmup_steps needs an lr_schedule: warmup (a ramp, then constant), cosine, step or plateau")
+        _check(0 < self.lr_gamma < 1, f"lr_gamma must be between 0 and 1 (the factor the rate is multiplied by); "
+               f"got {self.lr_gamma}")
+        _check(0 <= self.lr_min < self.lr,
+               f"lr_min must be >= 0 and below the learning rate {self.lr}; got {self.lr_min}")
 
 
 @dataclass

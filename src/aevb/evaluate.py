@@ -269,3 +269,26 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
         if conditional:
             result.update(sample_label_accuracy(model, x_tr, y_tr, x, y, seed=seed, max_train=probe_max_train))
     return result
+
+
+BINARIZATION = {  # DataConfig.binarize -> how the evaluated images were made binary (aevb.data.registry)
+    "none": "none: grey levels as stored (binary data sets are binary already)",
+    "static": "static: every split thresholded at 0.5",
+    "dynamic": "dynamic: the evaluation splits sampled once as Bernoulli(pixel) with a fixed seed, the same for "
+               "every run and independent of --seed (training batches are resampled)",
+}
+
+
+def evaluation_record(result: dict[str, Any], *, split: str, seed: int, binarize: str) -> dict[str, Any]:
+    """What ``aevb evaluate`` prints as JSON and keeps as evaluation.json: ``result`` (``evaluate``) with its
+    split, seed and binarization protocol, the per-dimension KL as one list ``kl_per_dim`` (in place of the
+    ``kl_dim_j`` keys), and when it was written (UTC, ISO 8601)."""
+    from datetime import datetime, timezone
+
+    dims = sorted((int(k[len("kl_dim_"):]), k) for k in result if k.startswith("kl_dim_"))
+    record = {k: v for k, v in result.items() if not k.startswith("kl_dim_")}
+    if dims:
+        record["kl_per_dim"] = [result[k] for _, k in dims]
+    record.update(split=split, seed=seed, binarization=BINARIZATION.get(binarize, binarize),
+                  written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return record

@@ -5,6 +5,8 @@
 Figures are PNGs embedded as base64 ``data:`` URIs, so the page can be mailed or moved
 on its own. A figure that cannot be drawn for this run (no metrics yet, a 1-D latent for
 the manifold) is replaced by a one-line note saying why; the page is still written.
+The latest ``aevb evaluate`` (evaluation.json) has its own section; a conditional model whose
+samples barely depend on z (a small KL(q(z|x,y) || p(z))) is flagged, with its KL.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .checkpoint import atomic_write
+import torch
+
+from .checkpoint import CheckpointError, atomic_write
 from .viz import PLOT_KINDS, make_plot
 
+# A conditional model whose KL(q(z|x,y) || p(z)) is below this (nats per example) passes less than about
+# 1.4 bits through z: its samples for a label all look alike, whatever z is drawn.
+LOW_KL_NATS = 1.0
+
 CAPTIONS = {
-    "manifold": "Decoded means over a grid of two latent dimensions at the 5%..95% quantiles of the prior's "
-                "marginals: the inverse Gaussian CDF for N(0, I) (Kingma & Welling, figure 4), empirical quantiles "
-                "of prior draws for a learned prior.",
+    "manifold": "Decoded means over a grid of two latent dimensions (by default the two most active, by KL) "
+                "at the 5%..95% quantiles of the prior's marginals: the inverse Gaussian CDF for N(0, I) "
+                "(Kingma & Welling, figure 4), empirical quantiles of prior draws for a learned prior.",
     "scatter": "Posterior means of test images, coloured by label (PCA to 2-D for larger latents).",
     "samples": "Decoded means of z drawn from the model's prior (N(0, I) unless learned).",
     "reconstructions": "Test inputs above their reconstructions at the posterior mean.",
@@ -68,6 +76,87 @@ def _metrics_table(metrics: list[dict]) -> str:
     return f"<p>After epoch {_fmt(last.get('epoch', len(metrics)))}:</p><table>{head}{rows}{extra}</table>"
 
 
+def _best_note(run) -> str:
+    try:
+        best = run.best
+    except CheckpointError as e:
+        return f'<p class="note">{html.escape(str(e))}</p>'
+    if not best or not best.get("epoch"):
+        return ""
+    return (f"<p>Best epoch: {best['epoch']} ({html.escape(str(best['key']))} {_fmt(best['score'])}); its weights "
+            'are in <code>best.safetensors</code> (<code>aevb.load(run, which="best")</code>).</p>')
+
+
+def _evaluation_section(run) -> str:
+    """The latest ``aevb evaluate`` of the run (evaluation.json): its settings and every metric."""
+    try:
+        ev = run.evaluation
+    except CheckpointError as e:
+        return f'<p class="note">{html.escape(str(e))}</p>'
+    if not ev:
+        return f'<p class="note">not evaluated yet: run <code>aevb evaluate {html.escape(str(run.dir))}</code></p>'
+    settings = ("split", "n", "k", "seed", "binarization", "written")
+    get = {key: _fmt(ev.get(key, "?")) for key in settings}
+    head = (f"<p>The {get['split']} split, {get['n']} images; log p(x) with k = {get['k']} importance samples per "
+            f"image; seed {get['seed']}; binarization: {get['binarization']}; written {get['written']}.</p>")
+    rows = []
+    for key, value in ev.items():
+        if key not in settings:
+            shown = " ".join(_fmt(v) for v in value) if isinstance(value, list) else _fmt(value)
+            rows.append(f"<tr><th>{html.escape(key)}</th><td class=num>{shown}</td></tr>")
+    return head + "<table>" + "".join(rows) + "</table>"
+
+
+def model_kl(run) -> tuple[float, str] | None:
+    """The run's KL(q(z|x) || p(z)) in nats per example and where it comes from: the latest evaluation,
+    else the last epoch's validation (or test) KL; None when neither has one."""
+    try:
+        ev = run.evaluation or {}
+    except CheckpointError:
+        ev = {}
+    if isinstance(ev.get("kl"), (int, float)):
+        return float(ev["kl"]), f"evaluation.json, {ev.get('split', '?')} split"
+    last = run.metrics[-1] if run.metrics else {}
+    for split in ("valid", "test"):
+        if isinstance(last.get(f"{split}_kl"), (int, float)):
+            return float(last[f"{split}_kl"]), f"{split} split, epoch {last.get('epoch', '?')}"
+    return None
+
+
+@torch.no_grad()
+def z_share(model, n_z: int = 16, seed: int = 0) -> float:
+    """How much a conditional model's samples depend on z: decoded means for every label and ``n_z``
+    prior draws (the same z for each label), the pixel variance over z within a label (averaged over
+    labels and pixels) as a share of the variance over labels and z together. 0: z changes nothing."""
+    k = model.config.num_classes
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    z = model.prior.sample(n_z, generator=g, device=model.device)
+    labels = torch.arange(k, device=model.device).repeat_interleave(n_z)
+    means = model.decode(z.repeat(k, 1), labels).mean.reshape(k, n_z, -1).double()  # (K, n_z, D)
+    total = means.reshape(k * n_z, -1).var(0, unbiased=False).mean()
+    return (means.var(1, unbiased=False).mean() / total).item() if total > 0 else 0.0
+
+
+def _conditional_note(run) -> str:
+    """For a conditional model: its KL, and a warning when z carries so little that its samples barely
+    depend on z."""
+    model = run.model
+    if not model.config.conditional or not model.capabilities.has_prior:
+        return ""
+    kl = model_kl(run)
+    share = z_share(model)
+    spread = f"for a fixed label, z explains {100 * share:.0f}% of the samples' pixel variance"
+    if kl is None:
+        return f"<p>Conditional model: {spread} (no KL recorded yet).</p>"
+    value, source = kl
+    kl_text = f"KL(q(z|x,y) || p(z)) = {value:.3f} nats per example ({html.escape(source)})"
+    if value < LOW_KL_NATS:
+        return (f'<p class="note" id="z-warning">The samples barely depend on z: {kl_text}, below '
+                f"{LOW_KL_NATS:g} nat, so z passes almost nothing beyond the label and every sample of a label "
+                f"looks alike ({spread}). A larger latent, more epochs, a KL warm-up or free bits may help.</p>")
+    return f"<p>Conditional model: {kl_text}; {spread}.</p>"
+
+
 def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
     """Every plot kind for ``run``: PNG bytes, or a string saying why it could not be drawn."""
     out: dict[str, bytes | str] = {}
@@ -104,7 +193,8 @@ def render(run, data_dir: str | None = None) -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>Run directory <code>{html.escape(str(run.dir))}</code>; report written "
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
-             "<h2>Metrics</h2>", _metrics_table(run.metrics),
+             "<h2>Metrics</h2>", _metrics_table(run.metrics), _best_note(run), _conditional_note(run),
+             "<h2>Evaluation</h2>", _evaluation_section(run),
              "<h2>Figures</h2>"]
     for kind, fig in figures(run, data_dir).items():
         if isinstance(fig, bytes):

@@ -25,8 +25,8 @@ RESUMABLE = ("epochs", "device", "data_dir", "download", "compile")
 # Other names for ModelConfig.family: ``model`` (as in --model), ``kind`` (deprecated).
 FAMILY_ALIASES = ("model", "kind")
 # What aevb writes into a run directory (removed before a run is overwritten).
-RUN_FILES = (ckpt.CONFIG, ckpt.WEIGHTS, ckpt.TRAIN_STATE, ckpt.METRICS, "samples.png", "reconstructions.png",
-             "report.html")
+RUN_FILES = (ckpt.CONFIG, ckpt.WEIGHTS, ckpt.TRAIN_STATE, ckpt.METRICS, ckpt.BEST, ckpt.EVALUATION, "samples.png",
+             "reconstructions.png", "report.html")
 
 
 @dataclass
@@ -135,7 +135,7 @@ def clear_run(out: Path) -> None:
     """Remove the files aevb wrote into the run directory ``out`` (other files stay)."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for folder in ("tensorboard", "plots"):
+    for folder in ("tensorboard", "plots", ckpt.FIGURES):
         shutil.rmtree(out / folder, ignore_errors=True)
 
 

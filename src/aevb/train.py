@@ -16,12 +16,19 @@ Data parallel:    torchrun --nproc_per_node=2 -m aevb train ...   (or aevb train
                   see aevb.distributed)
 Mixed precision:  --precision bf16 (CPU and CUDA) or fp16 (CUDA, with a gradient scaler);
                   the networks run in that dtype, every log-density in float32.
+
+Around the loop: a learning-rate schedule (aevb.lr_schedules), the best epoch's weights by
+validation ELBO in best.safetensors and early stopping (``patience``), and a ``RunLogger``
+(aevb.tracking) for TensorBoard, MLflow and figures during training; all of their state is in
+the checkpoint, so a resumed run still continues bit for bit. Feedback: a progress bar on a
+terminal, otherwise one line per epoch.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -39,10 +46,12 @@ from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
 from .evaluate import evaluate_elbo
+from .lr_schedules import LRSchedule
 from .models import Capabilities, build_model
 from .models.base import check_networks
 from .objectives import OBJECTIVES
 from .schedules import kl_weight
+from .tracking import RunLogger
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
@@ -111,15 +120,6 @@ def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
         return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or version
         return cls(params, lr=t.lr, weight_decay=t.weight_decay, **kw)
-
-
-def tensorboard_writer(run_dir: Path):
-    """A TensorBoard SummaryWriter into RUN_DIR/tensorboard when tensorboard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the optional extra: pip install "aevb[tensorboard]"
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def binarize_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -221,6 +221,37 @@ def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.opt
     return terms, bad
 
 
+def validation_score(line: dict[str, Any]) -> tuple[str, float] | None:
+    """(key, value) of the epoch line's validation score, higher is better: the validation ELBO (the test
+    split's for data without a validation split), or the reconstruction term of a model without one."""
+    for term in ("elbo", "reconstruction"):
+        for split in ("valid", "test"):
+            key = f"{split}_{term}"
+            if key in line:
+                return key, float(line[key])
+    return None
+
+
+@dataclass
+class BestEpoch:
+    """The epoch with the best validation score so far, whose weights are in best.safetensors
+    (``epoch`` 0: none yet)."""
+
+    key: str | None = None
+    score: float | None = None
+    epoch: int = 0
+
+    def update(self, score: tuple[str, float] | None, epoch: int) -> bool:
+        """Record ``epoch`` when its score beats the best (a NaN never does); True if it did."""
+        if score is None or not math.isfinite(score[1]) or (self.score is not None and score[1] <= self.score):
+            return False
+        self.key, self.score, self.epoch = score[0], score[1], epoch
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "score": self.score, "epoch": self.epoch}
+
+
 class Trainer:
     """Owns one run: model, optimizer, data on the device, generators; the run directory is written
     through ``aevb.checkpoint``. ``encoder``/``decoder``: your own networks (``aevb.nets``)."""
@@ -272,7 +303,11 @@ class Trainer:
         self.step_fn = torch.compile(self.step_module) if t.compile else self.step_module
         self.compile_seconds: float | None = None
         self.interrupted = False
-        self.tb = None
+        self.lr_schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
+        self.best = BestEpoch()
+        self.tracking: dict[str, Any] = {}  # the RunLogger's state (an MLflow run id) kept across resumes
+        self.logger: RunLogger | None = None
+        self._bar: tqdm | None = None
 
     # -- state -----------------------------------------------------------------------
 
@@ -283,8 +318,9 @@ class Trainer:
         extra.update({f"sums.{k}": v for k, v in self.sums.items()})
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
-                    "skipped": int(self.guard.skipped)}
-        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress)
+                    "skipped": int(self.guard.skipped), "best": self.best.as_dict(), **self.tracking}
+        schedule = self.lr_schedule.state_dict() if self.lr_schedule.per_step or self.lr_schedule.plateau else None
+        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress, schedule=schedule)
 
     def restore(self) -> None:
         saved = ckpt.read_config(self.out)
@@ -300,6 +336,7 @@ class Trainer:
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
         self.guard.skipped.fill_(progress.get("skipped", 0))
+        self._restore_around_the_loop(state)
         if self.dist.is_main:
             ckpt.remove_temporaries(self.out)
             ckpt.truncate_metrics(self.out, self.metrics_lines)
@@ -395,20 +432,21 @@ class Trainer:
             self.compile_seconds = None
         t = self.config.train
         line["kl_weight"] = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
+        line["lr"] = self.lr_schedule.last_lr  # the rate of the epoch's last step
         self._check_epoch(line)
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = {}
         self.epoch_seconds = 0.0
+        score = validation_score(line)  # the same on every process: the validation sums are all-reduced
+        self.best.update(score, self.epoch)
+        self.lr_schedule.after_epoch(None if score is None else score[1], self.global_step)
         if not self.dist.is_main:
             return line
         ckpt.append_metrics(self.out, line)
         self.metrics_lines += 1
-        if self.tb is not None:
-            for key, value in line.items():
-                if key not in ("epoch", "step", "samples_seen"):
-                    self.tb.add_scalar(key.replace("_", "/", 1), value, self.global_step)
-            self.tb.flush()
+        if self.logger is not None:
+            self.logger.epoch(line, self.global_step)
         return line
 
     def _check_epoch(self, line: dict[str, Any]) -> None:
@@ -434,6 +472,70 @@ class Trainer:
             raise TrainingDiverged(f"training stopped after epoch {line['epoch']}: {key} is {value} (the model "
                                    f"diverged); {kept}. {fix}")
 
+    def _restore_around_the_loop(self, state: ckpt.TrainState) -> None:
+        """The best epoch, the learning-rate schedule and the logger's state, from a checkpoint."""
+        if state.progress.get("best"):
+            self.best = BestEpoch(**state.progress["best"])
+        self.tracking = {k: state.progress[k] for k in RunLogger.STATE_KEYS if k in state.progress}
+        if state.schedule is not None:
+            self.lr_schedule.load_state_dict(state.schedule)
+
+    def _stop_early(self) -> bool:
+        """True when ``patience`` epochs have passed since the best validation score."""
+        patience = self.config.train.patience
+        return bool(patience) and self.epoch - self.best.epoch >= patience
+
+    # -- feedback --------------------------------------------------------------------
+
+    def _say(self, message: str | None) -> None:
+        """One line for the user (above the progress bar when there is one); nothing without progress."""
+        if not message or not self.progress:
+            return
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def _data_summary(self) -> str | None:
+        """What was found in a folder:/npy: data set and how it was split (None for a built-in data set)."""
+        from .data.custom import is_custom
+
+        name = self.config.data.dataset
+        if not is_custom(name):
+            return None
+        d = self.data
+        splits = [(what, part) for what, part in (("train", d.train), ("validation", d.valid), ("test", d.test))
+                  if part is not None]
+        classes = f"{d.num_classes} classes" if d.num_classes else "no labels"
+        shape = "x".join(str(v) for v in d.shape)
+        return (f"{name}: {sum(len(part) for _, part in splits)} images ({shape}), {classes}; split "
+                + ", ".join(f"{len(part)} {what}" for what, part in splits) + " (a fixed shuffle)")
+
+    def _epoch_summary(self, line: dict[str, Any]) -> str:
+        t = self.config.train
+        parts = []
+        for key, value in line.items():
+            if key.endswith(("_elbo", "_iwae", "_reconstruction")):
+                name = f"{key} (k={t.iwae_k})" if key.endswith("_iwae") else key
+                parts.append(f"{name} {value:.3f}")
+        if self.lr_schedule.per_step is not None or self.lr_schedule.plateau is not None:
+            parts.append(f"lr {line['lr']:.3g}")
+        if line.get("skipped_fraction"):
+            parts.append(f"skipped {line['skipped_fraction']:.0%} of steps")
+        if t.patience and self.best.epoch != self.epoch:
+            parts.append(f"no improvement for {self.epoch - self.best.epoch}/{t.patience} epochs")
+        return f"epoch {line['epoch']}/{t.epochs}: " + ", ".join(parts)
+
+    def _early_stop_summary(self) -> str:
+        b, patience = self.best, self.config.train.patience
+        if b.score is None:
+            return f"early stopping after epoch {self.epoch}: no finite validation score in {patience} epochs"
+        return (f"early stopping after epoch {self.epoch}: {b.key} has not improved for {patience} epochs "
+                f"(best {b.score:.3f} at epoch {b.epoch}, kept in {ckpt.BEST})")
+
+    def _progress_key(self) -> str | None:
+        return next((k for k in ("elbo", "iwae", "reconstruction") if k in self.sums), None)
+
     def _catch_sigint(self):
         """Ctrl-C finishes the current step, checkpoints, and stops (main thread only)."""
         import threading
@@ -449,22 +551,26 @@ class Trainer:
         return signal.signal(signal.SIGINT, handler)
 
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
-        """Train to ``config.train.epochs``; ``stop_after_steps`` stops early (for tests) after
-        checkpointing, exactly as a killed run would have after its last checkpoint."""
+        """Train to ``config.train.epochs`` (or until ``patience`` epochs without a better validation
+        ELBO); ``stop_after_steps`` stops early (for tests) after checkpointing, exactly as a killed
+        run would have after its last checkpoint."""
         t = self.config.train
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.save_model(self.out, self.model, self.config)
-            if self.tb is None:
-                self.tb = tensorboard_writer(self.out)
+            self.logger = RunLogger(self.out, self.config, self.model, self.data, self.tracking)
+            self.tracking = self.logger.state
         self.model.train()
         lines = []
-        bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, disable=not self.progress,
-                   unit="step", dynamic_ncols=True)
+        self._bar = bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, unit="step",
+                               disable=not (self.progress and sys.stderr.isatty()), dynamic_ncols=True)
         previous_handler = self._catch_sigint()
+        status = "failed"
         try:
-            while self.epoch < t.epochs:
+            if self.global_step == 0:
+                self._say(self._data_summary())
+            while self.epoch < t.epochs and not self._stop_early():
                 perm = epoch_permutation(len(self.data.train), t.seed, self.epoch, self.device)
                 start = time.perf_counter()
                 while self.step_in_epoch < self.steps_per_epoch:
@@ -472,12 +578,16 @@ class Trainer:
                     idx = perm[i : i + t.batch_size]
                     x, y = self._batch(idx), self._labels(idx)
                     if t.compile and self.global_step == 0 and self.step_in_epoch == 0:
+                        self._say("compiling the training step with torch.compile (the first step takes a while; "
+                                  "later runs reuse the cache)")
                         compile_start = time.perf_counter()  # the first call compiles: timed on its own
                         self._accumulate(*self.step(x, y))
                         self.compile_seconds = time.perf_counter() - compile_start
+                        self._say(f"compiled in {self.compile_seconds:.1f} s")
                         start = time.perf_counter()
                     else:
                         self._accumulate(*self.step(x, y))
+                    self.lr_schedule.after_step()
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(1)
@@ -485,8 +595,8 @@ class Trainer:
                     stopping = stop_after_steps is not None and self.global_step >= stop_after_steps
                     if self.global_step % GUARD_EVERY == 0 or checkpoint or stopping or self.interrupted:
                         self.check_guard()  # before any checkpoint, so a diverged state is never saved
-                    if self.progress and self.global_step % PROGRESS_EVERY == 0:
-                        key = "elbo" if "elbo" in self.sums else "reconstruction"
+                    key = self._progress_key()
+                    if not bar.disable and key and self.global_step % PROGRESS_EVERY == 0:
                         bar.set_postfix({f"train_{key}": f"{self._mean(key):.2f}", "epoch": self.epoch + 1})
                     if checkpoint:
                         self.epoch_seconds += time.perf_counter() - start
@@ -495,32 +605,36 @@ class Trainer:
                     if stopping:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
+                        status = "paused"
                         return lines
                     if self.interrupted:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
+                        status = "interrupted"
                         raise TrainingInterrupted(self.out, f"interrupted at step {self.global_step}; checkpoint "
                                                   f"saved in {self.out}")
                 self.epoch_seconds += time.perf_counter() - start
                 self.check_guard()
                 line = self._end_epoch()
                 lines.append(line)
-                valid = {k: v for k, v in line.items() if k.endswith("_elbo") or k.endswith("_reconstruction")}
                 if main:
-                    skipped = f", skipped {line['skipped_fraction']:.0%} of steps" if "skipped_fraction" in line else ""
-                    bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()) + skipped)
+                    self._say(self._epoch_summary(line))
                     ckpt.save_model(self.out, self.model, self.config)
+                    if self.best.epoch == self.epoch:
+                        ckpt.save_best(self.out, self.model, self.best.as_dict())
                     self.save_state()
+            if self.epoch < t.epochs:
+                self._say(self._early_stop_summary())
+            status = "finished"
         finally:
             bar.close()
+            self._bar = None
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
-            if self.tb is not None:
-                self.tb.close()
-                self.tb = None
+            if self.logger is not None:
+                logger, self.logger = self.logger, None
+                logger.close(status)
         return lines
-
-
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,

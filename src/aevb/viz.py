@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -37,18 +38,22 @@ def _show(ax, arr: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
-    """Write ``fig`` (as PNG, or the format the suffix names) and close it; the folder is created, and
-    the file written atomically, so a full disk leaves no half a PNG."""
+def save_figure(fig, path, dpi: int = 110, tight: bool = True):
+    """Write ``fig`` to ``path`` (PNG, or the format the suffix names; the folder is created and the file
+    written atomically, so a full disk leaves no half a PNG) or as PNG into a binary file object; close
+    it and return ``path``."""
     from .checkpoint import atomic_write
 
-    path = Path(path)
-    buf = io.BytesIO()
+    to_file = hasattr(path, "write")
+    buf = path if to_file else io.BytesIO()
+    fmt = "png" if to_file else (Path(path).suffix[1:].lower() or "png")
     try:
-        fig.savefig(buf, format=path.suffix[1:].lower() or "png", dpi=dpi, bbox_inches="tight" if tight else None)
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight" if tight else None)
     finally:
         plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    if not to_file:
+        path = Path(path)
+        atomic_write(path, buf.getvalue())
     return path
 
 
@@ -155,12 +160,37 @@ def _check_dims(dims: tuple[int, int], latent_dim: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def latent_activity(model, x: torch.Tensor, y: torch.Tensor | None = None,
+                    max_images: int = 2000) -> tuple[list[float], str]:
+    """How much each latent dimension carries about ``x`` (at most ``max_images`` of them), and the measure:
+    the mean KL(q(z_j|x) || p(z_j)) in nats, or, without a closed-form KL per dimension (or without a
+    posterior), the variance of the codes over x."""
+    from .evaluate import latent_statistics
+
+    x = x[:max_images].to(model.device)
+    y = None if y is None or not model.config.conditional else y[:max_images].to(model.device)
+    if model.capabilities.has_posterior:
+        stats = latent_statistics(model, x, y=y)
+        if stats["kl_per_dim"] is not None:
+            return stats["kl_per_dim"], "KL"
+        return stats["active_unit_variances"], "variance of the posterior means"
+    return latent_codes(model, x, y=y).double().var(0).tolist(), "variance of the codes"
+
+
+def top_two(scores: list[float]) -> tuple[int, int]:
+    """The indices of the two largest scores (ties to the lower index)."""
+    first, second = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[:2]
+    return first, second
+
+
+@torch.no_grad()
 def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: int = 20,
-                  label: int | None = None) -> Path:
+                  label: int | None = None, why: str | None = None) -> Path:
     """Decoded means over an n x n grid of two latent dimensions, the grid's coordinates the 5%..95%
     quantiles of the prior's marginals (for N(0, I) the inverse Gaussian CDF, the paper's figure 4;
     for a learned prior, empirical quantiles of its draws, ``code_quantiles``); other dimensions held
-    at the prior's median (0 for N(0, I)). A conditional model's grid is decoded for ``label`` (default 0)."""
+    at the prior's median (0 for N(0, I)). A conditional model's grid is decoded for ``label`` (default 0);
+    ``why``: how the dimensions were chosen, for the title."""
     zdim = model.latent_dim
     if zdim < 2:
         raise ValueError("a manifold plot needs a latent space of at least 2 dimensions")
@@ -191,7 +221,8 @@ def plot_manifold(model, path: str | Path, dims: tuple[int, int] = (0, 1), n: in
     ax.set_ylabel(f"z[{b}]")
     rest = "" if zdim == 2 else f"; other {zdim - 2} dimensions at {'0' if gaussian else 'their prior medians'}"
     rest += "" if label is None else f"; label {label}"
-    ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{rest}", fontsize=10)
+    chosen = f" ({why})" if why else ""
+    ax.set_title(f"learned manifold: decoded means over z[{a}], z[{b}]{chosen}{rest}", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -336,6 +367,7 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=split)
         ax.set_title(title, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on a short run
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per example")
         ax.grid(alpha=0.3)
@@ -345,17 +377,47 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+# What the count of each kind is (its own argument of make_plot and flag of `aevb plot`), and its range.
+COUNTS = {"manifold": ("grid", 64), "samples": ("images", 1024), "reconstructions": ("images", 256),
+          "scatter": ("points", 10000), "interpolate": ("steps", 64), "traverse": ("steps", 64)}
+
+
+def manifold_dims(run, data=None) -> tuple[tuple[int, int], str]:
+    """The two latent dimensions a manifold spans by default, and how they were chosen: the two most active
+    on ``data`` (a ``Split``; ``latent_activity``), else by the KL per dimension of the run's latest
+    evaluation (evaluation.json), else 0 and 1."""
+    model = run.model
+    if model.latent_dim <= 2:
+        return (0, 1), ""
+    if data is not None:
+        scores, measure = latent_activity(model, data.x, data.y)
+        return top_two(scores), f"the two most active dimensions, by {measure}"
+    kl = (run.evaluation or {}).get("kl_per_dim") if hasattr(run, "evaluation") else None
+    if kl and len(kl) == model.latent_dim:
+        return top_two(kl), "the two most active dimensions, by KL in evaluation.json"
+    return (0, 1), ""
+
+
 def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, split: str = "test",
-              dims: tuple[int, int] = (0, 1), n: int | None = None, seed: int = 0,
-              index_a: int = 0, index_b: int = 1, dataset=None, label: int | None = None) -> Path:
+              dims: tuple[int, int] | None = None, n: int | None = None, seed: int = 0,
+              index_a: int = 0, index_b: int = 1, dataset=None, label: int | None = None,
+              grid: int | None = None, images: int | None = None, points: int | None = None,
+              steps: int | None = None) -> Path:
     """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``). ``label``: the
-    class a conditional model's manifold and samples are drawn for (data images use their own)."""
+    class a conditional model's manifold and samples are drawn for (data images use their own).
+
+    Each kind's count has its own name (``COUNTS``): ``grid`` (the manifold's side), ``images``
+    (samples, reconstructions), ``points`` (scatter), ``steps`` (interpolate, traverse); ``n`` is
+    whichever of them the kind has. ``dims``: the manifold's two dimensions; by default the two most
+    active (highest KL) on the split's images (``manifold_dims``)."""
     if kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
-    limits = {"manifold": 64, "samples": 1024, "reconstructions": 256, "interpolate": 64, "traverse": 64,
-              "scatter": 10000}
-    if n is not None and kind in limits and not 2 <= n <= limits[kind]:
-        raise ValueError(f"n for a {kind} plot must be between 2 and {limits[kind]}; got {n}")
+    if kind in COUNTS:
+        name, limit = COUNTS[kind]
+        own = {"grid": grid, "images": images, "points": points, "steps": steps}[name]
+        n = own if own is not None else n
+        if n is not None and not 2 <= n <= limit:
+            raise ValueError(f"{name} for a {kind} plot must be between 2 and {limit}; got {n}")
     model = run.model
     if kind == "curves":
         return plot_curves(run.metrics, path)
@@ -363,7 +425,14 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
     if label is not None:
         _prior_label(model, label)  # checked for every kind
     if kind == "manifold":
-        return plot_manifold(model, path, dims=dims, n=n or 20, label=label)
+        why = None
+        if dims is None:
+            try:
+                data = (dataset if dataset is not None else run.dataset(data_dir)).split(split)
+            except (ValueError, OSError):  # no data here: the evaluation's KL, else 0 and 1
+                data = None
+            dims, why = manifold_dims(run, data)
+        return plot_manifold(model, path, dims=dims, n=n or 20, label=label, why=why)
     if kind == "samples":
         return plot_samples(model, path, n=n or 64, seed=seed, label=label)
     if kind == "curves":

@@ -18,7 +18,8 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--k", type=click.IntRange(min=0), default=5000, show_default=True,
-              help="Importance samples per image for log p(x).")
+              help="Importance samples per image of the log p(x) estimate (the k-sample IWAE bound of the "
+                   "evaluation, not of training: that is train --iwae-k); 0 skips it.")
 @split_option
 @click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
@@ -31,12 +32,15 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
 @trust_code_option
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the one kept as evaluation.json).")
 def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json, trust_code) -> None:
     """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
-    KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x)."""
-    from ..checkpoint import load
+    KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x).
+    The result, with k, the number of images, the seed and the binarization, is kept in
+    RUN_DIR/evaluation.json (the latest evaluation; report.html shows it)."""
+    from ..checkpoint import load, write_evaluation
     from ..evaluate import evaluate as run_eval
+    from ..evaluate import evaluation_record
 
     device = resolved_device(device)
     run = load(run_dir, device=device, trust_code=trust_code)
@@ -52,11 +56,13 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
                    progress=not as_json and sys.stderr.isatty(),
                    y=y.to(device) if ((probe or conditional) and y is not None) else None, probe_train=probe_train)
-    res["split"] = split
+    res = evaluation_record(res, split=split, seed=seed, binarize=run.config.data.binarize)
+    path = write_evaluation(run_dir, res)
     if as_json:
         click.echo(json.dumps(res))
         return
-    click.echo(f"{run.config.data.dataset} {split} split, {res['n']} images:")
+    estimate = f"log p(x) with k = {k} importance samples per image" if k else "no log p(x) (k = 0)"
+    click.echo(f"{run.config.data.dataset} {split} split, {res['n']} images, {estimate}, seed {seed}:")
     if conditional:
         click.echo(f"  conditional model ({run.config.model.num_classes} classes): every value is given the true "
                    "label y (elbo and log_likelihood are of log p(x|y))")
@@ -65,3 +71,6 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
             click.echo(f"  {key:24s} {value:.4f}")
         elif key in ("active_units", "latent_dim"):
             click.echo(f"  {key:24s} {value}")
+    if res.get("kl_per_dim"):
+        click.echo(f"  {'kl_per_dim':24s} " + " ".join(f"{v:.3f}" for v in res["kl_per_dim"]))
+    click.echo(f"wrote {path}")

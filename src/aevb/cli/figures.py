@@ -74,11 +74,19 @@ def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(("all", *PLOT_KINDS)), default=("all",),
               show_default=True, help="Which figure(s); repeat the flag for several.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the PNGs (default RUN_DIR/plots).")
-@click.option("--dims", default="0,1", show_default=True,
-              callback=int_list("latent dimensions", "0,1", count=2, min_value=None),
-              help="manifold: the two latent dimensions to span (others at 0).")
+@click.option("--dims", callback=int_list("latent dimensions", "0,1", count=2, min_value=None),
+              help="manifold: the two latent dimensions to span, others at 0 (default: the two most active, "
+                   "by KL on the split's images).")
+@click.option("--grid", type=click.IntRange(min=2, max=64), help="manifold: the grid's side (default 20).")
+@click.option("--images", type=click.IntRange(min=2, max=1024),
+              help="samples (default 64), reconstructions (default 16, at most 256): how many images.")
+@click.option("--points", type=click.IntRange(min=2, max=10000),
+              help="scatter: at most this many points (default 5000).")
+@click.option("--steps", type=click.IntRange(min=2, max=64),
+              help="interpolate (default 10), traverse (default 9): steps along the line or sweep.")
 @click.option("--n", type=click.IntRange(min=2, max=10000),
-              help="Grid side (manifold), images (samples, reconstructions), points (scatter) or steps.")
+              help="Deprecated (removed in the next release): the count of each kind; use --grid, --images, "
+                   "--points or --steps.")
 @split_option
 @click.option("--a", "index_a", type=click.IntRange(min=0), default=0, show_default=True,
               help="interpolate/traverse: index of the (first) image in the split.")
@@ -91,21 +99,33 @@ def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
 @data_dir_option
 @device_option
 @trust_code_option
-def plot(run_dir, kinds, out, dims, n, split, index_a, index_b, label, seed, data_dir, device, trust_code) -> None:
+def plot(run_dir, kinds, out, dims, grid, images, points, steps, n, split, index_a, index_b, label, seed, data_dir,
+         device, trust_code) -> None:
     """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
     from ..checkpoint import check_writable, load
     from ..viz import make_plot
 
+    if n is not None:
+        click.echo("aevb: warning: plot --n is deprecated and will be removed in the next release; use --grid "
+                   "(manifold), --images (samples, reconstructions), --points (scatter) or --steps (interpolate, "
+                   "traverse)", err=True)
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     out = out or run_dir / "plots"
     check_writable(out)
     kinds = PLOT_KINDS if "all" in kinds else tuple(dict.fromkeys(kinds))
     dataset = None
-    if any(k in ("scatter", "reconstructions", "interpolate", "traverse") for k in kinds):
-        dataset = run.dataset(data_dir)
+    needs_data = {"scatter", "reconstructions", "interpolate", "traverse"} & set(kinds)
+    if needs_data or ("manifold" in kinds and dims is None):
+        try:
+            dataset = run.dataset(data_dir)
+        except (ValueError, OSError):  # DataError is a ValueError
+            if needs_data:
+                raise
+            # then the manifold's dimensions come from evaluation.json, or are 0 and 1
     for kind in kinds:
-        path = make_plot(run, kind, out / f"{kind}.png", dims=dims, n=n, split=split, seed=seed,
-                         index_a=index_a, index_b=index_b, dataset=dataset, label=label)
+        path = make_plot(run, kind, out / f"{kind}.png", dims=dims, n=n, grid=grid, images=images, points=points,
+                         steps=steps, split=split, seed=seed, index_a=index_a, index_b=index_b, dataset=dataset,
+                         data_dir=data_dir, label=label)
         click.echo(f"wrote {path}")
 
 

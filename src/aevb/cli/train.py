@@ -16,13 +16,20 @@ import click
 from click.core import ParameterSource
 
 from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, FLOWS, PRESETS,
-                      KL_SCHEDULES, LIKELIHOODS, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS)
+                      KL_SCHEDULES, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS)
 from .errors import UserError, labels_for
 from .options import data_dir_option, image_size_option, int_list, resolved_device, seed_option, device_option
 
 ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
 _widths = int_list("layer widths", "500 or 400,400")
+
+
+def _tracking_uri(ctx, param, value: str | None) -> str | None:
+    """A plain folder as an absolute file: URI, so that a resumed run logs to the same store from anywhere."""
+    if value is None or "://" in value or value.startswith("file:"):
+        return value
+    return Path(value).expanduser().absolute().as_uri()
 
 
 @click.command()
@@ -60,9 +67,12 @@ _widths = int_list("layer widths", "500 or 400,400")
               help="Initialise every weight from N(0, std^2) (the paper: 0.01).")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), help="aevb (SGVB) or the wake-sleep baseline.")
 @click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
-@click.option("--samples", type=click.IntRange(min=1), help="L: samples of z per data point.")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="L: samples of z per data point in the training ELBO estimate (SGVB; --objective elbo).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), help="Train on the ELBO or the IWAE bound.")
-@click.option("--iwae-k", type=click.IntRange(min=1), help="Samples of the IWAE training bound.")
+@click.option("--iwae-k", type=click.IntRange(min=1),
+              help="k: samples of the IWAE training bound (--objective iwae); aevb evaluate --k sets the "
+                   "evaluation's log p(x) estimate.")
 @click.option("--beta", type=click.FloatRange(min=0), help="KL weight (beta-VAE); 1 is the ELBO.")
 @click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
@@ -71,6 +81,21 @@ _widths = int_list("layer widths", "500 or 400,400")
 @click.option("--lr", type=float, help="Learning rate (step size).")
 @click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="M: the minibatch size.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+              help="Learning rate over the run: constant, warmup (linear ramp, then constant), cosine (to "
+                   "--lr-min), step (times --lr-gamma every --lr-step-epochs) or plateau (times --lr-gamma after "
+                   "--lr-patience epochs without a better validation ELBO).")
+@click.option("--lr-warmup-steps", type=click.IntRange(min=0),
+              help="Optimizer steps of a linear learning-rate ramp before the schedule.")
+@click.option("--lr-min", type=click.FloatRange(min=0), help="cosine: the final learning rate.")
+@click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              help="step, plateau: the factor each decay multiplies the learning rate by.")
+@click.option("--lr-step-epochs", type=click.IntRange(min=1), help="step: epochs between decays.")
+@click.option("--lr-patience", type=click.IntRange(min=0),
+              help="plateau: epochs without a better validation ELBO before a decay.")
+@click.option("--patience", type=click.IntRange(min=0),
+              help="Early stopping: stop after this many epochs without a better validation ELBO (0: never); "
+                   "the best epoch's weights are in best.safetensors either way.")
 @seed_option(default=None)
 @device_option
 @click.option("--binarize", type=click.Choice(BINARIZE), help="none, static (threshold 0.5), dynamic (resampled); "
@@ -96,8 +121,14 @@ _widths = int_list("layer widths", "500 or 400,400")
               "(docs/performance.md); other flags override it.")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the training objective (first step compiles; cached for later runs).")
+@click.option("--figures-every", type=click.IntRange(min=0),
+              help="Draw samples and reconstructions every N epochs into RUN_DIR/figures and TensorBoard.")
+@click.option("--mlflow", callback=_tracking_uri, metavar="URI",
+              help="Log params, metrics per epoch, figures and the run directory to this MLflow tracking URI "
+                   "(a folder for a local file store, or http://HOST:PORT); pip install \"aevb[mlflow]\".")
 @click.option("--nproc", type=click.IntRange(min=1), help="Launch N data-parallel processes through torchrun.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True,
+              help="Quiet: no progress bar (shown on a terminal only) and no line per epoch.")
 @click.option("--no-figures", is_flag=True, help="Do not write samples.png and reconstructions.png at the end.")
 def train(dataset, out, resume, config_file, no_progress, no_figures, no_download, hidden, conv_channels, channels,
           device, nproc, conditional, **flags) -> None:
@@ -180,9 +211,14 @@ def _figures(run_dir: Path, device: str) -> None:
     from ..report import write_report
     from ..viz import plot_reconstructions, plot_samples
 
+    from ..tracking import log_files
+
     run = load(run_dir, device=device)
-    click.echo(f"wrote {plot_samples(run.model, run_dir / 'samples.png')}")
+    written = [plot_samples(run.model, run_dir / 'samples.png')]
     test = run.dataset().test
     x, y = test.x[:16].to(device), labels_for(run, test.y, 16, device)
-    click.echo(f"wrote {plot_reconstructions(run.model, x, run_dir / 'reconstructions.png', y=y)}")
-    click.echo(f"wrote {write_report(run)}")
+    written.append(plot_reconstructions(run.model, x, run_dir / 'reconstructions.png', y=y))
+    written.append(write_report(run))
+    for path in written:
+        click.echo(f"wrote {path}")
+    log_files(run_dir, written)  # into the run's MLflow run, when it has one

@@ -103,6 +103,22 @@ def plot_train_test(ax, rows: list[dict[str, Any]], train_key: str, test_key: st
     ax.plot(xs, [float(r[test_key]) for r in rows], "--", color=color, label=f"{label} (test)")
 
 
+FIGURE_DPI = 160
+FIGURE_MIN_WIDTH = 10.5  # inches: at FIGURE_DPI, 1680 px, so that a figure reads at full size
+
+
+def legend_below(fig, axes) -> None:
+    """One legend for every panel, below them (outside every axes, so it covers no curve); ``fig`` must use
+    the constrained layout."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=min(len(entries), 6),
+                   fontsize=9, frameon=False)
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write the rows atomically: a run stopped while writing leaves the previous file whole."""
     keys: list[str] = []

@@ -21,8 +21,8 @@ import torch
 from ..evaluate import evaluate_elbo
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import (PAPER_LRS, Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config,
-                     plot_train_test, train_loop, write_csv)
+from .common import (FIGURE_DPI, FIGURE_MIN_WIDTH, PAPER_LRS, Clock, build, eval_schedule, eval_subset,
+                     legend_below, load_paper_data, paper_model_config, plot_train_test, train_loop, write_csv)
 
 ALGORITHMS = ("aevb", "wake-sleep")
 DEFAULT_NZ = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
@@ -101,16 +101,23 @@ def run(dataset: str, out: str | Path, budget: int = 1_000_000, nzs=None, algori
 
 
 def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One panel per Nz: lower bound per datapoint vs training samples evaluated (log x)."""
+    """One panel per Nz: lower bound per datapoint vs training samples evaluated (log x), as a PNG at
+    least 1600 px wide."""
+    from ..viz import save_figure
+
+    return save_figure(figure(rows, title), path, dpi=FIGURE_DPI, tight=False)
+
+
+def figure(rows: list[dict[str, Any]], title: str = ""):
+    """The matplotlib figure ``plot`` writes: a panel per Nz and one legend below them all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..viz import save_figure
-
     nzs = sorted({int(r["nz"]) for r in rows})
-    fig, axes = plt.subplots(1, len(nzs), figsize=(3.2 * len(nzs), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(nzs), figsize=(max(3.6 * len(nzs), FIGURE_MIN_WIDTH), 4.2), squeeze=False,
+                             layout="constrained")
     colors = {"aevb": "tab:red", "wake-sleep": "tab:green"}
     for ax, nz in zip(axes[0], nzs):
         for algorithm in ALGORITHMS:
@@ -135,11 +142,10 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
             low = max(top - 3 * span, min(finite))
             ax.set_ylim(low - 0.05 * span, top + 0.15 * span)
     axes[0][0].set_ylabel("$\\mathcal{L}$ (lower bound per datapoint)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    legend_below(fig, axes[0])
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=80, tight=False)
+        fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def _curves(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -30,8 +30,8 @@ from ..distributions import standard_normal_log_prob
 from ..evaluate import log_likelihood
 from ..objectives import elbo
 from ..wake_sleep import wake_sleep_step_loss
-from .common import (Clock, build, eval_schedule, eval_subset, load_paper_data, paper_model_config, plot_train_test,
-                     train_loop, write_csv)
+from .common import (FIGURE_DPI, FIGURE_MIN_WIDTH, Clock, build, eval_schedule, eval_subset, legend_below,
+                     load_paper_data, paper_model_config, plot_train_test, train_loop, write_csv)
 
 NZ, HIDDEN = 3, 100
 
@@ -156,15 +156,23 @@ def run(out: str | Path, budget: int = 100_000, train_sizes=(1000, 50000), k: in
 
 
 def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """One panel per training-set size: log p(x) vs training samples evaluated (log x), as a PNG at least
+    1600 px wide."""
+    from ..viz import save_figure
+
+    return save_figure(figure(rows), path, dpi=FIGURE_DPI, tight=False)
+
+
+def figure(rows: list[dict[str, Any]]):
+    """The matplotlib figure ``plot`` writes: a panel per training-set size and one legend below them all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..viz import save_figure
-
     sizes = sorted({int(r["n_train"]) for r in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(4.2 * len(sizes), FIGURE_MIN_WIDTH), 4.2), squeeze=False,
+                             layout="constrained")
     colors = {"aevb": "tab:red", "wake-sleep": "tab:green", "mcem": "tab:blue"}
     names = {"aevb": "AEVB", "wake-sleep": "Wake-Sleep", "mcem": "MCEM"}
     for ax, n in zip(axes[0], sizes):
@@ -178,6 +186,5 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("marginal log-likelihood (IS estimate)")
-    axes[0][0].legend(fontsize=7, loc="lower right")  # the smallest training set has all three methods
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=80, tight=False)
+    legend_below(fig, axes[0])
+    return fig
