@@ -208,7 +208,7 @@ def test_evaluate_keeps_evaluation_json_with_its_settings(tmp_path, capsys):
     kept = read_evaluation(run)
     assert printed == kept
     assert (kept["k"], kept["n"], kept["seed"], kept["split"]) == (20, 50, 3, "test")
-    assert kept["binarization"].startswith("none: grey levels")
+    assert kept["binarization"].startswith("dynamic:")  # digits under a Bernoulli decoder: dynamic by default
     assert len(kept["kl_per_dim"]) == 4 and not any(k.startswith("kl_dim_") for k in kept)
     assert sum(kept["kl_per_dim"]) == pytest.approx(kept["kl"], rel=1e-4)
     for key in ("elbo", "log_likelihood", "log_likelihood_stderr", "bits_per_dim", "active_units", "written"):

@@ -86,7 +86,7 @@ def test_report_shows_the_latest_evaluation_and_the_best_epoch(tmp_path, capsys)
     html = write_report(run).read_text()
     ev = run.evaluation
     assert "<h2>Evaluation</h2><p>The test split, 40 images; log p(x) with k = 9 importance samples per image; " \
-           "seed 2; binarization: none" in html.replace("\n", "")
+           "seed 2; binarization: dynamic" in html.replace("\n", "")
     assert f"<tr><th>log_likelihood</th><td class=num>{ev['log_likelihood']:.4f}</td></tr>" in html
     assert "<tr><th>kl_per_dim</th><td class=num>" + " ".join(f"{v:.4f}" for v in ev["kl_per_dim"]) in html
     best = run.best

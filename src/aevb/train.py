@@ -488,8 +488,9 @@ class Trainer:
     # -- feedback --------------------------------------------------------------------
 
     def _say(self, message: str | None) -> None:
-        """One line for the user (above the progress bar when there is one); nothing without progress."""
-        if not message or not self.progress:
+        """One line for the user (above the progress bar when there is one), from the main process; printed
+        without a progress bar too (``progress=False`` turns the bar off, not the epoch lines)."""
+        if not message or not self.dist.is_main:
             return
         if self._bar is not None and not self._bar.disable:
             self._bar.write(message)
@@ -527,9 +528,7 @@ class Trainer:
         return f"epoch {line['epoch']}/{t.epochs}: " + ", ".join(parts)
 
     def _early_stop_summary(self) -> str:
-        b, patience = self.best, self.config.train.patience
-        if b.score is None:
-            return f"early stopping after epoch {self.epoch}: no finite validation score in {patience} epochs"
+        b, patience = self.best, self.config.train.patience  # a non-finite score stopped the run (_check_epoch)
         return (f"early stopping after epoch {self.epoch}: {b.key} has not improved for {patience} epochs "
                 f"(best {b.score:.3f} at epoch {b.epoch}, kept in {ckpt.BEST})")
 
