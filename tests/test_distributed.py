@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from aevb.checkpoint import load
+from aevb.distributed import DistInfo, ShardedNoise
+from aevb.distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, StandardNormal, noise
 from aevb.evaluate import evaluate_elbo
 from aevb.train import Trainer
 from aevb.runconfig import apply_overrides, default_config
@@ -116,3 +118,55 @@ def test_batch_must_divide_by_processes_and_fp16_needs_cuda():
                    check=False)
     if not torch.cuda.is_available():
         assert "CUDA is not available" in proc.stderr and proc.returncode == 1
+
+
+def _assert_same_weights(a_run, b_run, atol=1e-5):
+    a, b = a_run.model.state_dict(), b_run.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), k
+
+
+# -- every random draw of a step, sharded over the ranks -----------------------------------------
+
+def _draws(rows: slice | None, info: DistInfo, sizes=None):
+    """Each sampler's draw for the global batch of 6 (rows None, a plain generator) or for ``rows`` of it
+    on one rank (a ShardedNoise view of the same seeded generator)."""
+    g = torch.Generator().manual_seed(7)
+    src = g if rows is None else ShardedNoise(g, info, sizes)
+    rows = rows or slice(None)
+    torch.manual_seed(0)
+    mu, log_var, params = torch.randn(6, 3), torch.randn(6, 3), torch.randn(6, 2, 4, 5)  # (B, Z), (B, C, H, W)
+    return [DiagonalGaussian(mu[rows], log_var[rows]).rsample(4, generator=src),  # (L, B, Z): batch on -2
+            StandardNormal(3).sample(len(mu[rows]), generator=src),  # (B, Z): batch on 0
+            Bernoulli(params[rows], event_ndim=3).sample(src),  # (B, C, H, W): batch before the event
+            Gaussian(params[rows], params[rows] * 0.1, event_ndim=3).sample(src),
+            DiscretizedLogistic(params[rows].sigmoid(), params[rows] - 2, event_ndim=3).sample(src)]
+
+
+@pytest.mark.parametrize("sizes", [None, (4, 2)])
+def test_each_rank_draws_its_rows_of_the_global_noise(sizes):
+    whole = _draws(None, DistInfo())
+    cuts = (slice(0, 3), slice(3, 6)) if sizes is None else (slice(0, 4), slice(4, 6))
+    shards = [_draws(rows, DistInfo(rank, 2), sizes) for rank, rows in enumerate(cuts)]
+    batch_axes = [-2, 0, 0, 0, 0]
+    for i, axis in enumerate(batch_axes):
+        assert torch.equal(torch.cat([shards[0][i], shards[1][i]], axis), whole[i]), i
+
+
+def test_a_noise_source_needs_the_batch_axis():
+    with pytest.raises(ValueError, match="batch axis"):
+        noise("normal", (2, 3), ShardedNoise(torch.Generator(), DistInfo(0, 2)))
+
+
+# -- end to end under torchrun ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_wake_sleep_on_two_processes_ends_with_the_weights_of_one(tmp_path):
+    args = [*COMMON, "--algorithm", "wake-sleep", "--epochs", "2", "--subset", "512"]
+    run_cli(*args, "--out", str(tmp_path / "one"))
+    proc = torchrun(2, *args, "--out", str(tmp_path / "two"), env={"AEVB_DIST_TIMEOUT": "60"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    one, two = load(tmp_path / "one"), load(tmp_path / "two")
+    _assert_same_weights(one, two)
+    assert two.metrics[-1]["valid_elbo"] == pytest.approx(one.metrics[-1]["valid_elbo"], abs=1e-3)

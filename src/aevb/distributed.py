@@ -8,7 +8,8 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; ``init_from_env`` reads them. Bac
 gloo on CPU, nccl on CUDA. Every rank takes a contiguous shard of each global batch
 (the batch size is global and must divide by the number of processes); DDP averages
 the gradients. Every rank draws the *whole* global batch's noise (epsilon, dynamic
-binarization) from the same seeded generator and keeps its own rows, so an N-process
+binarization, wake-sleep's dreams) from the same seeded generator and keeps its own rows
+(``ShardedNoise``), so an N-process
 run follows the same trajectory as a 1-process run with the same global batch and
 seed, up to the order of floating-point sums. Rank 0 alone writes files and logs.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -70,20 +72,26 @@ def shutdown(info: DistInfo) -> None:
 
 
 class ShardedNoise:
-    """A generator view that draws the global batch's noise and returns this rank's rows.
+    """A noise source (``aevb.distributions.noise``) that draws the global batch's noise from the
+    shared generator and returns this rank's rows.
 
-    Shapes passed to ``randn`` are local, with the batch on axis -2 (the posterior's
-    (..., B, Z) layout); the draw is made at the global size so every rank consumes
-    the shared generator identically.
+    Shapes asked for are local, with this rank's rows on ``batch_axis``; the draw is made at the
+    global size, so every rank consumes the shared generator identically. ``shard_sizes``: every
+    rank's number of rows of the global batch, for uneven shards (None: equal ones).
     """
 
-    def __init__(self, generator: torch.Generator, info: DistInfo):
+    def __init__(self, generator: torch.Generator, info: DistInfo, shard_sizes: Sequence[int] | None = None):
         self.generator = generator
         self.info = info
+        self.shard_sizes = None if shard_sizes is None else list(shard_sizes)
 
-    def randn(self, shape, device, dtype) -> torch.Tensor:
-        shape = list(shape)
-        b = shape[-2]
-        shape[-2] = b * self.info.world_size
-        full = torch.randn(shape, generator=self.generator, device=device, dtype=dtype)
-        return full.narrow(-2, self.info.rank * b, b)
+    def draw(self, kind: str, shape: tuple[int, ...], batch_axis: int, device, dtype) -> torch.Tensor:
+        shape_ = list(shape)
+        b = shape_[batch_axis]
+        sizes = self.shard_sizes or [b] * self.info.world_size
+        if sizes[self.info.rank] != b:
+            raise ValueError(f"this rank's noise has {sizes[self.info.rank]} rows; {b} were asked for")
+        shape_[batch_axis] = sum(sizes)
+        fn = torch.randn if kind == "normal" else torch.rand
+        full = fn(shape_, generator=self.generator, device=device, dtype=dtype)
+        return full.narrow(batch_axis, sum(sizes[: self.info.rank]), b)
