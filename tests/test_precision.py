@@ -1,13 +1,16 @@
-"""Mixed precision: bf16 leaves the bounds where float32 puts them (eps and z stay float32)."""
+"""Mixed precision: bf16 leaves the bounds where float32 puts them (eps and z stay float32), and the fp16
+gradient scaler is checkpointed and left alone by steps skipped for a large finite norm."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aevb.config import ModelConfig
+from aevb.checkpoint import restore_train_state, save_train_state
+from aevb.config import ModelConfig, TrainConfig
 from aevb.models import build_model
 from aevb.objectives import elbo, iwae_bound
+from aevb.train import Guard, guarded_step
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic")
 
@@ -65,3 +68,48 @@ def test_eps_and_z_are_float32_under_autocast():
         z = q.rsample(3, generator=torch.Generator().manual_seed(0))
         dream = model.decode(model.prior.sample(4)).sample()
     assert z.dtype == torch.float32 and dream.dtype == torch.float32
+
+
+def _tiny():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 1)
+    return lin, torch.optim.Adam(lin.parameters(), lr=0.1)
+
+
+def _objective(lin, scale):
+    def step_fn(x, noise, beta=1.0, y=None):
+        return {"loss": scale * lin(x).sum()}
+    return step_fn
+
+
+def test_a_finite_large_norm_leaves_the_gradient_scaler_alone():
+    lin, opt = _tiny()
+    scaler = torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in lin.parameters()]
+    t = TrainConfig(skip_grad_norm=1.0)
+    guard = Guard.on(torch.device("cpu"))
+    x = torch.ones(4, 3)
+    _, bad = guarded_step(_objective(lin, 100.0), opt, list(lin.parameters()), x, None, None, 1.0, t, guard,
+                          scaler=scaler)
+    assert bool(bad)  # the norm, 400 or so, is above 1: skipped
+    assert scaler.state_dict()["scale"] == 65536.0 and scaler.state_dict()["_growth_tracker"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
+    _, bad = guarded_step(_objective(lin, float("nan")), opt, list(lin.parameters()), x, None, None, 1.0, t, guard,
+                          scaler=scaler)
+    assert bool(bad) and scaler.state_dict()["scale"] == 32768.0  # a non-finite gradient backs the scale off
+    _, bad = guarded_step(_objective(lin, 1e-6), opt, list(lin.parameters()), x, None, None, 1.0, t, guard,
+                          scaler=scaler)
+    assert not bool(bad) and scaler.state_dict()["_growth_tracker"] == 1  # a good step counts toward growth
+
+
+def test_gradient_scaler_state_is_checkpointed(tmp_path):
+    lin, opt = _tiny()
+    scaler = torch.amp.GradScaler("cpu", growth_interval=100)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 1024.0, "_growth_tracker": 37})
+    noise = torch.Generator().manual_seed(1)
+    save_train_state(tmp_path, lin, opt, {}, {"global_step": 5}, generator=noise, scaler=scaler)
+    lin2, opt2 = _tiny()
+    fresh = torch.amp.GradScaler("cpu", growth_interval=100)
+    restore_train_state(tmp_path, lin2, opt2, torch.Generator(), torch.device("cpu"), scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 1024.0

@@ -101,15 +101,29 @@ def make_objective(config: RunConfig, capabilities: Capabilities | None = None) 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
     """Adagrad (the paper's), Adam or SGD with momentum 0.9, using PyTorch's fused kernels
-    (one kernel for all parameters; docs/performance.md has the measurement)."""
+    (one kernel for all parameters; docs/performance.md has the measurement) where they run on
+    the parameters' devices and dtypes, else the default kernels."""
     t = config.train
     cls, kw = {"adagrad": (torch.optim.Adagrad, {}), "adam": (torch.optim.Adam, {}),
                "sgd": (torch.optim.SGD, {"momentum": 0.9})}[t.optimizer]
     params = list(params)
-    try:
+    if _fused_steps(cls, params, **kw):
         return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or version
-        return cls(params, lr=t.lr, weight_decay=t.weight_decay, **kw)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, **kw)
+
+
+def _fused_steps(cls: type, params: list[Tensor], **kw: Any) -> bool:
+    """Whether ``cls``'s fused kernel takes a step on every (device, dtype) of ``params``: tried on a
+    one-element stand-in for each, since some builds accept ``fused=True`` in the constructor and
+    fail only at the first step (Adagrad on CUDA)."""
+    for device, dtype in {(p.device, p.dtype) for p in params}:
+        probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        try:
+            cls([probe], lr=0.0, fused=True, **kw).step()
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device, dtype or version
+            return False
+    return True
 
 
 def tensorboard_writer(run_dir: Path):
@@ -166,11 +180,12 @@ class Guard:
         self.bad_norm = torch.where(bad, norm.detach().float(), self.bad_norm)
 
 
-def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, scaler, device_guard: bool) -> None:
+def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, finite: Tensor, scaler, device_guard: bool) -> None:
     """Apply the gradients unless ``bad``. With a fused optimizer the decision stays on the device: the
     optimizer kernel reads it as ``found_inf`` (as torch.amp.GradScaler uses it), so weights, moments and
     step counts stay untouched by a skipped step. Otherwise (the gradient scaler, unfused optimizers)
-    the host reads ``bad``."""
+    the host reads ``bad``. A gradient scaler backs off after a non-``finite`` gradient; a step skipped
+    for a finite norm above the limit leaves its scale and growth count as they were."""
     if device_guard:
         optimizer.found_inf, optimizer.grad_scale = bad.float(), None
         try:
@@ -178,8 +193,8 @@ def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, scaler, device_
         finally:
             del optimizer.found_inf, optimizer.grad_scale
     elif bool(bad):
-        if scaler is not None:
-            scaler.update()
+        if scaler is not None:  # back off after an overflow (a non-finite norm), not after a large finite one
+            scaler.update(None if not bool(finite) else scaler.get_scale())
     elif scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -206,8 +221,9 @@ def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.opt
     norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # all-reduced: one decision
     if t.clip_grad_norm:
         torch.nn.utils.clip_grads_with_norm_(params, t.clip_grad_norm, norm)
-    bad = ~torch.isfinite(norm) | (norm > t.skip_grad_norm)
-    _step_or_skip(optimizer, bad, scaler, device_guard)
+    finite = torch.isfinite(norm)
+    bad = ~finite | (norm > t.skip_grad_norm)
+    _step_or_skip(optimizer, bad, finite, scaler, device_guard)
     guard.record(bad, norm)
     return terms, bad
 
@@ -270,19 +286,20 @@ class Trainer:
     def save_state(self) -> None:
         if not self.dist.is_main:
             return
-        extra = {"rng.noise": self.noise.get_state()}
-        extra.update({f"sums.{k}": v for k, v in self.sums.items()})
+        extra = {f"sums.{k}": v for k, v in self.sums.items()}
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
                     "skipped": int(self.guard.skipped)}
-        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress)
+        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress, generator=self.noise,
+                              scaler=self.scaler)
 
     def restore(self) -> None:
         saved = ckpt.read_config(self.out)
         if saved.model != self.config.model:
             raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
                                        "resume with the run's own configuration")
-        state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device)
+        state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device,
+                                         scaler=self.scaler)
         progress = state.progress
         self.sums = state.sums
         self.epoch = progress["epoch"]
