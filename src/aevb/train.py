@@ -20,13 +20,14 @@ Mixed precision:  --precision bf16 (CPU and CUDA) or fp16 (CUDA, with a gradient
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,14 +36,17 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .conditional import check_data_labels
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, Split, load_dataset
 from .devices import resolve_device
-from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
-from .evaluate import evaluate_elbo
+from .distributed import (DistInfo, ShardedNoise, all_reduce_sum, any_rank, in_turns, init_from_env, on_main,
+                          share_from_main, wait_for_all)
 from .models import Capabilities, build_model
 from .models.base import check_networks
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, elbo
 from .schedules import kl_weight
+
+if TYPE_CHECKING:
+    from .runconfig import RunPlan
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
@@ -160,6 +164,58 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
         check_data_labels(ds, config.model.num_classes)
 
 
+@dataclass(frozen=True)
+class ValidationBatch:
+    """One batch of the validation split as a single process cuts it, shared out over the ranks."""
+
+    first: int  # this rank's first row in the split
+    rows: int  # how many rows this rank scores
+    shard_sizes: tuple[int, ...]  # every rank's rows of the batch
+
+
+def validation_batches(n: int, batch_size: int, info: DistInfo) -> list[ValidationBatch]:
+    """The split's n rows in batches of ``batch_size``, each divided over the ranks as ``tensor_split``
+    divides it."""
+    out = []
+    for start in range(0, n, batch_size):
+        q, r = divmod(min(batch_size, n - start), info.world_size)
+        sizes = tuple(q + (i < r) for i in range(info.world_size))
+        out.append(ValidationBatch(start + sum(sizes[: info.rank]), sizes[info.rank], sizes))
+    return out
+
+
+def _rows(split: Split, batches: list[ValidationBatch]) -> Split:
+    """This rank's rows of ``split``, batch after batch."""
+    idx = [torch.arange(b.first, b.first + b.rows) for b in batches]
+    return split[torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)]
+
+
+@torch.no_grad()
+def validation_sums(model: nn.Module, x: Tensor, y: Tensor | None, batches: list[ValidationBatch], kl: str,
+                    info: DistInfo, seed: int = 0) -> dict[str, Tensor]:
+    """This rank's sums (float64, on x's device) of the validation terms over its rows ``x`` (``_rows``):
+    the ELBO's with one sample of z (for a model without a posterior, its default objective's).
+    Each batch's noise is drawn for the whole batch from one generator seeded ``seed``
+    (``ShardedNoise``), so the sums over the ranks are those of one process, whatever their number."""
+    caps = model.capabilities
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    sums: dict[str, Tensor] = {}
+    offset = 0
+    for b in batches:
+        xb = x[offset : offset + b.rows]
+        yb = None if y is None else y[offset : offset + b.rows]
+        offset += b.rows
+        if caps.has_posterior:
+            noise = ShardedNoise(gen, info, b.shard_sizes)
+            terms = elbo(model, xb, kl=kl, generator=noise, reduction="none", y=yb)
+        else:
+            terms = OBJECTIVES[caps.default_objective](model, xb, reduction="none", y=yb)
+        for k, v in terms.items():
+            if k != "loss":
+                sums[k] = sums.get(k, 0) + v.double().sum()
+    return sums
+
+
 @dataclass
 class Guard:
     """The skip guard's counters. They live on the device, so that a step never waits for the
@@ -238,7 +294,7 @@ class Trainer:
         self.out = Path(out)
         t = config.train
         device = resolve_device(t.device)
-        self.dist: DistInfo = init_from_env(device.type)
+        self.dist: DistInfo = init_from_env()
         if self.dist.enabled and device.type == "cuda":
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
@@ -253,13 +309,20 @@ class Trainer:
             torch.manual_seed(t.seed)
             self.model = build_model(config.model, encoder=encoder, decoder=decoder).to(self.device)
         self.objective = make_objective(config, self.model.capabilities)
-        ds = dataset if dataset is not None else load_dataset(config.data)
+        ds = dataset if dataset is not None else in_turns(self.dist, lambda: load_dataset(config.data))
         _check_data(config, ds)
-        self.data = ds.to(self.device)
+        # The training split on the device (every rank draws batches from all of it); of the
+        # validation split only this rank's rows; the rest stays where it was read.
+        self.data = Dataset(ds.name, ds.train.to(self.device), ds.valid, ds.test, ds.binary, ds.num_classes)
+        split = ds.valid if ds.valid is not None else ds.test
+        self.valid_name = "valid" if ds.valid is not None else "test"
+        self.valid_batches = validation_batches(len(split), t.eval_batch_size, self.dist)
+        self.valid_rows = _rows(split, self.valid_batches).to(self.device)
         check_networks(self.model, self.data.train.x[:2], self._labels(torch.arange(min(2, len(ds.train)))))
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.step_module: nn.Module = ObjectiveModule(self.model, self.objective)
         if self.dist.enabled:
+            wait_for_all(self.dist)  # every rank has its data: DDP's first broadcast waits for no one
             self.step_module = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
@@ -283,34 +346,60 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------
 
-    def save_state(self) -> None:
-        if not self.dist.is_main:
-            return
-        extra = {f"sums.{k}": v for k, v in self.sums.items()}
+    def save_state(self, weights: bool = False) -> None:
+        """Checkpoint the training state (and with ``weights`` the model file). Every rank calls it at
+        the same step: the partial epoch's sums are summed over the ranks, rank 0 writes, and the
+        others wait for it (long timeout)."""
+        sums = self._summed_over_ranks()
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
                     "skipped": int(self.guard.skipped)}
-        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress, generator=self.noise,
-                              scaler=self.scaler)
+
+        def write() -> None:
+            if weights:
+                ckpt.save_model(self.out, self.model, self.config)
+            ckpt.save_train_state(self.out, self.model, self.optimizer, {f"sums.{k}": v for k, v in sums.items()},
+                                  progress, generator=self.noise, scaler=self.scaler)
+
+        on_main(self.dist, write)
+
+    def _summed_over_ranks(self) -> dict[str, torch.Tensor]:
+        """The partial epoch's sums added up over the ranks (each rank's own in one process)."""
+        if not self.dist.enabled or not self.sums:
+            return self.sums
+        keys = sorted(self.sums)
+        total = all_reduce_sum(torch.stack([self.sums[k].float() for k in keys]), self.dist)
+        return dict(zip(keys, total.unbind()))
 
     def restore(self) -> None:
-        saved = ckpt.read_config(self.out)
-        if saved.model != self.config.model:
-            raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
-                                       "resume with the run's own configuration")
+        """Continue from the run directory's training state: rank 0 reads it and sends it to the others
+        (which need no access to the run directory)."""
+
+        def read() -> bytes:
+            saved = ckpt.read_config(self.out)
+            if saved.model != self.config.model:
+                raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
+                                           "resume with the run's own configuration")
+            return ckpt.read_train_state_bytes(self.out)
+
+        data = share_from_main(self.dist, read)
         state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device,
-                                         scaler=self.scaler)
+                                         scaler=self.scaler, data=data)
         progress = state.progress
-        self.sums = state.sums
+        # The saved sums are every rank's together: rank 0 carries them on, the others start at zero.
+        self.sums = {k: v if self.dist.is_main else torch.zeros_like(v) for k, v in state.sums.items()}
         self.epoch = progress["epoch"]
         self.step_in_epoch = progress["step_in_epoch"]
         self.global_step = progress["global_step"]
         self.epoch_seconds = progress["epoch_seconds"]
         self.metrics_lines = progress["metrics_lines"]
         self.guard.skipped.fill_(progress.get("skipped", 0))
-        if self.dist.is_main:
+
+        def tidy() -> None:
             ckpt.remove_temporaries(self.out)
             ckpt.truncate_metrics(self.out, self.metrics_lines)
+
+        on_main(self.dist, tidy)
 
     # -- loop ------------------------------------------------------------------------
 
@@ -370,17 +459,14 @@ class Trainer:
         return (self.sums[key] / (steps.clamp(min=1) if steps is not None else max(self.step_in_epoch, 1))).item()
 
     def _validate(self) -> dict[str, float]:
-        """Validation ELBO terms; with several processes each scores a shard and the sums are all-reduced."""
-        split = self.data.valid or self.data.test
-        name = "valid" if self.data.valid is not None else "test"
-        x = split.x.tensor_split(self.dist.world_size)[self.dist.rank]
-        y = split.y.tensor_split(self.dist.world_size)[self.dist.rank] if self.config.model.conditional else None
-        res = evaluate_elbo(self.model, x, batch_size=self.config.train.eval_batch_size,
-                            kl=self.config.train.estimator, seed=self.dist.rank, y=y)
-        keys = sorted(res)
-        sums = torch.tensor([res[k] * len(x) for k in keys] + [len(x)], dtype=torch.float64, device=self.device)
-        sums = all_reduce_sum(sums, self.dist)
-        return {f"{name}_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
+        """Validation ELBO terms: the same numbers on any number of processes (``validation_sums``)."""
+        rows = self.valid_rows
+        y = rows.y if self.config.model.conditional else None
+        sums = validation_sums(self.model, rows.x, y, self.valid_batches, self.config.train.estimator, self.dist)
+        keys = sorted(sums)
+        count = torch.tensor(float(len(rows)), dtype=torch.float64, device=self.device)
+        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]), self.dist)
+        return {f"{self.valid_name}_{k}": (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
 
     def _end_epoch(self) -> dict[str, Any]:
         line: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step,
@@ -417,7 +503,8 @@ class Trainer:
         return line
 
     def _catch_sigint(self):
-        """Ctrl-C finishes the current step, checkpoints, and stops (main thread only)."""
+        """Ctrl-C finishes the current step, checkpoints, and stops (main thread only); with several
+        processes, at the step they agree on (``_stop_requested``)."""
         import threading
 
         if threading.current_thread() is not threading.main_thread():
@@ -430,16 +517,26 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, handler)
 
+    def _stop_requested(self, poll: bool) -> bool:
+        """Whether Ctrl-C reached the run: in one process at once; with several, only at ``poll`` steps
+        (the same on every rank), where one all-reduce tells every rank whether any was interrupted,
+        so that all of them stop at the same step."""
+        if not self.dist.enabled:
+            return self.interrupted
+        return poll and any_rank(self.interrupted, self.dist)
+
+    def _start_files(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(self.out, self.model, self.config)
+        if self.tb is None:
+            self.tb = tensorboard_writer(self.out)
+
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs``; ``stop_after_steps`` stops early (for tests) after
         checkpointing, exactly as a killed run would have after its last checkpoint."""
         t = self.config.train
         main = self.dist.is_main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.save_model(self.out, self.model, self.config)
-            if self.tb is None:
-                self.tb = tensorboard_writer(self.out)
+        on_main(self.dist, self._start_files)
         self.model.train()
         lines = []
         bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, disable=not self.progress,
@@ -465,7 +562,9 @@ class Trainer:
                     bar.update(1)
                     checkpoint = bool(t.checkpoint_every and self.global_step % t.checkpoint_every == 0)
                     stopping = stop_after_steps is not None and self.global_step >= stop_after_steps
-                    if self.global_step % GUARD_EVERY == 0 or checkpoint or stopping or self.interrupted:
+                    poll = self.global_step % GUARD_EVERY == 0 or checkpoint or stopping
+                    interrupted = self._stop_requested(poll)
+                    if poll or interrupted:
                         self.check_guard()  # before any checkpoint, so a diverged state is never saved
                     if self.progress and self.global_step % PROGRESS_EVERY == 0:
                         key = "elbo" if "elbo" in self.sums else "reconstruction"
@@ -478,7 +577,7 @@ class Trainer:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
                         return lines
-                    if self.interrupted:
+                    if interrupted:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
                         raise TrainingInterrupted(self.out, f"interrupted at step {self.global_step}; checkpoint "
@@ -490,8 +589,7 @@ class Trainer:
                 valid = {k: v for k, v in line.items() if k.endswith("_elbo") or k.endswith("_reconstruction")}
                 if main:
                     bar.write(f"epoch {line['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in valid.items()))
-                    ckpt.save_model(self.out, self.model, self.config)
-                    self.save_state()
+                self.save_state(weights=True)
         finally:
             bar.close()
             if previous_handler is not None:
@@ -502,6 +600,30 @@ class Trainer:
         return lines
 
 
+def plan_on_rank_zero(**plan_args: Any) -> "RunPlan":
+    """``aevb.runconfig.plan_run(**plan_args)`` for every process of a run (joining the process group
+    torchrun describes): rank 0 plans, so it alone reads the run directory (a resumed run's
+    configuration and progress) and it reads, or downloads, the data first; the others receive the
+    configuration and then read the data in turns (``distributed.in_turns``). One process: plan_run."""
+    from .runconfig import RunPlan, plan_run
+
+    info = init_from_env()
+    if not info.enabled:
+        return plan_run(**plan_args)
+    planned: list[RunPlan] = []
+
+    def plan() -> bytes:
+        p = plan_run(**plan_args)
+        if p.data is None:
+            p.data = load_dataset(p.config.data)
+        planned.append(p)
+        return json.dumps({"config": p.config.to_json(), "out": str(p.out), "resume": p.resume}).encode()
+
+    shared = json.loads(share_from_main(info, plan))
+    p = planned[0] if planned else RunPlan(RunConfig.from_json(shared["config"]), Path(shared["out"]),
+                                           shared["resume"], plan_args.get("data"))
+    p.data = in_turns(info, lambda: p.data if p.data is not None else load_dataset(p.config.data))
+    return p
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -521,20 +643,19 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
     rebuilds them from there, with ``trust_code=True`` (or pass the instances again).
     """
     from .nets import load_network, network_spec
-    from .runconfig import plan_run
 
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out, the run directory to continue")
-        plan = plan_run(resume=out, overrides=overrides, data=data)
+        plan = plan_on_rank_zero(resume=out, overrides=overrides, data=data)
         m = plan.config.model
         if encoder is None and m.encoder is not None:
             encoder = load_network(m.encoder, "encoder", trust_code)
         if decoder is None and m.decoder is not None:
             decoder = load_network(m.decoder, "decoder", trust_code)
     else:
-        plan = plan_run(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
-                        data=data, overwrite=overwrite)
+        plan = plan_on_rank_zero(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
+                                 data=data, overwrite=overwrite)
         specs = {part: network_spec(net) for part, net in (("encoder", encoder), ("decoder", decoder))
                  if net is not None}
         if specs:
