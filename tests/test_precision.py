@@ -1,7 +1,10 @@
-"""Mixed precision: bf16 leaves the bounds where float32 puts them (eps and z stay float32), and the fp16
-gradient scaler is checkpointed and left alone by steps skipped for a large finite norm."""
+"""Mixed precision: bf16 leaves the bounds where float32 puts them (eps and z stay float32), the fp16
+gradient scaler is checkpointed and left alone by steps skipped for a large finite norm, and CUDA
+runs use deterministic kernels."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -113,3 +116,48 @@ def test_gradient_scaler_state_is_checkpointed(tmp_path):
     restore_train_state(tmp_path, lin2, opt2, torch.Generator(), torch.device("cpu"), scaler=fresh)
     assert fresh.state_dict() == scaler.state_dict()
     assert fresh.get_scale() == 1024.0
+
+
+def test_deterministic_kernels_on_cuda_only(monkeypatch):
+    from aevb.train import deterministic_kernels
+
+    cudnn = torch.backends.cudnn
+    start = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_kernels(torch.device("cpu")):
+        assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == start
+    with deterministic_kernels(torch.device("cuda")):  # the flags need no GPU to be set
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == start
+    monkeypatch.setenv("AEVB_DETERMINISTIC", "0")
+    with deterministic_kernels(torch.device("cuda")):
+        assert torch.are_deterministic_algorithms_enabled() == start[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_conv_runs_are_reproducible_and_resume_bit_identical(tmp_path, precision):
+    from aevb.data import load_dataset
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import Trainer
+
+    cfg = apply_overrides(default_config("digits"), {
+        "architecture": "conv", "conv_channels": (8, 16), "hidden": (32,), "latent_dim": 4, "batch_size": 50,
+        "epochs": 2, "binarize": "dynamic", "device": "cuda", "precision": precision})
+    data = load_dataset(cfg.data)
+    runs = []
+    for name in ("a", "b"):
+        t = Trainer(cfg, tmp_path / name, dataset=data, progress=False)
+        t.run()
+        runs.append(t.model.state_dict())
+    cut = Trainer(cfg, tmp_path / "cut", dataset=data, progress=False)
+    cut.run(stop_after_steps=37)
+    resumed = Trainer(cfg, tmp_path / "cut", dataset=data, progress=False)
+    resumed.restore()
+    if precision == "fp16":
+        assert resumed.scaler.state_dict() == cut.scaler.state_dict()
+    resumed.run()
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+        assert torch.equal(runs[0][k], resumed.model.state_dict()[k]), k

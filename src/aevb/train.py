@@ -9,7 +9,9 @@ metrics once per epoch), so steps do not wait on each other.
 Determinism: the seed fixes the initialisation, each epoch's permutation (derived
 from (seed, epoch), so no state is needed to replay it) and one generator for every
 epsilon and every dynamic binarization draw, whose state is checkpointed. A resumed
-run therefore continues bit for bit where it stopped.
+run therefore continues bit for bit where it stopped. On CUDA that needs deterministic
+kernels, which the trainer switches on while it runs (``deterministic_kernels``; their cost
+is in docs/scaling.md; ``AEVB_DETERMINISTIC=0`` trades them for speed).
 
 Single process:   aevb train --dataset mnist --binarize dynamic --epochs 10 --out runs/mnist
 Data parallel:    torchrun --nproc_per_node=2 -m aevb train ...   (or aevb train --nproc 2 ...;
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -128,6 +132,29 @@ def _fused_steps(cls: type, params: list[Tensor], **kw: Any) -> bool:
         except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device, dtype or version
             return False
     return True
+
+
+@contextmanager
+def deterministic_kernels(device: torch.device):
+    """On CUDA, deterministic kernels for the duration: ``torch.use_deterministic_algorithms`` (an
+    operation without a deterministic kernel warns), cuDNN's deterministic convolutions without
+    autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, when unset), so
+    that a seed fixes the trajectory and a resumed run continues bit for bit. Nothing changes on
+    other devices (their kernels are deterministic already) or with ``AEVB_DETERMINISTIC=0``."""
+    if device.type != "cuda" or os.environ.get("AEVB_DETERMINISTIC", "1") == "0":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
 
 
 def tensorboard_writer(run_dir: Path):
@@ -534,6 +561,10 @@ class Trainer:
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs``; ``stop_after_steps`` stops early (for tests) after
         checkpointing, exactly as a killed run would have after its last checkpoint."""
+        with deterministic_kernels(self.device):
+            return self._run(stop_after_steps)
+
+    def _run(self, stop_after_steps: int | None) -> list[dict[str, Any]]:
         t = self.config.train
         main = self.dist.is_main
         on_main(self.dist, self._start_files)
