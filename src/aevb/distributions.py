@@ -14,6 +14,11 @@ The latent-variable pieces a model is built from (``aevb.models``):
 - ``analytic_kl_per_dim(q, p)``: KL(q || p) per latent dimension where a closed form is
   registered for the pair (``register_kl``), else None; objectives then use the Monte Carlo
   estimate log q(z|x) - log p(z).
+
+Samplers draw their noise through ``noise`` (``standard_normal``, ``uniform``), naming the batch
+axis: the ``generator`` they are given may be the data-parallel trainer's per-rank view of one
+shared generator, which ``torch.randn`` does not accept. Posteriors and priors of your own should
+do the same to train on several processes.
 """
 
 from __future__ import annotations

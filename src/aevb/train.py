@@ -233,7 +233,7 @@ def validation_sums(model: nn.Module, x: Tensor, y: Tensor | None, batches: list
         yb = None if y is None else y[offset : offset + b.rows]
         offset += b.rows
         if caps.has_posterior:
-            noise = ShardedNoise(gen, info, b.shard_sizes)
+            noise = ShardedNoise(gen, info, b.shard_sizes) if info.enabled else gen  # one process: the same draws
             terms = elbo(model, xb, kl=kl, generator=noise, reduction="none", y=yb)
         else:
             terms = OBJECTIVES[caps.default_objective](model, xb, reduction="none", y=yb)
