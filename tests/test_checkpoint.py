@@ -162,3 +162,71 @@ def test_tensorboard_events_are_written_when_installed(tmp_path):
     values = [e.value for e in acc.Scalars("valid/elbo")]
     metrics = [m["valid_elbo"] for m in aevb.load(tmp_path / "r").metrics]
     assert values == pytest.approx(metrics, rel=1e-6)
+
+
+def _fake_cuda_noise_state(run_dir, tag: bool) -> None:
+    """Make a run's saved noise generator look as if it was saved on CUDA (a 16-byte state), with the
+    device tag or, as files written before the tag, without."""
+    from safetensors.torch import save as st_save
+
+    path = run_dir / "train_state.safetensors"
+    tensors, meta = read_safetensors(path)
+    tensors["rng.noise"] = torch.zeros(16, dtype=torch.uint8)
+    meta.pop("rng_device", None)
+    if tag:
+        meta["rng_device"] = "cuda"
+    path.write_bytes(st_save(tensors, meta))
+
+
+@pytest.mark.parametrize("tag", [True, False])
+def test_resume_on_another_device_type_reseeds_the_noise(tmp_path, tag):
+    data = load_dataset(small_config().data)
+    cfg = small_config(binarize="dynamic", epochs=1)
+    Trainer(cfg, tmp_path, dataset=data, progress=False).run(stop_after_steps=5)
+    _fake_cuda_noise_state(tmp_path, tag)
+    resumed = Trainer(cfg, tmp_path, dataset=data, progress=False)
+    with pytest.warns(UserWarning, match="re-seeded from the step"):
+        resumed.restore()  # not set_state's traceback (a CPU generator's state is 5056 bytes)
+    from aevb.checkpoint import reseed_noise
+
+    expected = torch.Generator().manual_seed(cfg.train.seed + 1)
+    reseed_noise(expected, 5)
+    assert torch.equal(resumed.noise.get_state(), expected.get_state())  # deterministic: seed and step
+    assert resumed.run()[-1]["step"] == 25
+
+
+def test_a_restored_optimizer_keeps_its_own_kernel_flags(tmp_path):
+    from aevb.checkpoint import restore_train_state, save_train_state
+
+    model = build_model(small_config().model)
+    saved = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)  # e.g. on a device with fused kernels
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    saved.step()
+    save_train_state(tmp_path, model, saved, {"rng.noise": torch.Generator().get_state()}, {"global_step": 1})
+    own = torch.optim.Adam(model.parameters(), lr=0.5, foreach=False)  # where they are not
+    restore_train_state(tmp_path, model, own, torch.Generator(), torch.device("cpu"))
+    group = own.param_groups[0]
+    assert group["fused"] is None and group["foreach"] is False
+    assert group["lr"] == 0.01  # the saved hyperparameters
+    own.step()  # the default kernel takes the restored state
+    assert int(own.state[group["params"][0]]["step"]) == 2
+
+
+def test_fused_optimizer_falls_back_when_its_first_step_fails(monkeypatch):
+    from aevb.train import make_optimizer
+
+    class NoFusedStep(torch.optim.Adagrad):  # accepts fused=True, fails at the first step (Adagrad on CUDA)
+        def step(self, closure=None):
+            if self.defaults.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cpu']")
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adagrad", NoFusedStep)
+    model = build_model(small_config().model)
+    opt = make_optimizer(small_config(optimizer="adagrad"), model.parameters())
+    assert isinstance(opt, NoFusedStep) and not opt.defaults["fused"]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from aevb.checkpoint import load
+from aevb.checkpoint import load, load_train_state
+from aevb.config import ModelConfig
+from aevb.distributed import DistInfo, ShardedNoise, reading_turn
+from aevb.distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, StandardNormal, noise
 from aevb.evaluate import evaluate_elbo
+from aevb.models import build_model
 from aevb.train import Trainer
 from aevb.runconfig import apply_overrides, default_config
 
@@ -123,3 +129,158 @@ def test_batch_must_divide_by_processes_and_fp16_needs_cuda():
                    check=False)
     if not torch.cuda.is_available():
         assert "CUDA is not available" in proc.stderr and proc.returncode == 1
+
+
+def _assert_same_weights(a_run, b_run, atol=1e-5):
+    a, b = a_run.model.state_dict(), b_run.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), k
+
+
+# -- every random draw of a step, sharded over the ranks -----------------------------------------
+
+def _draws(rows: slice | None, info: DistInfo, sizes=None):
+    """Each sampler's draw for the global batch of 6 (rows None, a plain generator) or for ``rows`` of it
+    on one rank (a ShardedNoise view of the same seeded generator)."""
+    g = torch.Generator().manual_seed(7)
+    src = g if rows is None else ShardedNoise(g, info, sizes)
+    rows = rows or slice(None)
+    torch.manual_seed(0)
+    mu, log_var, params = torch.randn(6, 3), torch.randn(6, 3), torch.randn(6, 2, 4, 5)  # (B, Z), (B, C, H, W)
+    return [DiagonalGaussian(mu[rows], log_var[rows]).rsample(4, generator=src),  # (L, B, Z): batch on -2
+            StandardNormal(3).sample(len(mu[rows]), generator=src),  # (B, Z): batch on 0
+            Bernoulli(params[rows], event_ndim=3).sample(src),  # (B, C, H, W): batch before the event
+            Gaussian(params[rows], params[rows] * 0.1, event_ndim=3).sample(src),
+            DiscretizedLogistic(params[rows].sigmoid(), params[rows] - 2, event_ndim=3).sample(src)]
+
+
+@pytest.mark.parametrize("sizes", [None, (4, 2)])
+def test_each_rank_draws_its_rows_of_the_global_noise(sizes):
+    whole = _draws(None, DistInfo())
+    cuts = (slice(0, 3), slice(3, 6)) if sizes is None else (slice(0, 4), slice(4, 6))
+    shards = [_draws(rows, DistInfo(rank, 2), sizes) for rank, rows in enumerate(cuts)]
+    batch_axes = [-2, 0, 0, 0, 0]
+    for i, axis in enumerate(batch_axes):
+        assert torch.equal(torch.cat([shards[0][i], shards[1][i]], axis), whole[i]), i
+
+
+def test_a_noise_source_needs_the_batch_axis():
+    with pytest.raises(ValueError, match="batch axis"):
+        noise("normal", (2, 3), ShardedNoise(torch.Generator(), DistInfo(0, 2)))
+
+
+def test_validation_numbers_do_not_depend_on_the_number_of_processes():
+    from aevb.train import _rows, validation_batches, validation_sums
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=3)).eval()
+    x = torch.rand(301, 1, 8, 8, generator=torch.Generator().manual_seed(1)).bernoulli(
+        generator=torch.Generator().manual_seed(2))
+    from aevb.data import Split
+
+    def summed(world: int) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for rank in range(world):
+            info = DistInfo(rank, world)
+            batches = validation_batches(len(x), 100, info)
+            mine = _rows(Split(x), batches)
+            for k, v in validation_sums(model, mine.x, None, batches, "analytic", info).items():
+                total[k] = total.get(k, 0.0) + v.item()
+        return total
+
+    one = summed(1)
+    assert one["elbo"] / len(x) == pytest.approx(evaluate_elbo(model, x, batch_size=100)["elbo"], rel=1e-9)
+    for world in (2, 3):
+        assert summed(world) == pytest.approx(one, rel=1e-9)
+
+
+def test_data_is_read_rank_zero_first_then_one_process_per_machine():
+    assert reading_turn(DistInfo(0, 4, 0)) == 0
+    assert reading_turn(DistInfo(2, 4, 0)) == 1  # the first process of the second machine
+    assert reading_turn(DistInfo(1, 4, 1)) == reading_turn(DistInfo(3, 4, 1)) == 2
+
+
+# -- end to end under torchrun ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_wake_sleep_on_two_processes_ends_with_the_weights_of_one(tmp_path):
+    args = [*COMMON, "--algorithm", "wake-sleep", "--epochs", "2", "--subset", "512"]
+    run_cli(*args, "--out", str(tmp_path / "one"))
+    proc = torchrun(2, *args, "--out", str(tmp_path / "two"), env={"AEVB_DIST_TIMEOUT": "60"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    one, two = load(tmp_path / "one"), load(tmp_path / "two")
+    _assert_same_weights(one, two)
+    assert two.metrics[-1]["valid_elbo"] == pytest.approx(one.metrics[-1]["valid_elbo"], abs=1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_machines(cwds: list[Path], *args: str) -> None:
+    """``aevb ARGS`` launched as two machines of one process each: two torchrun launchers, node ranks
+    0 and 1, rendezvous on 127.0.0.1, each in its own folder (so a relative run directory is on
+    storage the other machine cannot see)."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={i}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+                               "-m", "aevb", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "AEVB_DIST_TIMEOUT": "60"})
+             for i, cwd in enumerate(cwds)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert sum(out.count("run directory") for out, _ in outs) == 1  # rank 0 alone reports
+
+
+@pytest.mark.slow
+def test_two_machines_without_shared_storage_train_and_resume_as_one_process(tmp_path):
+    run_cli(*COMMON, "--epochs", "3", "--out", str(tmp_path / "one"))
+    cwds = [tmp_path / "node0", tmp_path / "node1"]
+    for d in cwds:
+        d.mkdir()
+    _two_machines(cwds, *COMMON, "--epochs", "2", "--out", "run")
+    _two_machines(cwds, "train", "--resume", "run", "--epochs", "3", "--no-progress", "--no-figures")
+    assert not (cwds[1] / "run").exists()  # the second machine neither read nor wrote a run directory
+    one, two = load(tmp_path / "one"), load(cwds[0] / "run")
+    _assert_same_weights(one, two)
+    assert [m["epoch"] for m in two.metrics] == [1, 2, 3]
+    for a, b in zip(one.metrics, two.metrics):  # validation scores the same rows with the same noise
+        assert b["valid_elbo"] == pytest.approx(a["valid_elbo"], abs=1e-4)
+        assert b["train_elbo"] == pytest.approx(a["train_elbo"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_every_rank_at_one_step_and_resumes_mid_epoch(tmp_path):
+    marker = uuid.uuid4().hex
+    run = tmp_path / "c"
+    args = [*COMMON, "--epochs", "30"]
+    proc = torchrun(2, *args, "--checkpoint-every", "5", "--out", str(run),
+                    env={"AEVB_TEST_MARKER": marker, "AEVB_DIST_TIMEOUT": "60"})
+    deadline = time.monotonic() + 120
+    while not (run / "train_state.safetensors").exists():  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    pid = _pid_with(marker, "1")
+    assert pid is not None, "rank 1 not found"
+    os.kill(pid, signal.SIGINT)  # one process only: the others never see a Ctrl-C
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - sent < 45, "the ranks waited for the collective timeout"
+    steps = re.findall(r"interrupted at step (\d+)", err)
+    assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]  # both ranks stop at one step...
+    _, progress, _ = load_train_state(run)
+    assert progress["global_step"] == int(steps[0])  # ...checkpointed there
+    assert progress["global_step"] % 20, "the interrupt landed on an epoch's end; the test needs it mid-epoch"
+    proc = torchrun(2, "train", "--resume", str(run), "--no-progress", "--no-figures",
+                    env={"AEVB_DIST_TIMEOUT": "30"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    run_cli(*args, "--out", str(tmp_path / "one"))
+    one, two = load(tmp_path / "one"), load(run)
+    _assert_same_weights(one, two, atol=1e-4)
+    stopped = progress["epoch"]  # the epoch the interrupt cut: its training sums came from both ranks
+    assert two.metrics[stopped]["train_elbo"] == pytest.approx(one.metrics[stopped]["train_elbo"], abs=1e-3)

@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -166,7 +167,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     """Tensors and metadata of a safetensors file, with a clear error for anything else."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
-    data = path.read_bytes()
+    return _parse_safetensors(path.read_bytes(), path)
+
+
+def _parse_safetensors(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of the safetensors bytes ``data`` (read from ``path``, named in errors)."""
     try:
         tensors = st_load(data)
         n = int.from_bytes(data[:8], "little")
@@ -241,6 +246,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", trust_co
 # --- training state ------------------------------------------------------------------
 
 
+# Optimizer settings that say how the update is computed, not what it is: a restored optimizer keeps
+# its own (a fused kernel saved on one device may not exist on the device the run resumes on).
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer's state_dict into tensors (for safetensors) and the JSON rest."""
     sd = opt.state_dict()
@@ -256,6 +266,7 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 
 
 def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Load the saved state into ``opt``; ``opt`` keeps its own ``IMPLEMENTATION_FLAGS``."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -263,65 +274,110 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
             state.setdefault(int(idx), {})[name] = v
     for idx, d in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(d)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [dict(saved) for saved in meta["param_groups"]]
+    for saved, own in zip(groups, opt.param_groups):
+        saved.update({k: own[k] for k in IMPLEMENTATION_FLAGS if k in own})
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any],
+                     extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any], *,
+                     generator: torch.Generator | None = None, scaler=None,
                      schedule: dict[str, Any] | None = None) -> None:
-    """``schedule``: the learning-rate schedule's state (``aevb.lr_schedules.LRSchedule.state_dict``), as JSON."""
+    """Write the training state: weights, optimizer, ``extra_tensors``, the ``progress`` counters;
+    the noise ``generator``'s state with its device type (a CPU and a CUDA state differ in kind);
+    a gradient ``scaler``'s state (fp16); the learning-rate ``schedule``'s state
+    (``aevb.lr_schedules.LRSchedule.state_dict``), as JSON."""
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
     tensors.update(opt_tensors)
     tensors.update(extra_tensors)
     meta = {"progress": json.dumps(progress), "optimizer": json.dumps(opt_meta)}
+    if generator is not None:
+        tensors["rng.noise"] = generator.get_state()
+        meta["rng_device"] = generator.device.type
+    if scaler is not None:
+        meta["scaler"] = json.dumps(scaler.state_dict())
     if schedule is not None:
         meta["lr_schedule"] = json.dumps(schedule)
     atomic_write(Path(run_dir) / TRAIN_STATE, st_save(_cpu_tensors(tensors), meta))
 
 
-def _read_train_state(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:
+def read_train_state_bytes(run_dir: str | Path) -> bytes:
+    """The raw training-state file of a run (what rank 0 reads and sends to the other processes)."""
     path = Path(run_dir) / TRAIN_STATE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the run cannot be resumed (it finished without training state, "
                               "or never reached its first checkpoint)")
-    tensors, meta = read_safetensors(path)
-    return path, tensors, meta
+    return path.read_bytes()
 
 
 def _json_meta(path: Path, meta: dict[str, str], key: str, default: Any = ...) -> Any:
+    """The JSON metadata entry ``key`` (``default`` when absent, if given)."""
     try:
         return json.loads(meta[key]) if (key in meta or default is ...) else default
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: training-state metadata is missing or corrupt ({e})") from None
 
 
+def _train_state(run_dir: str | Path, data: bytes | None = None):
+    """(tensors, progress, optimizer metadata, all metadata, path) from the file, or from its bytes ``data``."""
+    path = Path(run_dir) / TRAIN_STATE
+    tensors, meta = _parse_safetensors(read_train_state_bytes(run_dir) if data is None else data, path)
+    return tensors, _json_meta(path, meta, "progress"), _json_meta(path, meta, "optimizer"), meta, path
+
+
 def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """(tensors, progress, optimizer metadata) of a run's training state."""
-    path, tensors, meta = _read_train_state(run_dir)
-    return tensors, _json_meta(path, meta, "progress"), _json_meta(path, meta, "optimizer")
+    tensors, progress, opt_meta, _, _ = _train_state(run_dir)
+    return tensors, progress, opt_meta
 
 
 @dataclass
 class TrainState:
     """What ``restore_train_state`` gives back beside the restored model, optimizer and generator:
-    the progress counters and the partial epoch's metric sums."""
+    the progress counters, the partial epoch's metric sums, the learning-rate schedule's state (None
+    for a constant rate), and whether the noise generator was re-seeded (a state saved on another
+    kind of device)."""
 
     progress: dict[str, Any]
     sums: dict[str, torch.Tensor]
-    schedule: dict[str, Any] | None = None  # the learning-rate schedule's state; None for a constant rate
+    schedule: dict[str, Any] | None = None
+    noise_reseeded: bool = False
+
+
+def reseed_noise(generator: torch.Generator, step: int) -> None:
+    """Seed ``generator`` from its own first seed and the step a run resumes at: the noise of a run
+    resumed on another kind of device (a CPU generator's state means nothing to a CUDA one). The run
+    stays reproducible (the same run resumed the same way draws the same noise), but it is not the
+    noise the original device would have drawn."""
+    generator.manual_seed((generator.initial_seed() * 1_000_003 + step) % 2**63)
 
 
 def restore_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator, device: torch.device) -> TrainState:
-    """Load a run's training state into ``model``, ``optimizer`` and the noise ``generator``."""
-    path, tensors, meta = _read_train_state(run_dir)
-    progress, opt_meta = _json_meta(path, meta, "progress"), _json_meta(path, meta, "optimizer")
+                        generator: torch.Generator, device: torch.device, *, scaler=None,
+                        data: bytes | None = None) -> TrainState:
+    """Load a run's training state into ``model``, ``optimizer``, the noise ``generator`` and a
+    gradient ``scaler`` (fp16); ``data``: the training-state file's bytes, already read (else it is
+    read from ``run_dir``). A generator state saved on another device type (or, in a file from
+    before device tags, of another size) is replaced by ``reseed_noise``."""
+    tensors, progress, opt_meta, meta, path = _train_state(run_dir, data)
     unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer_from_flat(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, opt_meta)
-    generator.set_state(tensors["rng.noise"])
+    state = tensors["rng.noise"]
+    saved_on = meta.get("rng_device")
+    same_kind = saved_on == generator.device.type if saved_on else state.numel() == generator.get_state().numel()
+    if same_kind:
+        generator.set_state(state)
+    else:
+        reseed_noise(generator, int(progress.get("global_step", 0)))
+        warnings.warn(f"{path}: the noise generator was saved on {saved_on or 'another device'} and this run is on "
+                      f"{generator.device.type}; it continues with noise re-seeded from the step (reproducible, "
+                      "but not the draws the first device would have made)", stacklevel=2)
+    if scaler is not None and "scaler" in meta:
+        scaler.load_state_dict(json.loads(meta["scaler"]))
     sums = {k[len("sums."):]: v.to(device) for k, v in tensors.items() if k.startswith("sums.")}
-    return TrainState(progress, sums, _json_meta(path, meta, "lr_schedule", None))
+    return TrainState(progress, sums, _json_meta(path, meta, "lr_schedule", None), noise_reseeded=not same_kind)
 
 
 def remove_temporaries(run_dir: str | Path) -> None:

@@ -14,6 +14,11 @@ The latent-variable pieces a model is built from (``aevb.models``):
 - ``analytic_kl_per_dim(q, p)``: KL(q || p) per latent dimension where a closed form is
   registered for the pair (``register_kl``), else None; objectives then use the Monte Carlo
   estimate log q(z|x) - log p(z).
+
+Samplers draw their noise through ``noise`` (``standard_normal``, ``uniform``), naming the batch
+axis: the ``generator`` they are given may be the data-parallel trainer's per-rank view of one
+shared generator, which ``torch.randn`` does not accept. Posteriors and priors of your own should
+do the same to train on several processes.
 """
 
 from __future__ import annotations
@@ -33,12 +38,35 @@ def _wide(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def standard_normal(shape, generator=None, device=None, dtype=None) -> Tensor:
-    """eps ~ N(0, I) from a torch.Generator, or from a noise source with a ``randn(shape, device,
-    dtype)`` method (the data-parallel trainer's per-rank view of a shared generator)."""
-    if generator is not None and hasattr(generator, "randn"):
-        return generator.randn(shape, device, dtype)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+def noise(kind: str, shape, generator=None, *, batch_axis: int | None = None, device=None,
+          dtype=torch.float32) -> Tensor:
+    """Standard noise of ``shape``: ``kind="normal"`` eps ~ N(0, I), ``"uniform"`` u ~ U[0, 1); float32
+    unless ``dtype`` says otherwise (eps and z stay float32 or wider, even under autocast).
+
+    Every random draw of a training step goes through here. ``generator`` is a torch.Generator (or
+    None), or a noise source with ``draw(kind, shape, batch_axis, device, dtype)``: the data-parallel
+    trainer's per-rank view of one shared generator (``aevb.distributed.ShardedNoise``), which draws
+    the whole global batch and returns this rank's rows along ``batch_axis``. A noise source needs
+    the batch axis; a generator ignores it."""
+    if kind not in ("normal", "uniform"):
+        raise ValueError(f"noise kind must be 'normal' or 'uniform'; got {kind!r}")
+    if generator is not None and hasattr(generator, "draw"):
+        if batch_axis is None:
+            raise ValueError("a sharded noise source needs the batch axis of the draw (batch_axis)")
+        return generator.draw(kind, tuple(shape), batch_axis, device, dtype)
+    draw = torch.randn if kind == "normal" else torch.rand
+    return draw(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def standard_normal(shape, generator=None, device=None, dtype=torch.float32, *,
+                    batch_axis: int | None = None) -> Tensor:
+    """eps ~ N(0, I) of ``shape`` (``noise("normal", ...)``)."""
+    return noise("normal", shape, generator, batch_axis=batch_axis, device=device, dtype=dtype)
+
+
+def uniform(shape, generator=None, device=None, dtype=torch.float32, *, batch_axis: int | None = None) -> Tensor:
+    """u ~ U[0, 1) of ``shape`` (``noise("uniform", ...)``)."""
+    return noise("uniform", shape, generator, batch_axis=batch_axis, device=device, dtype=dtype)
 
 
 def _sum_event(t: Tensor, event_ndim: int) -> Tensor:
@@ -60,16 +88,19 @@ class DiagonalGaussian:
 
     @property
     def std(self) -> Tensor:
-        return torch.exp(0.5 * self.log_var)
+        """sigma, in float32 or wider."""
+        return torch.exp(0.5 * _wide(self.log_var))
 
     def rsample(self, n: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): the reparameterization (paper eq. 10).
+        """z = mu + sigma * eps, eps ~ N(0, I): the reparameterization (paper eq. 10), eps and z in
+        float32 or wider whatever mu's dtype (a bf16 z would not be the point log q is scored at).
 
-        With ``n`` the result has shape (n, *mu.shape); without, mu.shape.
+        With ``n`` the result has shape (n, *mu.shape); without, mu.shape. The batch is mu's axis -2.
         """
-        shape = self.mu.shape if n is None else (n, *self.mu.shape)
-        eps = standard_normal(shape, generator, self.mu.device, self.mu.dtype)
-        return self.mu + self.std * eps
+        mu = _wide(self.mu)
+        shape = mu.shape if n is None else (n, *mu.shape)
+        eps = standard_normal(shape, generator, mu.device, mu.dtype, batch_axis=-2)  # (..., B, Z)
+        return mu + self.std * eps
 
     def rsample_with_log_prob(self, n: int | None = None,
                               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -141,8 +172,8 @@ class StandardNormal(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None) -> Tensor:
-        """n draws, shape (n, latent_dim)."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)
+        """n draws, shape (n, latent_dim), float32 unless ``dtype`` says otherwise."""
+        return standard_normal((n, self.latent_dim), generator, device, dtype or torch.float32, batch_axis=0)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}"
@@ -196,7 +227,11 @@ class Bernoulli:
         return -_sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), self.event_ndim)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return torch.bernoulli(self.mean, generator=generator)
+        """x ~ p(x|z) as 0.0 / 1.0 in float32: uniform < sigmoid(logit) (the batch axis is the one
+        before the event dimensions)."""
+        p = torch.sigmoid(_wide(self.logits))
+        u = uniform(p.shape, generator, p.device, p.dtype, batch_axis=-(self.event_ndim + 1))
+        return (u < p).to(p.dtype)
 
 
 class Gaussian:
@@ -238,8 +273,10 @@ class Gaussian:
         return _sum_event(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)), self.event_ndim)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        eps = standard_normal(self._mean.shape, generator, self._mean.device, self._mean.dtype)
-        return self._mean + self.std * eps
+        """x = mean + sigma * eps in float32 or wider (the batch axis is the one before the event dimensions)."""
+        mean, std = _wide(self._mean), torch.exp(0.5 * _wide(self.log_var))
+        eps = standard_normal(mean.shape, generator, mean.device, mean.dtype, batch_axis=-(self.event_ndim + 1))
+        return mean + std * eps
 
 
 class DiscretizedLogistic:
@@ -300,10 +337,11 @@ class DiscretizedLogistic:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """Logistic noise, rounded to the nearest bin and clamped to [0, 1]."""
-        u = torch.rand(self._mean.shape, generator=generator, device=self._mean.device, dtype=self._mean.dtype)
+        mean, log_scale = _wide(self._mean), _wide(self.log_scale)
+        u = uniform(mean.shape, generator, mean.device, mean.dtype, batch_axis=-(self.event_ndim + 1))
         u = u.clamp(1e-6, 1 - 1e-6)
-        scale = torch.exp(self.log_scale)
-        x = self._mean + scale * (torch.log(u) - torch.log1p(-u))
+        scale = torch.exp(log_scale)  # clamped once, in the constructor
+        x = mean + scale * (torch.log(u) - torch.log1p(-u))
         return (x.clamp(0.0, 1.0) * 255.0).round() / 255.0
 
 

@@ -9,7 +9,9 @@ metrics once per epoch), so steps do not wait on each other.
 Determinism: the seed fixes the initialisation, each epoch's permutation (derived
 from (seed, epoch), so no state is needed to replay it) and one generator for every
 epsilon and every dynamic binarization draw, whose state is checkpointed. A resumed
-run therefore continues bit for bit where it stopped.
+run therefore continues bit for bit where it stopped. On CUDA that needs deterministic
+kernels, which the trainer switches on while it runs (``deterministic_kernels``; their cost
+is in docs/scaling.md; ``AEVB_DETERMINISTIC=0`` trades them for speed).
 
 Single process:   aevb train --dataset mnist --binarize dynamic --epochs 10 --out runs/mnist
 Data parallel:    torchrun --nproc_per_node=2 -m aevb train ...   (or aevb train --nproc 2 ...;
@@ -26,14 +28,17 @@ terminal, otherwise one line per epoch.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -42,16 +47,19 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .conditional import check_data_labels
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, Split, load_dataset
 from .devices import resolve_device
-from .distributed import DistInfo, ShardedNoise, all_reduce_sum, init_from_env
-from .evaluate import evaluate_elbo
+from .distributed import (DistInfo, ShardedNoise, all_reduce_sum, any_rank, in_turns, init_from_env, on_main,
+                          share_from_main, wait_for_all)
 from .lr_schedules import LRSchedule
 from .models import Capabilities, build_model
 from .models.base import check_networks
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, elbo
 from .schedules import kl_weight
 from .tracking import RunLogger
+
+if TYPE_CHECKING:
+    from .runconfig import RunPlan
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one synchronises with the device)
 GUARD_EVERY = 25  # steps between reads of the guard's skip counter (each one synchronises)
@@ -111,15 +119,52 @@ def make_objective(config: RunConfig, capabilities: Capabilities | None = None) 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
     """Adagrad (the paper's), Adam or SGD with momentum 0.9, using PyTorch's fused kernels
-    (one kernel for all parameters; docs/performance.md has the measurement)."""
+    (one kernel for all parameters; docs/performance.md has the measurement) where they run on
+    the parameters' devices and dtypes, else the default kernels."""
     t = config.train
     cls, kw = {"adagrad": (torch.optim.Adagrad, {}), "adam": (torch.optim.Adam, {}),
                "sgd": (torch.optim.SGD, {"momentum": 0.9})}[t.optimizer]
     params = list(params)
-    try:
+    if _fused_steps(cls, params, **kw):
         return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or version
-        return cls(params, lr=t.lr, weight_decay=t.weight_decay, **kw)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, **kw)
+
+
+def _fused_steps(cls: type, params: list[Tensor], **kw: Any) -> bool:
+    """Whether ``cls``'s fused kernel takes a step on every (device, dtype) of ``params``: tried on a
+    one-element stand-in for each, since some builds accept ``fused=True`` in the constructor and
+    fail only at the first step (Adagrad on CUDA)."""
+    for device, dtype in {(p.device, p.dtype) for p in params}:
+        probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        try:
+            cls([probe], lr=0.0, fused=True, **kw).step()
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device, dtype or version
+            return False
+    return True
+
+
+@contextmanager
+def deterministic_kernels(device: torch.device):
+    """On CUDA, deterministic kernels for the duration: ``torch.use_deterministic_algorithms`` (an
+    operation without a deterministic kernel warns), cuDNN's deterministic convolutions without
+    autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, when unset), so
+    that a seed fixes the trajectory and a resumed run continues bit for bit. Nothing changes on
+    other devices (their kernels are deterministic already) or with ``AEVB_DETERMINISTIC=0``."""
+    if device.type != "cuda" or os.environ.get("AEVB_DETERMINISTIC", "1") == "0":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
 
 
 def binarize_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -155,6 +200,58 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
         check_data_labels(ds, config.model.num_classes)
 
 
+@dataclass(frozen=True)
+class ValidationBatch:
+    """One batch of the validation split as a single process cuts it, shared out over the ranks."""
+
+    first: int  # this rank's first row in the split
+    rows: int  # how many rows this rank scores
+    shard_sizes: tuple[int, ...]  # every rank's rows of the batch
+
+
+def validation_batches(n: int, batch_size: int, info: DistInfo) -> list[ValidationBatch]:
+    """The split's n rows in batches of ``batch_size``, each divided over the ranks as ``tensor_split``
+    divides it."""
+    out = []
+    for start in range(0, n, batch_size):
+        q, r = divmod(min(batch_size, n - start), info.world_size)
+        sizes = tuple(q + (i < r) for i in range(info.world_size))
+        out.append(ValidationBatch(start + sum(sizes[: info.rank]), sizes[info.rank], sizes))
+    return out
+
+
+def _rows(split: Split, batches: list[ValidationBatch]) -> Split:
+    """This rank's rows of ``split``, batch after batch."""
+    idx = [torch.arange(b.first, b.first + b.rows) for b in batches]
+    return split[torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)]
+
+
+@torch.no_grad()
+def validation_sums(model: nn.Module, x: Tensor, y: Tensor | None, batches: list[ValidationBatch], kl: str,
+                    info: DistInfo, seed: int = 0) -> dict[str, Tensor]:
+    """This rank's sums (float64, on x's device) of the validation terms over its rows ``x`` (``_rows``):
+    the ELBO's with one sample of z (for a model without a posterior, its default objective's).
+    Each batch's noise is drawn for the whole batch from one generator seeded ``seed``
+    (``ShardedNoise``), so the sums over the ranks are those of one process, whatever their number."""
+    caps = model.capabilities
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    sums: dict[str, Tensor] = {}
+    offset = 0
+    for b in batches:
+        xb = x[offset : offset + b.rows]
+        yb = None if y is None else y[offset : offset + b.rows]
+        offset += b.rows
+        if caps.has_posterior:
+            noise = ShardedNoise(gen, info, b.shard_sizes) if info.enabled else gen  # one process: the same draws
+            terms = elbo(model, xb, kl=kl, generator=noise, reduction="none", y=yb)
+        else:
+            terms = OBJECTIVES[caps.default_objective](model, xb, reduction="none", y=yb)
+        for k, v in terms.items():
+            if k != "loss":
+                sums[k] = sums.get(k, 0) + v.double().sum()
+    return sums
+
+
 @dataclass
 class Guard:
     """The skip guard's counters. They live on the device, so that a step never waits for the
@@ -175,11 +272,12 @@ class Guard:
         self.bad_norm = torch.where(bad, norm.detach().float(), self.bad_norm)
 
 
-def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, scaler, device_guard: bool) -> None:
+def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, finite: Tensor, scaler, device_guard: bool) -> None:
     """Apply the gradients unless ``bad``. With a fused optimizer the decision stays on the device: the
     optimizer kernel reads it as ``found_inf`` (as torch.amp.GradScaler uses it), so weights, moments and
     step counts stay untouched by a skipped step. Otherwise (the gradient scaler, unfused optimizers)
-    the host reads ``bad``."""
+    the host reads ``bad``. A gradient scaler backs off after a non-``finite`` gradient; a step skipped
+    for a finite norm above the limit leaves its scale and growth count as they were."""
     if device_guard:
         optimizer.found_inf, optimizer.grad_scale = bad.float(), None
         try:
@@ -187,8 +285,8 @@ def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, scaler, device_
         finally:
             del optimizer.found_inf, optimizer.grad_scale
     elif bool(bad):
-        if scaler is not None:
-            scaler.update()
+        if scaler is not None:  # back off after an overflow (a non-finite norm), not after a large finite one
+            scaler.update(None if not bool(finite) else scaler.get_scale())
     elif scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -215,8 +313,9 @@ def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.opt
     norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # all-reduced: one decision
     if t.clip_grad_norm:
         torch.nn.utils.clip_grads_with_norm_(params, t.clip_grad_norm, norm)
-    bad = ~torch.isfinite(norm) | (norm > t.skip_grad_norm)
-    _step_or_skip(optimizer, bad, scaler, device_guard)
+    finite = torch.isfinite(norm)
+    bad = ~finite | (norm > t.skip_grad_norm)
+    _step_or_skip(optimizer, bad, finite, scaler, device_guard)
     guard.record(bad, norm)
     return terms, bad
 
@@ -262,7 +361,7 @@ class Trainer:
         self.out = Path(out)
         t = config.train
         device = resolve_device(t.device)
-        self.dist: DistInfo = init_from_env(device.type)
+        self.dist: DistInfo = init_from_env()
         if self.dist.enabled and device.type == "cuda":
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
@@ -277,13 +376,20 @@ class Trainer:
             torch.manual_seed(t.seed)
             self.model = build_model(config.model, encoder=encoder, decoder=decoder).to(self.device)
         self.objective = make_objective(config, self.model.capabilities)
-        ds = dataset if dataset is not None else load_dataset(config.data)
+        ds = dataset if dataset is not None else in_turns(self.dist, lambda: load_dataset(config.data))
         _check_data(config, ds)
-        self.data = ds.to(self.device)
+        # The training split on the device (every rank draws batches from all of it); of the
+        # validation split only this rank's rows; the rest stays where it was read.
+        self.data = Dataset(ds.name, ds.train.to(self.device), ds.valid, ds.test, ds.binary, ds.num_classes)
+        split = ds.valid if ds.valid is not None else ds.test
+        self.valid_name = "valid" if ds.valid is not None else "test"
+        self.valid_batches = validation_batches(len(split), t.eval_batch_size, self.dist)
+        self.valid_rows = _rows(split, self.valid_batches).to(self.device)
         check_networks(self.model, self.data.train.x[:2], self._labels(torch.arange(min(2, len(ds.train)))))
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.step_module: nn.Module = ObjectiveModule(self.model, self.objective)
         if self.dist.enabled:
+            wait_for_all(self.dist)  # every rank has its data: DDP's first broadcast waits for no one
             self.step_module = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
@@ -311,25 +417,49 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------
 
-    def save_state(self) -> None:
-        if not self.dist.is_main:
-            return
-        extra = {"rng.noise": self.noise.get_state()}
-        extra.update({f"sums.{k}": v for k, v in self.sums.items()})
+    def save_state(self, weights: bool = False) -> None:
+        """Checkpoint the training state (and with ``weights`` the model file). Every rank calls it at
+        the same step: the partial epoch's sums are summed over the ranks, rank 0 writes, and the
+        others wait for it (long timeout)."""
+        sums = self._summed_over_ranks()
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                     "epoch_seconds": self.epoch_seconds, "metrics_lines": self.metrics_lines,
                     "skipped": int(self.guard.skipped), "best": self.best.as_dict(), **self.tracking}
         schedule = self.lr_schedule.state_dict() if self.lr_schedule.per_step or self.lr_schedule.plateau else None
-        ckpt.save_train_state(self.out, self.model, self.optimizer, extra, progress, schedule=schedule)
+
+        def write() -> None:
+            if weights:
+                ckpt.save_model(self.out, self.model, self.config)
+            ckpt.save_train_state(self.out, self.model, self.optimizer, {f"sums.{k}": v for k, v in sums.items()},
+                                  progress, generator=self.noise, scaler=self.scaler, schedule=schedule)
+
+        on_main(self.dist, write)
+
+    def _summed_over_ranks(self) -> dict[str, torch.Tensor]:
+        """The partial epoch's sums added up over the ranks (each rank's own in one process)."""
+        if not self.dist.enabled or not self.sums:
+            return self.sums
+        keys = sorted(self.sums)
+        total = all_reduce_sum(torch.stack([self.sums[k].float() for k in keys]), self.dist)
+        return dict(zip(keys, total.unbind()))
 
     def restore(self) -> None:
-        saved = ckpt.read_config(self.out)
-        if saved.model != self.config.model:
-            raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
-                                       "resume with the run's own configuration")
-        state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device)
+        """Continue from the run directory's training state: rank 0 reads it and sends it to the others
+        (which need no access to the run directory)."""
+
+        def read() -> bytes:
+            saved = ckpt.read_config(self.out)
+            if saved.model != self.config.model:
+                raise ckpt.CheckpointError(f"{self.out}: the model configuration differs from the saved one; "
+                                           "resume with the run's own configuration")
+            return ckpt.read_train_state_bytes(self.out)
+
+        data = share_from_main(self.dist, read)
+        state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device,
+                                         scaler=self.scaler, data=data)
         progress = state.progress
-        self.sums = state.sums
+        # The saved sums are every rank's together: rank 0 carries them on, the others start at zero.
+        self.sums = {k: v if self.dist.is_main else torch.zeros_like(v) for k, v in state.sums.items()}
         self.epoch = progress["epoch"]
         self.step_in_epoch = progress["step_in_epoch"]
         self.global_step = progress["global_step"]
@@ -337,9 +467,12 @@ class Trainer:
         self.metrics_lines = progress["metrics_lines"]
         self.guard.skipped.fill_(progress.get("skipped", 0))
         self._restore_around_the_loop(state)
-        if self.dist.is_main:
+
+        def tidy() -> None:
             ckpt.remove_temporaries(self.out)
             ckpt.truncate_metrics(self.out, self.metrics_lines)
+
+        on_main(self.dist, tidy)
 
     # -- loop ------------------------------------------------------------------------
 
@@ -399,17 +532,14 @@ class Trainer:
         return (self.sums[key] / (steps.clamp(min=1) if steps is not None else max(self.step_in_epoch, 1))).item()
 
     def _validate(self) -> dict[str, float]:
-        """Validation ELBO terms; with several processes each scores a shard and the sums are all-reduced."""
-        split = self.data.valid or self.data.test
-        name = "valid" if self.data.valid is not None else "test"
-        x = split.x.tensor_split(self.dist.world_size)[self.dist.rank]
-        y = split.y.tensor_split(self.dist.world_size)[self.dist.rank] if self.config.model.conditional else None
-        res = evaluate_elbo(self.model, x, batch_size=self.config.train.eval_batch_size,
-                            kl=self.config.train.estimator, seed=self.dist.rank, y=y)
-        keys = sorted(res)
-        sums = torch.tensor([res[k] * len(x) for k in keys] + [len(x)], dtype=torch.float64, device=self.device)
-        sums = all_reduce_sum(sums, self.dist)
-        return {f"{name}_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
+        """Validation ELBO terms: the same numbers on any number of processes (``validation_sums``)."""
+        rows = self.valid_rows
+        y = rows.y if self.config.model.conditional else None
+        sums = validation_sums(self.model, rows.x, y, self.valid_batches, self.config.train.estimator, self.dist)
+        keys = sorted(sums)
+        count = torch.tensor(float(len(rows)), dtype=torch.float64, device=self.device)
+        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]), self.dist)
+        return {f"{self.valid_name}_{k}": (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
 
     def _end_epoch(self) -> dict[str, Any]:
         line: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step,
@@ -536,7 +666,8 @@ class Trainer:
         return next((k for k in ("elbo", "iwae", "reconstruction") if k in self.sums), None)
 
     def _catch_sigint(self):
-        """Ctrl-C finishes the current step, checkpoints, and stops (main thread only)."""
+        """Ctrl-C finishes the current step, checkpoints, and stops (main thread only); with several
+        processes, at the step they agree on (``_stop_requested``)."""
         import threading
 
         if threading.current_thread() is not threading.main_thread():
@@ -549,17 +680,32 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, handler)
 
+    def _stop_requested(self, poll: bool) -> bool:
+        """Whether Ctrl-C reached the run: in one process at once; with several, only at ``poll`` steps
+        (the same on every rank), where one all-reduce tells every rank whether any was interrupted,
+        so that all of them stop at the same step."""
+        if not self.dist.enabled:
+            return self.interrupted
+        return poll and any_rank(self.interrupted, self.dist)
+
+    def _start_files(self) -> None:
+        """The run directory, the model file and the run's logger (TensorBoard, MLflow): rank 0 only."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(self.out, self.model, self.config)
+        self.logger = RunLogger(self.out, self.config, self.model, self.data, self.tracking)
+        self.tracking = self.logger.state
+
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs`` (or until ``patience`` epochs without a better validation
         ELBO); ``stop_after_steps`` stops early (for tests) after checkpointing, exactly as a killed
         run would have after its last checkpoint."""
+        with deterministic_kernels(self.device):
+            return self._run(stop_after_steps)
+
+    def _run(self, stop_after_steps: int | None) -> list[dict[str, Any]]:
         t = self.config.train
         main = self.dist.is_main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.save_model(self.out, self.model, self.config)
-            self.logger = RunLogger(self.out, self.config, self.model, self.data, self.tracking)
-            self.tracking = self.logger.state
+        on_main(self.dist, self._start_files)
         self.model.train()
         lines = []
         self._bar = bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.global_step, unit="step",
@@ -592,7 +738,9 @@ class Trainer:
                     bar.update(1)
                     checkpoint = bool(t.checkpoint_every and self.global_step % t.checkpoint_every == 0)
                     stopping = stop_after_steps is not None and self.global_step >= stop_after_steps
-                    if self.global_step % GUARD_EVERY == 0 or checkpoint or stopping or self.interrupted:
+                    poll = self.global_step % GUARD_EVERY == 0 or checkpoint or stopping
+                    interrupted = self._stop_requested(poll)
+                    if poll or interrupted:
                         self.check_guard()  # before any checkpoint, so a diverged state is never saved
                     key = self._progress_key()
                     if not bar.disable and key and self.global_step % PROGRESS_EVERY == 0:
@@ -606,7 +754,7 @@ class Trainer:
                         self.save_state()
                         status = "paused"
                         return lines
-                    if self.interrupted:
+                    if interrupted:
                         self.epoch_seconds += time.perf_counter() - start
                         self.save_state()
                         status = "interrupted"
@@ -618,10 +766,9 @@ class Trainer:
                 lines.append(line)
                 if main:
                     self._say(self._epoch_summary(line))
-                    ckpt.save_model(self.out, self.model, self.config)
-                    if self.best.epoch == self.epoch:
-                        ckpt.save_best(self.out, self.model, self.best.as_dict())
-                    self.save_state()
+                self.save_state(weights=True)
+                if main and self.best.epoch == self.epoch:
+                    ckpt.save_best(self.out, self.model, self.best.as_dict())
             if self.epoch < t.epochs:
                 self._say(self._early_stop_summary())
             status = "finished"
@@ -634,6 +781,32 @@ class Trainer:
                 logger, self.logger = self.logger, None
                 logger.close(status)
         return lines
+
+
+def plan_on_rank_zero(**plan_args: Any) -> "RunPlan":
+    """``aevb.runconfig.plan_run(**plan_args)`` for every process of a run (joining the process group
+    torchrun describes): rank 0 plans, so it alone reads the run directory (a resumed run's
+    configuration and progress) and it reads, or downloads, the data first; the others receive the
+    configuration and then read the data in turns (``distributed.in_turns``). One process: plan_run."""
+    from .runconfig import RunPlan, plan_run
+
+    info = init_from_env()
+    if not info.enabled:
+        return plan_run(**plan_args)
+    planned: list[RunPlan] = []
+
+    def plan() -> bytes:
+        p = plan_run(**plan_args)
+        if p.data is None:
+            p.data = load_dataset(p.config.data)
+        planned.append(p)
+        return json.dumps({"config": p.config.to_json(), "out": str(p.out), "resume": p.resume}).encode()
+
+    shared = json.loads(share_from_main(info, plan))
+    p = planned[0] if planned else RunPlan(RunConfig.from_json(shared["config"]), Path(shared["out"]),
+                                           shared["resume"], plan_args.get("data"))
+    p.data = in_turns(info, lambda: p.data if p.data is not None else load_dataset(p.config.data))
+    return p
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -653,20 +826,19 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
     rebuilds them from there, with ``trust_code=True`` (or pass the instances again).
     """
     from .nets import load_network, network_spec
-    from .runconfig import plan_run
 
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out, the run directory to continue")
-        plan = plan_run(resume=out, overrides=overrides, data=data)
+        plan = plan_on_rank_zero(resume=out, overrides=overrides, data=data)
         m = plan.config.model
         if encoder is None and m.encoder is not None:
             encoder = load_network(m.encoder, "encoder", trust_code)
         if decoder is None and m.decoder is not None:
             decoder = load_network(m.decoder, "decoder", trust_code)
     else:
-        plan = plan_run(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
-                        data=data, overwrite=overwrite, own_networks=encoder is not None or decoder is not None)
+        plan = plan_on_rank_zero(out=out, config=config, preset=preset, overrides=overrides, conditional=conditional,
+                                 data=data, overwrite=overwrite, own_networks=encoder is not None or decoder is not None)
         specs = {part: network_spec(net) for part, net in (("encoder", encoder), ("decoder", decoder))
                  if net is not None}
         if specs:

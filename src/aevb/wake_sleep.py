@@ -12,6 +12,11 @@ the decoder with the wake gradient and the encoder with the sleep gradient:
 ``wake_sleep_step_loss`` is that sum, the objective ``aevb train --algorithm wake-sleep`` uses.
 Its ``elbo`` term is the Monte Carlo bound log p(x|z) + log p(z) - log q(z|x) at the wake
 sample (estimator A, L = 1), for monitoring only.
+
+Every draw (z ~ q(z|x), z ~ p(z), x~ ~ p(x|z)) is made by the distribution objects' samplers,
+in float32, from ``generator``: a torch.Generator, or under data parallelism the trainer's
+sharded view of one shared generator (``aevb.distributed.ShardedNoise``), so that N processes
+dream the same pairs as one.
 """
 
 from __future__ import annotations

@@ -138,8 +138,7 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
     batch size is global); see docs/scaling.md for several machines.
     """
     from ..distributed import shutdown
-    from ..runconfig import plan_run
-    from ..train import Trainer
+    from ..train import Trainer, plan_on_rank_zero
 
     if nproc is not None and nproc > 1:
         _relaunch_under_torchrun(nproc)
@@ -168,8 +167,8 @@ def train(dataset, out, resume, config_file, no_progress, no_figures, no_downloa
         overrides["dataset"] = dataset
     if no_download:
         overrides["download"] = False
-    plan = plan_run(out=out, resume=resume, config=config_file, preset=preset, overrides=overrides,
-                    conditional=conditional)
+    plan = plan_on_rank_zero(out=out, resume=resume, config=config_file, preset=preset, overrides=overrides,
+                             conditional=conditional)  # under torchrun, rank 0 alone reads the run directory
     run_dir = plan.out
     trainer = Trainer(plan.config, run_dir, dataset=plan.data, progress=not no_progress)
     if plan.resume:
