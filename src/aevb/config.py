@@ -28,10 +28,28 @@ DECODER_MEANS = ("sigmoid", "identity")
 CHANNELS = (1, 3)  # grey, RGB
 FITS = ("resize", "crop")  # how images of another size are brought to image_size
 ALGORITHMS = ("aevb", "wake-sleep")  # SGVB, or the wake-sleep baseline (aevb.wake_sleep)
+INPUT_NOISES = ("gaussian", "mask", "salt-pepper")  # corruptions of a denoising model's input (aevb.corruption)
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or of the wrong kind."""
+
+
+def parse_input_noise(spec: str) -> tuple[str, float]:
+    """``"gaussian:SIGMA"``, ``"mask:P"`` or ``"salt-pepper:P"`` as (kind, level); a ConfigError naming
+    ``input_noise`` otherwise. SIGMA > 0 is a standard deviation in pixel units; 0 < P < 1 a probability."""
+    kind, _, level = str(spec).partition(":")
+    try:
+        value = float(level)
+    except ValueError:
+        value = float("nan")
+    _check(kind in INPUT_NOISES and value == value,
+           f"input_noise must be gaussian:SIGMA, mask:P or salt-pepper:P (e.g. gaussian:0.5); got {spec!r}")
+    if kind == "gaussian":
+        _check(0 < value < float("inf"), f"input_noise gaussian:SIGMA needs SIGMA > 0; got {spec!r}")
+    else:
+        _check(0 < value < 1, f"input_noise {kind}:P needs a probability 0 < P < 1; got {spec!r}")
+    return kind, value
 
 
 def _check(cond: bool, message: str) -> None:
@@ -220,6 +238,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
     algorithm: str = "aevb"
+    # A denoising model (Vincent et al. 2008; Im et al. 2017): each training batch is corrupted
+    # ("gaussian:SIGMA", "mask:P" or "salt-pepper:P"; aevb.corruption) before the encoder sees it,
+    # and the objective scores the reconstruction of the clean batch. None: no corruption.
+    input_noise: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -249,6 +271,10 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        if self.input_noise is not None:
+            parse_input_noise(self.input_noise)
+            _check(self.algorithm == "aevb", "input_noise trains a denoising model with the aevb algorithm; "
+                   "wake-sleep does not take it")
 
 
 @dataclass

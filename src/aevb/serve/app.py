@@ -28,7 +28,6 @@ import io
 import math
 from importlib import resources
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..conditional import LabelError, check_label
-from ..images import tile
+from ..images import fit_image, tile, to_pil
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
@@ -98,10 +97,8 @@ def to_png(images: torch.Tensor) -> bytes:
     """(C, H, W) or a row (N, C, H, W) in [0, 1] -> PNG bytes (a row is tiled left to right, 1 px apart)."""
     if images.dim() == 4:
         images = tile(images, ncol=len(images))
-    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (C, H, W)
-    img = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr[:3].transpose(1, 2, 0), "RGB")
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    to_pil(images).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -173,17 +170,13 @@ class Explorer:
                 if img.width > MAX_IMAGE_SIDE or img.height > MAX_IMAGE_SIDE:
                     raise InputError(f"image is {img.width}x{img.height}; the limit is {MAX_IMAGE_SIDE} pixels a side", 413)
                 img.load()
-                c, h, w = self.shape
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.LANCZOS)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
+                x = fit_image(img, self.shape)
         except InputError:
             raise
         except Image.DecompressionBombError as e:  # Pillow's own pixel limit, met before ours for huge images
             raise InputError(f"image too large to decode: {e}", 413) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: "broken PNG file"
             raise InputError(f"not a readable PNG or JPEG image ({type(e).__name__})", 415) from None
-        x = torch.from_numpy(arr)
-        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, C) -> (C, H, W)
         if invert:
             x = 1 - x
         return x.unsqueeze(0).to(self.device)
