@@ -91,6 +91,9 @@ def labelled_codes(model, split, n: int | None = None, batch_size: int = 1000) -
                             "label instead of steering toward it")
     if split.y is None:
         raise SteeringError("attribute directions need labels, and this data set has none")
+    shape = tuple(model.config.input_shape)
+    if tuple(split.x.shape[1:]) != shape:
+        raise SteeringError(f"the data set's images are {tuple(split.x.shape[1:])}; the model takes {shape}")
     x, y = split.x[:n], split.y[:n]
     return embed(model, x, batch_size=batch_size).float().cpu(), y.cpu()
 
