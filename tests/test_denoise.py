@@ -18,7 +18,7 @@ from aevb.images import read_image, write_image
 from aevb.models import AE, VAE
 from aevb.objectives import ae_loss, elbo, iwae_bound
 from aevb.runconfig import apply_overrides, default_config
-from aevb.train import Trainer
+from aevb.train import Trainer, binarize_draw
 
 from .conftest import run_cli
 from .vizmodels import aevb as aevb_cli
@@ -135,20 +135,21 @@ def _config(**kw) -> RunConfig:
 
 
 def test_the_encoder_reads_the_corrupted_batch_and_the_likelihood_the_clean_one(tmp_path):
-    data = load_dataset(_config().data)
-    t = Trainer(_config(), tmp_path / "r", dataset=data, progress=False)
+    cfg = _config(binarize="dynamic")
+    data = load_dataset(cfg.data)
+    t = Trainer(cfg, tmp_path / "r", dataset=data, progress=False)
     idx = torch.arange(50)
-    state = t.noise.get_state()
+    g = torch.Generator().manual_seed(0).set_state(t.noise.get_state())  # the trainer's noise, replayed
     x, x_in = t._batches(idx)
-    assert torch.equal(x, data.train.x[:50])  # the clean target
-    want = corrupt(data.train.x[:50], "salt-pepper:0.3", torch.Generator().manual_seed(0).set_state(state))
-    assert torch.equal(x_in, want)
+    clean = binarize_draw(data.train.x[:50], g)  # the batch's binarization first, then its corruption
+    assert torch.equal(x, clean)  # the target
+    assert torch.equal(x_in, corrupt(clean, "salt-pepper:0.3", g))
     seen = {}
     objective = t.step_module.objective
     t.step_module.objective = lambda model, x, **kw: seen.update(x=x, x_in=kw["x_in"]) or objective(model, x, **kw)
     t.step(x, None, x_in)
     assert torch.equal(seen["x"], x) and torch.equal(seen["x_in"], x_in)
-    assert torch.equal(t._batches(idx)[0], x) and t._batch(idx).shape == x.shape  # clean again; _batch as before
+    assert t._batch(idx).shape == x.shape  # _batch: the target alone, as before
 
 
 def test_denoising_run_resumes_bit_identical_and_saves_its_noise(tmp_path):
