@@ -405,3 +405,47 @@ def test_rejects_missing_label_for_conditional_and_any_label_for_unconditional(c
     assert error(res, 422).startswith("query.label:")
     assert "not conditional" in error(client.post("/api/decode", json={"z": [0, 0], "label": 1}), 400)
     assert "not conditional" in error(client.post("/api/sample", json={"label": 1}), 400)
+
+
+# --- steering toward a label -------------------------------------------------------------------
+
+
+def test_attributes_list_the_test_sets_labels(client, cclient):
+    body = client.get("/api/attributes").json()
+    test = digits_run(2).dataset().test
+    assert body["labels"] == list(range(10)) and body["images"] == len(test) == sum(body["counts"])
+    assert body["counts"][1] == int((test.y == 1).sum())
+    assert client.get("/api/info").json()["can_steer"] is True
+    conditional = cclient.get("/api/attributes").json()
+    assert conditional["labels"] == [] and "conditional" in conditional["note"]
+    assert cclient.get("/api/info").json()["can_steer"] is False
+
+
+def test_direction_is_the_mean_code_difference(client):
+    from aevb.steering import label_direction, labelled_codes
+
+    run = digits_run(2)
+    codes, labels = labelled_codes(run.model, run.dataset().test)
+    for query, toward, away in (("toward=1&away=0", [1], [0]), ("toward=3,5", [3, 5], None)):
+        body = client.get(f"/api/direction?{query}").json()
+        want = label_direction(codes, labels, toward, away)
+        assert body["direction"] == pytest.approx(want.vector.tolist(), abs=1e-5)
+        assert (body["toward"], body["away"], body["n_toward"], body["n_away"]) == (toward, away, want.n_toward,
+                                                                                    want.n_away)
+
+
+def test_direction_rejections(client, cclient):
+    assert "no image has label 12" in error(client.get("/api/direction?toward=12"), 400)
+    assert "share label" in error(client.get("/api/direction?toward=1&away=1"), 400)
+    for bad in ("x", "", "1,,2", "-1", "9" * 30):
+        assert "toward must be one or more labels" in error(client.get(f"/api/direction?toward={bad}"), 400)
+    assert "away must be" in error(client.get("/api/direction?toward=1&away=a"), 400)
+    assert error(client.get("/api/direction"), 422).startswith("query.toward:")
+    assert "conditional" in error(cclient.get("/api/direction?toward=1"), 404)
+
+
+def test_attributes_of_a_model_whose_data_set_does_not_fit():
+    from .vizmodels import colour_run
+
+    body = TestClient(create_app(colour_run())).get("/api/attributes").json()  # a 3x10x14 model, digits data
+    assert body["labels"] == [] and "the model takes (3, 10, 14)" in body["note"]

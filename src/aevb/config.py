@@ -36,10 +36,28 @@ PRIORS = ("standard", "vamp", "mog")  # N(0, I), VampPrior, mixture of Gaussians
 FLOWS = ("none", "planar", "iaf")  # q(z|x) a diagonal Gaussian, or pushed through a flow (aevb.flows)
 STOCHASTIC_LAYERS = (1, 2)  # one latent layer, or the IWAE paper's two (z1 read by the decoder, z2 above it)
 LR_SCHEDULES = ("constant", "warmup", "cosine", "step", "plateau")  # see aevb.lr_schedules
+INPUT_NOISES = ("gaussian", "mask", "salt-pepper")  # corruptions of a denoising model's input (aevb.corruption)
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or of the wrong kind."""
+
+
+def parse_input_noise(spec: str) -> tuple[str, float]:
+    """``"gaussian:SIGMA"``, ``"mask:P"`` or ``"salt-pepper:P"`` as (kind, level); a ConfigError naming
+    ``input_noise`` otherwise. SIGMA > 0 is a standard deviation in pixel units; 0 < P < 1 a probability."""
+    kind, _, level = str(spec).partition(":")
+    try:
+        value = float(level)
+    except ValueError:
+        value = float("nan")
+    _check(kind in INPUT_NOISES and value == value,
+           f"input_noise must be gaussian:SIGMA, mask:P or salt-pepper:P (e.g. gaussian:0.5); got {spec!r}")
+    if kind == "gaussian":
+        _check(0 < value < float("inf"), f"input_noise gaussian:SIGMA needs SIGMA > 0; got {spec!r}")
+    else:
+        _check(0 < value < 1, f"input_noise {kind}:P needs a probability 0 < P < 1; got {spec!r}")
+    return kind, value
 
 
 def _check(cond: bool, message: str) -> None:
@@ -283,6 +301,10 @@ class TrainConfig:
     # An MLflow tracking URI (e.g. file:/abs/mlruns or http://host:5000) to log params, per-epoch
     # metrics, figures and the run directory to; None = no MLflow (pip install "aevb[mlflow]").
     mlflow: str | None = None
+    # A denoising model (Vincent et al. 2008; Im et al. 2017): each training batch is corrupted
+    # ("gaussian:SIGMA", "mask:P" or "salt-pepper:P"; aevb.corruption) before the encoder sees it,
+    # and the objective scores the reconstruction of the clean batch. None: no corruption.
+    input_noise: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -336,6 +358,10 @@ class TrainConfig:
                f"got {self.lr_gamma}")
         _check(0 <= self.lr_min < self.lr,
                f"lr_min must be >= 0 and below the learning rate {self.lr}; got {self.lr_min}")
+        if self.input_noise is not None:
+            parse_input_noise(self.input_noise)
+            _check(self.algorithm == "aevb", "input_noise trains a denoising model with the aevb algorithm; "
+                   "wake-sleep does not take it")
 
 
 @dataclass

@@ -5,6 +5,10 @@ other terms are per example (shape (B,)) with ``reduction="none"`` or batch mean
 with ``reduction="mean"`` (the default). Signs: ``elbo`` and ``reconstruction``
 (E_q[log p(x|z)]) are log-densities, higher is better; ``kl`` is >= 0.
 
+``x_in`` is what the encoder reads when it is not ``x`` itself: the corrupted batch of a denoising
+model (``aevb.corruption``), while the likelihood scores the clean ``x``. The bound is then that of x
+given the corrupted input (Im et al. 2017's denoising criterion). None: the encoder reads x.
+
 ``y`` is the batch's labels for a conditional model (``aevb.conditional``) and None
 otherwise; with it every term is conditional on y: the ELBO bounds log p(x|y), the
 importance-weighted bound estimates log p(x|y).
@@ -61,8 +65,14 @@ def kl_terms(q, prior, z: Tensor, log_q: Tensor, kl: str = "analytic") -> tuple[
     return (log_q.float() - prior.log_prob(z)).mean(0), None
 
 
+def encoder_input(model, x: Tensor, x_in: Tensor | None) -> Tensor:
+    """What the encoder reads, shaped as images: ``x_in`` (a denoising model's corrupted batch) or ``x``."""
+    return as_images(model, x if x_in is None else x_in)
+
+
 def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float = 1.0, free_bits: float = 0.0,
-         generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None) -> Terms:
+         generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None,
+         x_in: Tensor | None = None) -> Terms:
     """The SGVB estimate of the evidence lower bound (paper section 2.3).
 
     kl="analytic" is estimator B (eq. 10): KL(q(z|x) || p(z)) in closed form plus
@@ -76,8 +86,8 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
     """
     if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
+    q = model.encode(encoder_input(model, x, x_in), y)
     x = as_images(model, x)
-    q = model.encode(x, y)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, Z), (L, B)
     reconstruction = model.decode(z, y).log_prob(x).mean(0)  # (B,)
     kl_term, kl_dims = kl_terms(q, model.prior, z, log_q, kl)  # (B,), (B, Z) or None
@@ -93,13 +103,13 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
 
 
 def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = None,
-                chunk: int | None = None, y: Tensor | None = None) -> Tensor:
+                chunk: int | None = None, y: Tensor | None = None, x_in: Tensor | None = None) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): shape (k, B).
 
     ``chunk`` bounds how many samples are decoded at once (memory ~ chunk * B * D).
     """
+    q = model.encode(encoder_input(model, x, x_in), y)
     x = as_images(model, x)
-    q = model.encode(x, y)
     chunk = chunk or k
     parts = []
     for start in range(0, k, chunk):
@@ -109,25 +119,27 @@ def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = No
 
 
 def iwae_bound(model, x: Tensor, k: int, generator: torch.Generator | None = None,
-               chunk: int | None = None, reduction: str = "mean", y: Tensor | None = None, **_: object) -> Terms:
+               chunk: int | None = None, reduction: str = "mean", y: Tensor | None = None,
+               x_in: Tensor | None = None, **_: object) -> Terms:
     """The importance-weighted bound (Burda et al. 2016): log (1/k) sum_i w_i.
 
     Equals the ELBO at k=1 and rises to log p(x) as k grows; it is the
     importance-sampled estimate of log p(x). The log-mean-exp is taken in float64.
     """
-    lw = log_weights(model, x, k, generator=generator, chunk=chunk, y=y)
+    lw = log_weights(model, x, k, generator=generator, chunk=chunk, y=y, x_in=x_in)
     bound = (torch.logsumexp(lw.double(), 0) - math.log(k)).to(lw.dtype)
     return reduce_terms({"loss": -bound.mean(), "iwae": bound}, reduction)
 
 
-def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, **_: object) -> Terms:
+def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, x_in: Tensor | None = None,
+            **_: object) -> Terms:
     """The deterministic autoencoder's loss: -log p(x | z = code(x)).
 
     With a Bernoulli decoder this is the summed binary cross-entropy; with
     ``gaussian_fixed`` it is the summed squared error / (2 sigma^2) plus a constant.
     """
-    x = as_images(model, x)
-    reconstruction = model.decode(model.embed(x, y), y).log_prob(x)
+    code = model.embed(encoder_input(model, x, x_in), y)
+    reconstruction = model.decode(code, y).log_prob(as_images(model, x))
     return reduce_terms({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)
 
 

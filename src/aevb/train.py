@@ -8,10 +8,11 @@ metrics once per epoch), so steps do not wait on each other.
 
 Determinism: the seed fixes the initialisation, each epoch's permutation (derived
 from (seed, epoch), so no state is needed to replay it) and one generator for every
-epsilon and every dynamic binarization draw, whose state is checkpointed. A resumed
-run therefore continues bit for bit where it stopped. On CUDA that needs deterministic
-kernels, which the trainer switches on while it runs (``deterministic_kernels``; their cost
-is in docs/scaling.md; ``AEVB_DETERMINISTIC=0`` trades them for speed).
+epsilon, every dynamic binarization draw and every input-noise draw (``--input-noise``), whose
+state is checkpointed. A resumed run therefore continues bit for bit where it stopped. On CUDA
+that needs deterministic kernels, which the trainer switches on while it runs
+(``deterministic_kernels``; their cost is in docs/scaling.md; ``AEVB_DETERMINISTIC=0`` trades them
+for speed).
 
 Single process:   aevb train --dataset mnist --binarize dynamic --epochs 10 --out runs/mnist
 Data parallel:    torchrun --nproc_per_node=2 -m aevb train ...   (or aevb train --nproc 2 ...;
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .conditional import check_data_labels
+from .corruption import corrupt
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import Dataset, Split, load_dataset
 from .devices import resolve_device
@@ -297,14 +299,15 @@ def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, finite: Tensor,
 def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.optim.Optimizer, params: list[Tensor],
                  x: Tensor, y: Tensor | None, noise, beta, t: TrainConfig, guard: Guard,
                  autocast_dtype: torch.dtype | None = None, scaler=None,
-                 device_guard: bool = False) -> tuple[dict[str, Tensor], Tensor]:
+                 device_guard: bool = False, x_in: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step, or a skipped one: forward, backward, clip, guard, step or skip.
+    ``x_in``: a denoising model's corrupted batch, which the encoder reads instead of ``x``.
 
     Returns the objective's terms and a boolean device tensor, true when the step was skipped (the
     loss or the gradient norm not finite, or the norm above ``t.skip_grad_norm``). Nothing here waits
     for the device unless the optimizer cannot skip on it (``_step_or_skip``)."""
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        terms = step_fn(x, noise, beta=beta, y=y)
+        terms = step_fn(x, noise, beta=beta, y=y, **({} if x_in is None else {"x_in": x_in}))
     optimizer.zero_grad(set_to_none=True)
     loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
     loss.backward()
@@ -485,24 +488,32 @@ class Trainer:
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's shard of the global batch ``idx``."""
+        return self._batches(idx)[0]
+
+    def _batches(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's shard of the global batch ``idx`` and, for a denoising model
+        (``train.input_noise``), of its corrupted copy, the encoder's input (else None)."""
         x = torch.index_select(self.data.train.x, 0, idx)  # faster than x[idx] on CPU
         if self.config.data.binarize == "dynamic" and not self.data.binary:
             x = binarize_draw(x, self.noise)  # drawn for the global batch on every rank
-        return self._shard(x)
+        noise = self.config.train.input_noise
+        x_in = None if noise is None else self._shard(corrupt(x, noise, self.noise))  # global batch too
+        return self._shard(x), x_in
 
     def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
         """This process's shard of the batch's labels, for a conditional model (else None)."""
         return self._shard(self.data.train.y[idx]) if self.config.model.conditional else None
 
-    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             x_in: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One guarded optimizer step (``guarded_step``) at this run's KL weight; ``y``: a conditional
-        model's labels."""
+        model's labels; ``x_in``: a denoising model's corrupted batch."""
         t = self.config.train
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
             beta = torch.tensor(beta, device=self.device)
         return guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t, self.guard,
-                            self.autocast_dtype, self.scaler, self.device_guard)
+                            self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in)
 
     def check_guard(self) -> None:
         """Stop the run when max_skips consecutive steps were skipped (reads the device counter)."""
@@ -721,17 +732,17 @@ class Trainer:
                 while self.step_in_epoch < self.steps_per_epoch:
                     i = self.step_in_epoch * t.batch_size
                     idx = perm[i : i + t.batch_size]
-                    x, y = self._batch(idx), self._labels(idx)
+                    (x, x_in), y = self._batches(idx), self._labels(idx)
                     if t.compile and self.global_step == 0 and self.step_in_epoch == 0:
                         self._say("compiling the training step with torch.compile (the first step takes a while; "
                                   "later runs reuse the cache)")
                         compile_start = time.perf_counter()  # the first call compiles: timed on its own
-                        self._accumulate(*self.step(x, y))
+                        self._accumulate(*self.step(x, y, x_in))
                         self.compile_seconds = time.perf_counter() - compile_start
                         self._say(f"compiled in {self.compile_seconds:.1f} s")
                         start = time.perf_counter()
                     else:
-                        self._accumulate(*self.step(x, y))
+                        self._accumulate(*self.step(x, y, x_in))
                     self.lr_schedule.after_step()
                     self.step_in_epoch += 1
                     self.global_step += 1

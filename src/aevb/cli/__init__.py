@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from . import data, evaluate, explain, figures, reproduce, serve, train
+from . import data, denoise, edit, evaluate, explain, figures, reproduce, serve, train
 from .errors import UserError, describe_os_error
 
 __all__ = ["UserError", "cli", "main"]
@@ -40,6 +40,8 @@ def cli(ctx: click.Context) -> None:
 for _command in (train.train, evaluate.evaluate, figures.sample, figures.reconstruct, figures.plot, figures.report,
                  serve.serve, explain.explain, data.data, reproduce.reproduce):
     cli.add_command(_command)
+cli.add_command(denoise.denoise)
+cli.add_command(edit.edit)
 
 
 def main(argv: list[str] | None = None) -> int:

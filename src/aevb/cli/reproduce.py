@@ -1,6 +1,6 @@
 """``aevb reproduce ...``: the paper's experiments as commands.
 
-    aevb reproduce figure2 --dataset frey_face --budget 10000000 --out results/fig2
+    aevb reproduce figure2 --dataset frey_face --budget 10000000      # results/figure2_frey_face.csv and .png
     aevb reproduce figure3 --budget 1000000 --out results/fig3
     aevb reproduce iwae-table --budget 3000000 --out results/iwae
     aevb reproduce zoo --rows vae-1l,vamp --budget 10 --out results/zoo
@@ -26,8 +26,8 @@ def _prepare(out: Path, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-_out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-                    help="Folder for the CSV and PNG.")
+_out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+                    show_default=True, help="Folder for the CSV and PNG (named after the experiment).")
 _budget = click.option("--budget", type=click.IntRange(min=1), help="Training samples evaluated per model.")
 _threads_opt = click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
 

@@ -32,6 +32,17 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
     return Path(value).expanduser().absolute().as_uri()
 
 
+def _input_noise(ctx, param, value: str | None) -> str | None:
+    from ..config import ConfigError, parse_input_noise
+
+    if value is not None:
+        try:
+            parse_input_noise(value)
+        except ConfigError as e:
+            raise click.BadParameter(str(e).replace("input_noise ", "", 1)) from None
+    return value
+
+
 @click.command()
 @click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face, "
               "folder:PATH (PNG/JPEG images) or npy:PATH (.npy/.npz).")
@@ -77,6 +88,9 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
 @click.option("--free-bits", type=click.FloatRange(min=0), help="Nats per latent dimension not pushed to the prior.")
+@click.option("--input-noise", callback=_input_noise, metavar="SPEC",
+              help="Train a denoising model: corrupt each batch the encoder reads, score the clean one: "
+              "gaussian:SIGMA, mask:P or salt-pepper:P.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS))
 @click.option("--lr", type=float, help="Learning rate (step size).")
 @click.option("--weight-decay", type=float, help="L2 weight decay (the paper's N(0, I) parameter prior).")

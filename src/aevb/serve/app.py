@@ -12,6 +12,10 @@ Endpoints (JSON in, JSON or PNG out; every rejection is a 4xx with ``{"error": "
     POST /api/encode            {"pixels": [...C*H*W in [0,1]]}  -> {"mu", "std", "png", "input_png"}
     POST /api/encode-image      raw PNG/JPEG bytes (+ ?invert=1) -> as /api/encode
     POST /api/interpolate       {"a": [...], "b": [...], "steps": 8} -> {"png": strip, "z": [...]}
+    GET  /api/attributes        the labels of the test set's codes (for steering), with their counts
+    GET  /api/direction?toward=8[&away=3]  -> {"direction": [...], "toward", "away", "n_toward", "n_away", "norm"}:
+                                the mean code of the toward label(s) minus that of the away label(s) or of
+                                all the others (``aevb.steering``); the page adds amount * direction to z
 
 A conditional model (``info.num_classes`` K > 0) needs a label in every request that
 decodes or encodes: ``"label": 0..K-1`` in the JSON bodies, ``?label=`` for encode-image.
@@ -28,7 +32,6 @@ import io
 import math
 from importlib import resources
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..conditional import LabelError, check_label
-from ..images import tile
+from ..images import fit_image, tile, to_pil
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
@@ -48,6 +51,7 @@ MAX_STEPS = 32
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_SLIDERS = 32
 MAP_POINTS = 2000
+ATTRIBUTE_POINTS = 5000  # test-set codes the steering directions are the mean differences of
 IMAGE_FORMATS = {"PNG", "JPEG"}
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -98,10 +102,8 @@ def to_png(images: torch.Tensor) -> bytes:
     """(C, H, W) or a row (N, C, H, W) in [0, 1] -> PNG bytes (a row is tiled left to right, 1 px apart)."""
     if images.dim() == 4:
         images = tile(images, ncol=len(images))
-    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (C, H, W)
-    img = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr[:3].transpose(1, 2, 0), "RGB")
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    to_pil(images).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -128,6 +130,7 @@ class Explorer:
         self.map_points = map_points
         self.data_dir = data_dir
         self._map: dict | None = None
+        self._labelled: tuple | str | None = None  # (codes, labels), or why there are none
 
     # --- validation ---------------------------------------------------------------
     def vector(self, values: list[float], name: str = "z") -> torch.Tensor:
@@ -173,17 +176,13 @@ class Explorer:
                 if img.width > MAX_IMAGE_SIDE or img.height > MAX_IMAGE_SIDE:
                     raise InputError(f"image is {img.width}x{img.height}; the limit is {MAX_IMAGE_SIDE} pixels a side", 413)
                 img.load()
-                c, h, w = self.shape
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.LANCZOS)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
+                x = fit_image(img, self.shape)
         except InputError:
             raise
         except Image.DecompressionBombError as e:  # Pillow's own pixel limit, met before ours for huge images
             raise InputError(f"image too large to decode: {e}", 413) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: "broken PNG file"
             raise InputError(f"not a readable PNG or JPEG image ({type(e).__name__})", 415) from None
-        x = torch.from_numpy(arr)
-        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, C) -> (C, H, W)
         if invert:
             x = 1 - x
         return x.unsqueeze(0).to(self.device)
@@ -249,12 +248,58 @@ class Explorer:
             self._map = {"points": [[round(a, 4), round(b, 4)] for a, b in codes.tolist()], "labels": labels}
         return self._map
 
+    def labelled_codes(self) -> tuple[torch.Tensor, torch.Tensor] | str:
+        """The test set's first ATTRIBUTE_POINTS codes and labels (computed once), or why there are none."""
+        if self._labelled is None:
+            from ..steering import SteeringError, labelled_codes
+
+            try:
+                self._labelled = labelled_codes(self.model, self.run.dataset(self.data_dir).test, n=ATTRIBUTE_POINTS)
+            except SteeringError as e:
+                self._labelled = str(e)
+            except (ValueError, OSError) as e:
+                self._labelled = f"test set unavailable: {e}"
+        return self._labelled
+
+    def attributes(self) -> dict:
+        """The labels a code can be steered toward (those of the test set) and how many codes each has;
+        no labels, and a note saying why, when steering does not apply."""
+        labelled = self.labelled_codes()
+        if isinstance(labelled, str):
+            return {"labels": [], "counts": [], "note": labelled}
+        labels, counts = torch.unique(labelled[1], return_counts=True)
+        return {"labels": labels.tolist(), "counts": counts.tolist(), "images": len(labelled[1]), "split": "test"}
+
+    def direction(self, toward: list[int], away: list[int] | None) -> dict:
+        from ..steering import SteeringError, label_direction
+
+        labelled = self.labelled_codes()
+        if isinstance(labelled, str):
+            raise InputError(f"no directions: {labelled}", 404)
+        try:
+            return label_direction(*labelled, toward=toward, away=away).to_dict()
+        except SteeringError as e:
+            raise InputError(str(e)) from None
+
     def info(self) -> dict:
         cfg = self.run.config
         return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "family": cfg.model.family,
                 "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
                 "input_shape": list(self.shape), "has_map": self.latent_dim == 2, "num_classes": self.num_classes,
-                "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
+                "can_steer": not self.num_classes, "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
+
+
+def label_list(value: str | None, name: str) -> list[int] | None:
+    """A query parameter such as "8" or "3,5" as a list of labels (None when not given)."""
+    if value is None:
+        return None
+    try:
+        labels = [int(v) for v in value.split(",")]
+    except ValueError:
+        labels = []
+    if not labels or len(labels) > 1000 or min(labels) < 0 or max(labels) >= 2**31:
+        raise InputError(f"{name} must be one or more labels such as 8 or 3,5; got {value[:40]!r}")
+    return labels
 
 
 def _json_type(value) -> str:
@@ -335,6 +380,14 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
     @app.get("/api/map")
     def latent_map() -> dict:
         return ex.latent_map()
+
+    @app.get("/api/attributes")
+    def attributes() -> dict:
+        return ex.attributes()
+
+    @app.get("/api/direction")
+    def direction(toward: str, away: str | None = None) -> dict:
+        return ex.direction(label_list(toward, "toward"), label_list(away, "away"))
 
     @app.post("/api/decode")
     def decode(body: DecodeBody) -> Response:
