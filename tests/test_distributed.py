@@ -107,16 +107,20 @@ def test_a_killed_rank_stops_the_whole_run(tmp_path):
 
 @pytest.mark.slow
 def test_bf16_training_matches_fp32_within_half_a_nat(data_dir, tmp_path):
-    results = {}
-    for precision in ("fp32", "bf16"):
-        cfg = apply_overrides(default_config("mnist"), {
-            "binarize": "dynamic", "epochs": 5, "batch_size": 100, "lr": 2e-3, "precision": precision,
-            "hidden": (200,), "latent_dim": 10, "device": "cpu"})  # all 50,000 training images: near a plateau
-        t = Trainer(cfg, tmp_path / precision, progress=False)
-        t.run()
-        results[precision] = evaluate_elbo(t.model.eval(), t.data.test.x[:5000])["elbo"]
-    assert results["fp32"] > -125  # it learned
-    assert abs(results["bf16"] - results["fp32"]) < 0.5, results
+    # Averaged over three seeds: one pair of runs differs by chance as much as two float32 runs with
+    # different seeds do (measured: float32 seeds 0-2 span 0.54 nats, bf16 - fp32 per seed 0.03 to 0.73).
+    results: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for seed in (0, 1, 2):
+        for precision in ("fp32", "bf16"):
+            cfg = apply_overrides(default_config("mnist"), {
+                "binarize": "dynamic", "epochs": 5, "batch_size": 100, "lr": 2e-3, "precision": precision,
+                "hidden": (200,), "latent_dim": 10, "device": "cpu", "seed": seed})  # all 50,000 images: near a plateau
+            t = Trainer(cfg, tmp_path / f"{precision}-{seed}", progress=False)
+            t.run()
+            results[precision].append(evaluate_elbo(t.model.eval(), t.data.test.x[:5000])["elbo"])
+    means = {k: sum(v) / len(v) for k, v in results.items()}
+    assert means["fp32"] > -125  # it learned
+    assert abs(means["bf16"] - means["fp32"]) < 0.5, results
 
 
 def test_batch_must_divide_by_processes_and_fp16_needs_cuda():

@@ -4,7 +4,7 @@
     torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29400 \
              --nproc_per_node=8 -m aevb train ...                                  # several machines
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; ``init_from_env`` reads them.
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; ``init_from_env`` reads them.
 Backend gloo for CPU tensors, nccl for CUDA ones. Every rank takes a contiguous shard of each
 global batch (the batch size is global and must divide by the number of processes); DDP averages
 the gradients. Every rank draws the *whole* global batch's noise (epsilon, dynamic binarization,
