@@ -13,18 +13,8 @@ from pathlib import Path
 import click
 
 from .errors import UserError, labels_for
-from .options import data_dir_option, device_option, resolved_device, seed_option, split_option, trust_code_option
-
-
-def _noise_spec(ctx, param, value: str | None) -> str | None:
-    from ..config import ConfigError, parse_input_noise
-
-    if value is not None:
-        try:
-            parse_input_noise(value)
-        except ConfigError as e:
-            raise click.BadParameter(str(e).replace("input_noise ", "", 1)) from None
-    return value
+from .options import (data_dir_option, device_option, input_noise, resolved_device, seed_option, split_option,
+                      trust_code_option)
 
 
 @click.command()
@@ -38,7 +28,7 @@ def _noise_spec(ctx, param, value: str | None) -> str | None:
 @click.option("--test", "n_test", type=click.IntRange(min=1, max=64),
               help="No IMAGES: corrupt the first N images of --split with --noise, denoise them and draw "
                    "noisy / denoised / clean rows with the PSNR of each (default 8).")
-@click.option("--noise", callback=_noise_spec, metavar="SPEC",
+@click.option("--noise", callback=input_noise, metavar="SPEC",
               help="--test: the corruption, gaussian:SIGMA, mask:P or salt-pepper:P (default: the run's "
                    "own --input-noise).")
 @split_option

@@ -65,6 +65,18 @@ def int_list(noun: str, example: str, count: int | None = None, min_value: int |
     return parse
 
 
+def input_noise(ctx, param, value: str | None) -> str | None:
+    """A callback checking a corruption spec such as gaussian:0.5, mask:0.3 or salt-pepper:0.1."""
+    from ..config import ConfigError, parse_input_noise
+
+    if value is not None:
+        try:
+            parse_input_noise(value)
+        except ConfigError as e:
+            raise click.BadParameter(str(e).replace("input_noise ", "", 1)) from None
+    return value
+
+
 def _image_size(ctx, param, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None

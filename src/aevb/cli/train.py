@@ -18,7 +18,8 @@ from click.core import ParameterSource
 from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, FLOWS, PRESETS,
                       KL_SCHEDULES, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS)
 from .errors import UserError, labels_for
-from .options import data_dir_option, image_size_option, int_list, resolved_device, seed_option, device_option
+from .options import (data_dir_option, device_option, image_size_option, input_noise, int_list, resolved_device,
+                      seed_option)
 
 ARGV: list[str] = []  # the arguments main() was called with (for --nproc to relaunch under torchrun)
 
@@ -30,17 +31,6 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
     if value is None or "://" in value or value.startswith("file:"):
         return value
     return Path(value).expanduser().absolute().as_uri()
-
-
-def _input_noise(ctx, param, value: str | None) -> str | None:
-    from ..config import ConfigError, parse_input_noise
-
-    if value is not None:
-        try:
-            parse_input_noise(value)
-        except ConfigError as e:
-            raise click.BadParameter(str(e).replace("input_noise ", "", 1)) from None
-    return value
 
 
 @click.command()
@@ -88,7 +78,7 @@ def _input_noise(ctx, param, value: str | None) -> str | None:
 @click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
 @click.option("--free-bits", type=click.FloatRange(min=0), help="Nats per latent dimension not pushed to the prior.")
-@click.option("--input-noise", callback=_input_noise, metavar="SPEC",
+@click.option("--input-noise", callback=input_noise, metavar="SPEC",
               help="Train a denoising model: corrupt each batch the encoder reads, score the clean one: "
               "gaussian:SIGMA, mask:P or salt-pepper:P.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS))
