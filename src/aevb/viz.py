@@ -119,8 +119,8 @@ def plot_reconstructions(model, x: torch.Tensor, path: str | Path, n: int = 16, 
     """Inputs (top row) above their reconstructions (bottom row), decoded at the posterior mean
     (a conditional model's given the true labels ``y``)."""
     check_finite_weights(model)
-    x = x[:n]
-    y = None if y is None else y[:n]
+    x = x[:n].to(model.device)  # the images may be in host memory (the trainer keeps them there)
+    y = None if y is None else y[:n].to(model.device)
     recon = model.reconstruct(x, y).reshape(x.shape)
     ncol = min(n, 16)
     rows = []
