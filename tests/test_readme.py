@@ -135,6 +135,10 @@ CHEAP: dict[str, Cheap | Skip] = {
     "aevb reproduce figure2 --dataset frey_face --budget 1000000":
         Cheap({"--budget": "2000", "--nz": "2", "--lr": "0.02", "--points": "2", "--n-eval": "50"}, slow=True),
     "aevb plot runs/mnist --kind manifold --dims 0,1": Cheap({"--n": "5"}, needs=("runs/mnist",)),
+    "aevb plot runs/mnist --kind manifold --grid 20": Cheap({"--grid": "5"}, needs=("runs/mnist",)),
+    "aevb train --dataset mnist --binarize dynamic --epochs 100 --lr-schedule cosine --lr-warmup-steps 500 "
+    "--patience 10 --figures-every 5 --mlflow runs/mlruns --out runs/mnist-cos":
+        Cheap({**MNIST, "--epochs": "2", "--lr-warmup-steps": "5", "--figures-every": "1"}, slow=True),
     "aevb report runs/mnist": Cheap(needs=("runs/mnist",)),
     "aevb explain": Cheap(),
     "aevb serve runs/mnist": Cheap(needs=("runs/mnist",)),  # started, asked for /api/info, stopped

@@ -86,8 +86,8 @@ def test_every_epoch_visits_the_training_split_in_a_new_order(tmp_path, monkeypa
     cfg = apply_overrides(default_config("digits"), {"hidden": (8,), "latent_dim": 2, "batch_size": 100, "epochs": 3})
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
     seen: list[torch.Tensor] = []
-    batch = trainer._batch
-    monkeypatch.setattr(trainer, "_batch", lambda idx: (seen.append(idx.clone()), batch(idx))[1])
+    batches = trainer._batches  # every training batch is drawn through it
+    monkeypatch.setattr(trainer, "_batches", lambda idx: (seen.append(idx.clone()), batches(idx))[1])
     trainer.run()
     steps = trainer.steps_per_epoch  # 12 of 100 from the 1297 training digits
     orders = [torch.cat(seen[e * steps : (e + 1) * steps]) for e in range(3)]
