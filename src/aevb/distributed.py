@@ -99,11 +99,11 @@ def wait_for_all(info: DistInfo, failed: bool = False) -> bool:
     return bool(t.item())
 
 
-def on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
-    """``work()`` on rank 0 while the others wait (long timeout); an exception in it is raised on
-    rank 0, and as ``PeerFailed`` on the others."""
+def _agreed(info: DistInfo, work: Callable[[], T], here: bool, failed_elsewhere: str) -> T | None:
+    """``work()`` where ``here``, then one wait (long timeout) in which every rank learns whether any
+    failed: the failing rank re-raises its exception, the others raise ``PeerFailed(failed_elsewhere)``."""
     result, error = None, None
-    if info.is_main:
+    if here:
         try:
             result = work()
         except BaseException as e:  # noqa: BLE001 -- re-raised below, after telling the others
@@ -111,8 +111,15 @@ def on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
     if wait_for_all(info, error is not None):
         if error is not None:
             raise error
-        raise PeerFailed("rank 0 failed writing the run directory (see its message); this process stops too")
+        raise PeerFailed(failed_elsewhere)
     return result
+
+
+def on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
+    """``work()`` on rank 0 while the others wait (long timeout); an exception in it is raised on
+    rank 0, and as ``PeerFailed`` on the others."""
+    return _agreed(info, work, info.is_main,
+                   "rank 0 failed writing the run directory (see its message); this process stops too")
 
 
 def share_from_main(info: DistInfo, make: Callable[[], bytes]) -> bytes:
@@ -156,17 +163,13 @@ def in_turns(info: DistInfo, work: Callable[[], T]) -> T:
     every rank (as ``PeerFailed`` on the others)."""
     if not info.enabled:
         return work()
-    result, error = None, None
+    mine = reading_turn(info)
+    result = None
     for turn in range(3):
-        if reading_turn(info) == turn:
-            try:
-                result = work()
-            except BaseException as e:  # noqa: BLE001 -- re-raised below, after telling the others
-                error = e
-        if wait_for_all(info, error is not None):
-            if error is not None:
-                raise error
-            raise PeerFailed("another process failed reading the data (see its message); this process stops too")
+        done = _agreed(info, work, mine == turn,
+                       "another process failed reading the data (see its message); this process stops too")
+        if mine == turn:
+            result = done
     return result  # type: ignore[return-value]
 
 
