@@ -171,19 +171,7 @@ def test_prior_samples_have_the_mixture_moments(prior):
 
 # --- importance sampling on linear-Gaussian models ---------------------------------------------------
 
-D, Z, SIGMA = 6, 2, 0.5
-
-
-class LinearGaussianDecoder(nn.Module):
-    """p(x|z) = N(W z + b, sigma^2 I) (as in test_evaluate)."""
-
-    def __init__(self, W, b, sigma):
-        super().__init__()
-        self.W, self.b, self.sigma = nn.Parameter(W), nn.Parameter(b), sigma
-
-    def forward(self, z):
-        mean = (z @ self.W.T + self.b).reshape(*z.shape[:-1], 1, 1, D)
-        return Gaussian(mean, torch.full_like(mean, 2 * math.log(self.sigma)), event_ndim=3)
+from .test_evaluate import SIGMA, Z, D, LinearGaussianDecoder  # noqa: E402  (p(x|z) = N(W z + b, sigma^2 I))
 
 
 def _set_affine(linear_in: nn.Linear, head: nn.Linear, A: torch.Tensor, c: torch.Tensor) -> None:
