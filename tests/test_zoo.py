@@ -18,7 +18,7 @@ from torch import nn
 
 import aevb
 from aevb.config import ConfigError, ModelConfig, RunConfig
-from aevb.distributions import DiagonalGaussian, Gaussian, StandardNormal
+from aevb.distributions import DiagonalGaussian, StandardNormal
 from aevb.evaluate import log_likelihood
 from aevb.flows import IAF, FlowPosterior, PlanarFlow
 from aevb.models import VAE, build_model
