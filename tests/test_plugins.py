@@ -18,6 +18,9 @@ import aevb
 from aevb.config import ModelConfig, RunConfig
 from aevb.models import Capabilities, Family, LatentVariableModel, build_model, register
 from aevb.models.registry import FAMILIES
+from aevb.models.vae import VAE
+from aevb.data import load_dataset
+from aevb.runconfig import apply_overrides, default_config
 from aevb.nets import NetworkError, UntrustedCode, network_spec
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "aevb"
@@ -363,3 +366,67 @@ def test_the_cli_loads_own_networks_only_with_trust_code(tmp_path, capsys):
                                        "rebuilding it imports and runs that code: pass --trust-code if you trust it")
     rc, out, err = run_aevb(capsys, "sample", tmp_path / "own", "--out", tmp_path / "s.png", "--trust-code")
     assert rc == 0 and (tmp_path / "s.png").stat().st_size > 1000, err
+
+
+# --- a family that trains parameters of its own (the trainer's hooks) -----------------------------
+
+
+class CriticVAE(VAE):
+    """A VAE with a linear critic on its codes, trained by its own Adam in ``after_step`` (as FactorVAE's
+    discriminator is), and an average of the decoder's weights held in a buffer (as an EMA is)."""
+
+    def __init__(self, config, encoder=None, decoder=None):
+        super().__init__(config, encoder, decoder)
+        self.critic = nn.Linear(config.latent_dim, 1)
+        first = next(self.decoder.parameters())
+        self.register_buffer("decoder_average", first.detach().clone())
+        self._aux: dict[str, torch.optim.Optimizer] = {}
+        self.calls = 0
+
+    def optimized_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("critic.")]
+
+    def auxiliary_optimizers(self):
+        if not self._aux:
+            self._aux["critic"] = torch.optim.Adam(self.critic.parameters(), lr=0.2)
+        return self._aux
+
+    def after_step(self, x, y, generator, skipped):
+        self.calls += 1
+        with torch.no_grad():
+            z = self.embed(x)
+            self.decoder_average.lerp_(next(self.decoder.parameters()), 0.1)
+        loss = (self.critic(z).squeeze(-1) - 1.0).pow(2).mean()  # learn to output 1 on every code
+        opt = self._aux["critic"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"critic_loss": loss.detach()}
+
+
+register(Family("critic-vae", build=CriticVAE, summary="a family with its own optimizer (a test)"))
+
+
+def test_a_family_trains_its_own_parameters_and_resumes_them_exactly(tmp_path):
+    from aevb.train import Trainer
+
+    cfg = apply_overrides(default_config("digits"), {"model": "critic-vae", "hidden": (16,), "latent_dim": 2,
+                                                      "batch_size": 50, "subset": 200, "epochs": 2, "lr": 0.01})
+    data = load_dataset(cfg.data)
+    full = Trainer(cfg, tmp_path / "full", dataset=data, progress=False)
+    trained = {id(p) for g in full.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in full.model.critic.parameters())  # not the objective's
+    assert len(trained) == len(list(full.model.parameters())) - 2
+    full.run()
+    assert full.model.calls == 8  # once per step: 2 epochs of 4
+    lines = [json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_critic_loss"] < lines[0]["train_critic_loss"]  # the critic learns
+    # Stopped after 5 steps and resumed in a fresh trainer: the critic, its Adam moments and the buffer
+    # continue exactly (a critic restarted from scratch would differ).
+    Trainer(cfg, tmp_path / "cut", dataset=data, progress=False).run(stop_after_steps=5)
+    resumed = Trainer(cfg, tmp_path / "cut", dataset=data, progress=False)
+    resumed.restore()
+    assert resumed.auxiliary["critic"].state_dict()["state"]  # Adam's moments came back
+    resumed.run()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]

@@ -283,16 +283,22 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 def save_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      extra_tensors: dict[str, torch.Tensor], progress: dict[str, Any], *,
                      generator: torch.Generator | None = None, scaler=None,
-                     schedule: dict[str, Any] | None = None) -> None:
+                     schedule: dict[str, Any] | None = None,
+                     auxiliary: dict[str, torch.optim.Optimizer] | None = None) -> None:
     """Write the training state: weights, optimizer, ``extra_tensors``, the ``progress`` counters;
     the noise ``generator``'s state with its device type (a CPU and a CUDA state differ in kind);
     a gradient ``scaler``'s state (fp16); the learning-rate ``schedule``'s state
-    (``aevb.lr_schedules.LRSchedule.state_dict``), as JSON."""
+    (``aevb.lr_schedules.LRSchedule.state_dict``), as JSON; a family's ``auxiliary`` optimizers
+    (``LatentVariableModel.auxiliary_optimizers``) under ``aux.NAME.``."""
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
     tensors.update(opt_tensors)
     tensors.update(extra_tensors)
     meta = {"progress": json.dumps(progress), "optimizer": json.dumps(opt_meta)}
+    for name, opt in (auxiliary or {}).items():
+        aux_tensors, aux_meta = optimizer_to_flat(opt)
+        tensors.update({f"aux.{name}.{k}": v for k, v in aux_tensors.items()})
+        meta[f"aux.{name}"] = json.dumps(aux_meta)
     if generator is not None:
         tensors["rng.noise"] = generator.get_state()
         meta["rng_device"] = generator.device.type
@@ -356,7 +362,8 @@ def reseed_noise(generator: torch.Generator, step: int) -> None:
 
 def restore_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         generator: torch.Generator, device: torch.device, *, scaler=None,
-                        data: bytes | None = None) -> TrainState:
+                        data: bytes | None = None,
+                        auxiliary: dict[str, torch.optim.Optimizer] | None = None) -> TrainState:
     """Load a run's training state into ``model``, ``optimizer``, the noise ``generator`` and a
     gradient ``scaler`` (fp16); ``data``: the training-state file's bytes, already read (else it is
     read from ``run_dir``). A generator state saved on another device type (or, in a file from
@@ -364,6 +371,13 @@ def restore_train_state(run_dir: str | Path, model: torch.nn.Module, optimizer: 
     tensors, progress, opt_meta, meta, path = _train_state(run_dir, data)
     unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer_from_flat(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, opt_meta)
+    for name, opt in (auxiliary or {}).items():
+        prefix = f"aux.{name}."
+        if f"aux.{name}" not in meta:
+            raise CheckpointError(f"{path}: the training state has no state for the model's optimizer {name!r}; "
+                                  "it was saved by another model")
+        optimizer_from_flat(opt, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                            _json_meta(path, meta, f"aux.{name}"))
     state = tensors["rng.noise"]
     saved_on = meta.get("rng_device")
     same_kind = saved_on == generator.device.type if saved_on else state.numel() == generator.get_state().numel()

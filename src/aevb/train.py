@@ -389,10 +389,16 @@ class Trainer:
         self.valid_batches = validation_batches(len(split), t.eval_batch_size, self.dist)
         self.valid_rows = _rows(split, self.valid_batches).to(self.device)
         check_networks(self.model, self.data.train.x[:2], self._labels(torch.arange(min(2, len(ds.train)))))
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.params = self.model.optimized_parameters()
+        self.optimizer = make_optimizer(config, self.params)
+        self.auxiliary = self.model.auxiliary_optimizers()
         self.step_module: nn.Module = ObjectiveModule(self.model, self.objective)
         if self.dist.enabled:
             wait_for_all(self.dist)  # every rank has its data: DDP's first broadcast waits for no one
+            trained = {id(p) for p in self.params}  # a family's own parameters are not the objective's
+            own = [f"model.{n}" for n, p in self.model.named_parameters() if id(p) not in trained]
+            if own:
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.step_module, own)
             self.step_module = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
@@ -406,7 +412,6 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
         self.epoch_seconds = 0.0
         self.metrics_lines = 0
-        self.params = list(self.model.parameters())
         self.device_guard = self.scaler is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.guard = Guard.on(self.device)
         self.step_fn = torch.compile(self.step_module) if t.compile else self.step_module
@@ -434,7 +439,8 @@ class Trainer:
             if weights:
                 ckpt.save_model(self.out, self.model, self.config)
             ckpt.save_train_state(self.out, self.model, self.optimizer, {f"sums.{k}": v for k, v in sums.items()},
-                                  progress, generator=self.noise, scaler=self.scaler, schedule=schedule)
+                                  progress, generator=self.noise, scaler=self.scaler, schedule=schedule,
+                                  auxiliary=self.auxiliary)
 
         on_main(self.dist, write)
 
@@ -459,7 +465,7 @@ class Trainer:
 
         data = share_from_main(self.dist, read)
         state = ckpt.restore_train_state(self.out, self.model, self.optimizer, self.noise, self.device,
-                                         scaler=self.scaler, data=data)
+                                         scaler=self.scaler, data=data, auxiliary=self.auxiliary)
         progress = state.progress
         # The saved sums are every rank's together: rank 0 carries them on, the others start at zero.
         self.sums = {k: v if self.dist.is_main else torch.zeros_like(v) for k, v in state.sums.items()}
@@ -512,8 +518,10 @@ class Trainer:
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
             beta = torch.tensor(beta, device=self.device)
-        return guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t, self.guard,
-                            self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in)
+        terms, bad = guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t,
+                                  self.guard, self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in)
+        extra = self.model.after_step(x, y, self.step_noise, bad)  # the family's own updates (none by default)
+        return ({**terms, **extra} if extra else terms), bad
 
     def check_guard(self) -> None:
         """Stop the run when max_skips consecutive steps were skipped (reads the device counter)."""

@@ -92,6 +92,31 @@ class LatentVariableModel(nn.Module):
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    # -- what a family trains itself (the trainer's hooks) --------------------------------------------
+
+    def optimized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the trainer's optimizer updates with the objective's gradient: all of them,
+        unless the family trains some itself in ``after_step`` (a discriminator), or keeps copies that are
+        not trained at all (an average of the weights, held as buffers)."""
+        return list(self.parameters())
+
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The family's own optimizers, by name (none by default): saved in and restored from the
+        training state with the trainer's, so a resumed run continues exactly. Build them once (cache
+        them on the model) after the model is on its device; each must hold parameters that
+        ``optimized_parameters`` leaves out."""
+        return {}
+
+    def after_step(self, x: Tensor, y: Tensor | None, generator, skipped: Tensor) -> dict[str, Tensor]:
+        """Called by the trainer after every optimizer step, outside autocast and without gradients of the
+        main step: the family's own updates (a discriminator step, an average of the weights). ``x``, ``y``:
+        this process's batch; ``generator``: the run's noise; ``skipped``: a boolean device tensor, true
+        when the trainer skipped the step (do not wait for it on the host; use ``torch.where``). Returns
+        per-example terms to log beside the objective's (metrics ``train_NAME``); none by default. Under
+        torchrun a family that trains parameters here all-reduces their gradients itself
+        (``aevb.distributed``)."""
+        return {}
+
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The one-hot code (B, K) the networks read beside x or z; None for an unconditional model.
         Shapes are checked here; label values where they enter (``aevb.conditional.check_labels``)."""
