@@ -24,8 +24,9 @@ temperature)`` -> codes (n, latent_dim) float32 on the CPU, ``state()`` -> (tens
   with the order reversed between layers, fitted by maximum likelihood on the standardized codes; sampling
   inverts it (one pass per dimension). T scales the base Gaussian's standard deviation.
 - ``two-stage``: the second-stage VAE of Dai & Wipf (2019): a VAE on the (standardized) codes with as many
-  latent dimensions as the code, MLP encoder and decoder, and a Gaussian likelihood N(x_hat, gamma I) whose
-  scalar variance gamma is learned; sampling decodes u ~ N(0, T^2 I) to its mean.
+  latent dimensions as the code, MLP encoder and decoder, and a Gaussian likelihood N(x_hat, gamma I) with one
+  scalar variance gamma (set to its optimum at each step, ``SecondStageVAE``); sampling decodes
+  u ~ N(0, T^2 I) to its mean.
 
 The MAF and two-stage fits hold out a tenth of the codes and keep the weights of the epoch with the best
 held-out loss (reported in ``fit_stats``). Nothing is pickled: the run directory stores a safetensors file
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CODE_KINDS = ("mean", "sample")  # what the codes are: model.embed, or one z ~ q(z|x) per image
+WARMUP = 0.2  # two-stage: the KL term's weight rises from 0 to 1 over this share of the steps
 HOLDOUT = 0.1  # the share of codes a MAF or two-stage fit keeps aside to choose its best epoch
 
 
@@ -72,20 +74,22 @@ def _split_holdout(x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
 
 def _train(net: nn.Module, loss_fn, x: Tensor, *, epochs: int, batch_size: int, lr: float,
            g: torch.Generator) -> dict[str, float]:
-    """Adam with a cosine-decayed rate on loss_fn(net, batch) (a mean over the batch), the held-out tenth of
-    x choosing the epoch whose weights are kept. Returns the final train and best held-out loss."""
+    """Adam with a cosine-decayed rate on loss_fn(net, batch, progress) (a mean over the batch; progress: the
+    share of the steps done, 1 on the held-out tenth of x, which chooses the epoch whose weights are kept).
+    Returns the last epoch's train loss and the best held-out loss."""
     train_x, val_x = _split_holdout(x, g)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps = epochs * math.ceil(len(train_x) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    best, best_state, best_epoch, last = math.inf, None, 0, math.nan
+    best, best_state, best_epoch, last, step = math.inf, None, 0, math.nan, 0
     for epoch in range(epochs):
         net.train()
         perm = torch.randperm(len(train_x), generator=g)
         total = 0.0
         for start in range(0, len(train_x), batch_size):
             batch = train_x[perm[start : start + batch_size]]
-            loss = loss_fn(net, batch)
+            loss = loss_fn(net, batch, step / steps)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 100.0)
@@ -95,7 +99,7 @@ def _train(net: nn.Module, loss_fn, x: Tensor, *, epochs: int, batch_size: int, 
         last = total / len(train_x)
         net.eval()
         with torch.no_grad():
-            val = float(loss_fn(net, val_x))
+            val = float(loss_fn(net, val_x, 1.0))
         if val < best:
             best, best_epoch = val, epoch + 1
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -261,7 +265,7 @@ class MAFSampler:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             flow = cls._build(codes.shape[1], options)
-        stats = _train(flow, lambda f, x: -f.log_prob(x).mean(), (codes - shift) / scale, epochs=epochs,
+        stats = _train(flow, lambda f, x, progress: -f.log_prob(x).mean(), (codes - shift) / scale, epochs=epochs,
                        batch_size=batch_size, lr=lr, g=g)
         # the losses are of the standardized codes; in the codes' own units log p moves by -sum log scale
         stats["heldout_nll_codes"] = stats["heldout_loss"] + float(scale.log().sum())
@@ -306,7 +310,12 @@ def _mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
 
 class SecondStageVAE(nn.Module):
     """Dai & Wipf (2019), section 4: q(u|z) = N(mu(z), diag sigma^2(z)), p(u) = N(0, I), p(z|u) = N(g(u), gamma I)
-    with one learned scalar gamma; u has as many dimensions as z."""
+    with one scalar variance gamma; u has as many dimensions as z.
+
+    Dai & Wipf learn gamma by gradient descent, and it falls toward 0 (the manifold's optimum) only slowly;
+    here each step sets gamma to its optimum for the batch, the mean squared error per dimension
+    (the calibrated decoder of Rybkin et al. 2021, "Simple and effective VAE training with calibrated
+    decoders"): the same fixed point, reached at once. ``gamma`` keeps the last training batch's value."""
 
     LOG_GAMMA_MIN = -12.0  # gamma -> 0 is the expected optimum on a manifold; this keeps 1/gamma finite
 
@@ -315,18 +324,22 @@ class SecondStageVAE(nn.Module):
         self.dim = dim
         self.encoder = _mlp(dim, hidden, 2 * dim)
         self.decoder = _mlp(dim, hidden, dim)
-        self.log_gamma = nn.Parameter(torch.zeros(()))
+        self.register_buffer("gamma", torch.ones(()))
 
-    def neg_elbo(self, z: Tensor) -> Tensor:
-        """-ELBO per example (N,) in nats: ||z - g(u)||^2 / (2 gamma) + D/2 log(2 pi gamma) + KL(q(u|z) || N(0, I))."""
+    def neg_elbo(self, z: Tensor, kl_weight: float = 1.0) -> Tensor:
+        """-ELBO per example (N,) in nats: ||z - g(u)||^2 / (2 gamma) + D/2 log(2 pi gamma) + KL(q(u|z) || N(0, I)),
+        gamma the batch's mean squared error per dimension (held fixed in the gradient); ``kl_weight`` < 1
+        during the warm-up (the KL term at full weight from the start collapses q(u|z) onto the prior)."""
         mu, log_var = self.encoder(z).chunk(2, -1)
         log_var = log_var.clamp(-15.0, 10.0)
         u = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
-        log_gamma = self.log_gamma.clamp_min(self.LOG_GAMMA_MIN)
-        sq = ((z - self.decoder(u)) ** 2).sum(-1)
+        sq = ((z - self.decoder(u)) ** 2).sum(-1)  # (N,)
+        log_gamma = (sq.detach().mean() / self.dim).log().clamp_min(self.LOG_GAMMA_MIN)
+        if self.training:
+            self.gamma.fill_(float(log_gamma.exp()))
         nll = 0.5 * sq * torch.exp(-log_gamma) + 0.5 * self.dim * (math.log(2 * math.pi) + log_gamma)
         kl = 0.5 * (mu * mu + log_var.exp() - 1 - log_var).sum(-1)
-        return nll + kl
+        return nll + kl_weight * kl
 
 
 class TwoStageSampler:
@@ -356,9 +369,10 @@ class TwoStageSampler:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the initialisation and the reparameterisation noise of training
             vae = cls._build(codes.shape[1], options)
-            stats = _train(vae, lambda v, x: v.neg_elbo(x).mean(), (codes - shift) / scale, epochs=epochs,
+            stats = _train(vae, lambda v, x, progress: v.neg_elbo(x, min(1.0, progress / WARMUP)).mean(),
+                           (codes - shift) / scale, epochs=epochs,
                            batch_size=batch_size, lr=lr, g=g)
-        stats["gamma"] = float(vae.log_gamma.clamp_min(SecondStageVAE.LOG_GAMMA_MIN).exp())
+        stats["gamma"] = float(vae.gamma)
         return cls(vae, shift, scale, options, stats)
 
     @property
