@@ -12,8 +12,7 @@ import torch
 from aevb.checkpoint import CheckpointError, load, save_model
 from aevb.config import DataConfig, ModelConfig, RunConfig
 from aevb.models import VAE, build_model
-from aevb.samplers import (SAMPLERS, GMMSampler, SamplerError, StaleSamplerWarning, encode_codes, fit_prior,
-                           fit_sampler)
+from aevb.samplers import SAMPLERS, SamplerError, StaleSamplerWarning, encode_codes, fit_prior, fit_sampler
 
 from .vizmodels import aevb
 

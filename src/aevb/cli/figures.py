@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -53,10 +54,7 @@ def sample(run_dir, n, label, sampler, temperature, seed, out, device, trust_cod
     if sampler != "prior" or temperature != 1.0:
         name = None if sampler == "prior" else sampler
         run.sample_codes(1, sampler=name, temperature=temperature, seed=seed)  # its errors before any drawing
-
-        def codes(m):
-            return run.sample_codes(m, sampler=name, temperature=temperature, seed=seed)
-
+        codes = functools.partial(run.sample_codes, sampler=name, temperature=temperature, seed=seed)
         at = "" if temperature == 1.0 else f" at temperature {temperature:g}"
         source = (f"from the {sampler} sampler" if name else "from the prior") + at
     click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label, codes=codes, source=source)}")
