@@ -430,6 +430,7 @@ def test_upload_is_encoded(page, tmp_path):
 
 
 def test_sample_and_interpolate(page):
+    assert page.locator("#sampler-box").is_hidden()  # no sampler fitted on this run: the prior alone
     page.click("#set-a")
     old = page.locator("#decoded").get_attribute("src")
     page.click("#sample-btn")

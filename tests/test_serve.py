@@ -336,6 +336,29 @@ def test_autoencoder_runs_are_served_too():
     assert c.post("/api/decode", json={"z": body["mu"]}).status_code == 200
 
 
+def test_samples_come_from_a_fitted_sampler_when_asked(tmp_path, client):
+    """An AE with a GMM fitted on its codes (``aevb fit-prior``): the page lists it, /api/sample draws from it."""
+    from aevb.checkpoint import load, save_model
+    from aevb.config import ModelConfig, RunConfig
+    from aevb.models import build_model
+    from aevb.samplers import fit_prior
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(family="ae", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,)))
+    save_model(tmp_path / "ae", build_model(cfg.model), cfg)
+    gmm, _ = fit_prior(load(tmp_path / "ae"), "gmm", components=2)
+    c = TestClient(create_app(load(tmp_path / "ae")))
+    info = c.get("/api/info").json()
+    assert info["samplers"] == ["gmm"] and info["has_prior"] is False
+    assert client.get("/api/info").json()["samplers"] == [] and client.get("/api/info").json()["has_prior"] is True
+    z = c.post("/api/sample", json={"seed": 5, "sampler": "gmm"}).json()["z"]
+    assert z == gmm.sample(1, torch.Generator().manual_seed(5))[0].tolist()
+    assert len(c.post("/api/sample", json={"seed": 5, "sampler": "prior"}).json()["z"]) == 3  # N(0, I)
+    assert "one fitted on this run (gmm); got 'maf'" in error(c.post("/api/sample", json={"sampler": "maf"}), 404)
+    assert "(none)" in error(client.post("/api/sample", json={"sampler": "gmm"}), 404)
+    assert 'id="sampler"' in c.get("/").text
+
+
 # --- conditional models: a label beside z ---------------------------------------------------
 
 

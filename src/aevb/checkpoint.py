@@ -11,7 +11,9 @@ A run directory holds
 - ``best.safetensors``     the weights of the epoch with the best validation ELBO (its epoch and
   score in the metadata): ``load(run_dir, which="best")``;
 - ``evaluation.json``      the latest ``aevb evaluate`` (its settings and every metric);
-- ``figures/``             samples and reconstructions drawn during training (``figures_every``).
+- ``figures/``             samples and reconstructions drawn during training (``figures_every``);
+- ``sampler-NAME.safetensors`` + ``sampler-NAME.json``  a sampler fitted on the codes (``aevb fit-prior``,
+  ``aevb.samplers``): its tensors, and its kind, options, seed and the weights it was fitted on.
 
 Everything that reads or writes a run directory is here: the trainer calls these functions and
 does no file I/O of its own. Nothing is pickled. Every file is written to a temporary file, fsynced, and renamed
@@ -21,7 +23,9 @@ into place, so a crash leaves either the old file or the new one, never half of 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import re
 import os
 import tempfile
 import warnings
@@ -44,6 +48,7 @@ TRAIN_STATE = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 BEST = "best.safetensors"
 EVALUATION = "evaluation.json"
+SAMPLER = "sampler-{}"  # + .safetensors (tensors) and .json (what it is): a fitted sampler of aevb.samplers
 FIGURES = "figures"
 WHICH = ("last", "best")  # the weights load() reads: model.safetensors or best.safetensors
 
@@ -459,6 +464,66 @@ def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
     return record
 
 
+# --- fitted samplers -------------------------------------------------------------------
+
+_SAMPLER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def _sampler_paths(run_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """(RUN_DIR/sampler-NAME.safetensors, RUN_DIR/sampler-NAME.json)."""
+    if not _SAMPLER_NAME.fullmatch(name):
+        raise CheckpointError(f"a sampler name is lower-case letters, digits and dashes; got {name!r}")
+    stem = Path(run_dir) / SAMPLER.format(name)
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def weights_digest(run_dir: str | Path, which: str = "last") -> str | None:
+    """The SHA-256 of the run's weights file (model.safetensors or best.safetensors); None when it is missing."""
+    path = Path(run_dir) / (WEIGHTS if which == "last" else BEST)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def save_sampler(run_dir: str | Path, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write a fitted sampler as RUN_DIR/sampler-NAME.safetensors (``tensors``) and then RUN_DIR/sampler-NAME.json
+    (``meta`` and the SHA-256 of the tensors file, so that a pair torn by a crash between the two writes is
+    recognised); returns the JSON's path."""
+    st_path, json_path = _sampler_paths(run_dir, name)
+    data = st_save(_cpu_tensors(tensors), {"format": "pt"})
+    atomic_write(st_path, data)
+    record = {**meta, "tensors_sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
+    return json_path
+
+
+def load_sampler(run_dir: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of the run's fitted sampler NAME; a ``CheckpointError`` naming ``aevb fit-prior`` when the
+    run has none, or when its two files do not belong together."""
+    st_path, json_path = _sampler_paths(run_dir, name)
+    refit = f"aevb fit-prior {run_dir} --sampler {name}"
+    if not json_path.is_file() or not st_path.is_file():
+        raise CheckpointError(f"{run_dir} has no fitted {name} sampler; fit one with: {refit}")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{json_path} is not valid JSON ({e}); fit it again with: {refit}") from None
+    data = st_path.read_bytes()
+    if not isinstance(meta, dict) or meta.get("tensors_sha256") != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(f"{st_path} does not match {json_path.name} (a fit was interrupted, or a file was "
+                              f"replaced); fit it again with: {refit}")
+    tensors, _ = _parse_safetensors(data, st_path)
+    return tensors, meta
+
+
+def fitted_samplers(run_dir: str | Path) -> list[str]:
+    """The names of the samplers fitted in a run (those with both files), sorted."""
+    names = []
+    for path in sorted(Path(run_dir).glob(SAMPLER.format("*") + ".json")):
+        name = path.stem[len(SAMPLER.format("")):]
+        if _SAMPLER_NAME.fullmatch(name) and path.with_suffix(".safetensors").is_file():
+            names.append(name)
+    return names
+
+
 @dataclass
 class Run:
     """A loaded run directory: its model (in eval mode) and configuration."""
@@ -490,6 +555,28 @@ class Run:
 
         cfg = self.config.data if data_dir is None else replace(self.config.data, data_dir=data_dir)
         return load_dataset(cfg)
+
+    @property
+    def samplers(self) -> list[str]:
+        """The samplers fitted on the run's codes (``aevb fit-prior``), by name."""
+        return fitted_samplers(self.dir)
+
+    def sample_codes(self, n: int, sampler: str | None = None, temperature: float = 1.0,
+                     seed: int = 0) -> torch.Tensor:
+        """n codes (n, *latent_shape) on the model's device: from the model's prior (``sampler=None``) or from
+        the fitted sampler NAME (``aevb.samplers``); ``temperature`` scales the sampler's noise."""
+        from .samplers import draw_codes
+
+        return draw_codes(self, n, sampler, temperature, seed)
+
+    def sample(self, n: int, sampler: str | None = None, temperature: float = 1.0, seed: int = 0,
+               y: int | torch.Tensor | None = None) -> torch.Tensor:
+        """n decoded means (n, C, H, W) of codes from ``sample_codes`` (the same seed, the same codes); a
+        conditional model needs ``y``: one class for all n, or n labels. ``aevb.load(run).sample(64,
+        sampler="gmm", seed=0)``."""
+        from .samplers import draw_images
+
+        return draw_images(self, n, sampler, temperature, seed, y)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", *, trust_code: bool = False,

@@ -79,27 +79,31 @@ def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None,
-                 label: int | None = None) -> Path:
+                 label: int | None = None, codes=None, source: str | None = None) -> Path:
     """A grid of decoded means of z ~ p(z) (the model's prior). A conditional model draws all n for ``label``, or
-    without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
+    without one a grid with one row per class and max(1, n // classes) columns, each column one z.
+    ``codes``: a function m -> m codes (m, *latent_shape) to decode instead of the prior's (a fitted sampler's,
+    ``aevb.samplers``), and ``source`` the words naming them in the title ("from the GMM sampler")."""
     check_finite_weights(model)
     g = torch.Generator(device=model.device).manual_seed(seed)
+    draw = codes or (lambda m: model.sample_codes(m, generator=g))
     if model.config.conditional and label is None:
-        return _plot_samples_per_class(model, path, n, g, title)
+        return _plot_samples_per_class(model, path, n, draw, title, source)
     label = _prior_label(model, label)
-    images = model.sample(n, generator=g, y=label)
+    images = model.decode(draw(n), _label_tensor(model, label, n)).mean
     fig, ax = plt.subplots(figsize=(6, 6))
     _show(ax, image_grid(images))
     given = "" if label is None else f" for label {label}"
-    source = "from the prior" if model.capabilities.has_prior else "of codes z ~ N(0, I) (the model has no prior)"
+    if source is None:
+        source = "from the prior" if model.capabilities.has_prior else "of codes z ~ N(0, I) (the model has no prior)"
     ax.set_title(title or f"{n} samples {source}{given} (decoded means)")
     return save_figure(fig, path)
 
 
-def _plot_samples_per_class(model, path: str | Path, n: int, g: torch.Generator, title: str | None) -> Path:
+def _plot_samples_per_class(model, path: str | Path, n: int, draw, title: str | None, source: str | None) -> Path:
     k = model.config.num_classes
     cols = max(1, n // k)
-    z = model.prior.sample(cols, generator=g, device=model.device)
+    z = draw(cols)
     labels = torch.arange(k, device=z.device).repeat_interleave(cols)  # (K * cols,): row r is label r
     images = model.decode(z.repeat(k, 1), labels).mean  # (K * cols, C, H, W)
     h, w = images.shape[-2:]
@@ -109,7 +113,8 @@ def _plot_samples_per_class(model, path: str | Path, n: int, g: torch.Generator,
     ax.set_xticks([])
     ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(k)], [str(r) for r in range(k)], fontsize=8)
     ax.set_ylabel("label")
-    ax.set_title(title or "samples per label: one row per class, each column one z from the prior", fontsize=10)
+    ax.set_title(title or f"samples per label: one row per class, each column one z {source or 'from the prior'}",
+                 fontsize=10)
     return save_figure(fig, path)
 
 

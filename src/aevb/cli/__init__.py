@@ -4,6 +4,7 @@
     aevb evaluate runs/digits --k 1000 --json
     aevb sample runs/digits
     aevb reconstruct runs/digits
+    aevb fit-prior runs/digits --sampler gmm && aevb sample runs/digits --sampler gmm
     aevb train --dataset digits --conditional --out runs/cdigits && aevb sample runs/cdigits --label 7
 
 One module per command group; each defines plain click commands, added to the ``cli`` group
@@ -21,7 +22,7 @@ import warnings
 
 import click
 
-from . import data, denoise, edit, evaluate, explain, figures, reproduce, serve, train
+from . import data, denoise, edit, evaluate, explain, figures, reproduce, samplers, serve, train
 from .errors import UserError, describe_os_error
 
 __all__ = ["UserError", "cli", "main"]
@@ -42,6 +43,7 @@ for _command in (train.train, evaluate.evaluate, figures.sample, figures.reconst
     cli.add_command(_command)
 cli.add_command(denoise.denoise)
 cli.add_command(edit.edit)
+cli.add_command(samplers.fit_prior)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Figures of a run: ``aevb sample``, ``aevb reconstruct``, ``aevb plot`` and ``aevb report``.
 
     aevb sample runs/digits --n 64
+    aevb sample runs/digits --sampler gmm --temperature 0.8   # after `aevb fit-prior runs/digits --sampler gmm`
     aevb reconstruct runs/digits
     aevb plot runs/mnist2d --kind manifold --kind scatter     # PNGs in RUN_DIR/plots/
     aevb report runs/mnist2d                                  # RUN_DIR/report.html
@@ -8,12 +9,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from .errors import labels_for
 from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option, trust_code_option
+from .samplers import SAMPLER_KINDS
 
 # Kept equal to aevb.viz.PLOT_KINDS (a test checks) so that `aevb --help` need not import matplotlib.
 PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
@@ -24,12 +27,16 @@ PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate"
 @click.option("--n", type=click.IntRange(min=1, max=1024), default=64, show_default=True)
 @click.option("--label", type=int,
               help="Conditional models: draw every sample for this class (default: one row per class).")
+@click.option("--sampler", type=click.Choice(("prior", *SAMPLER_KINDS)), default="prior", show_default=True,
+              help="Where the codes come from: the model's prior, or a sampler fitted with `aevb fit-prior`.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Scale the sampler's noise (a N(0, I) prior's codes, a GMM's component spread, ...).")
 @seed_option()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
 @device_option
 @trust_code_option
-def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
-    """A PNG grid of samples from the prior, decoded.
+def sample(run_dir, n, label, sampler, temperature, seed, out, device, trust_code) -> None:
+    """A PNG grid of samples from the prior (or a fitted sampler), decoded.
 
     A conditional model draws all N for --label; without --label it draws one row per class,
     N // classes columns (at least one), each column sharing one z, so a row shows a class and
@@ -43,7 +50,14 @@ def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
     out = out or run_dir / "samples.png"
     check_writable(out.parent)  # before anything is drawn
     check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
-    click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label)}")
+    codes, source = None, None
+    if sampler != "prior" or temperature != 1.0:
+        name = None if sampler == "prior" else sampler
+        run.sample_codes(1, sampler=name, temperature=temperature, seed=seed)  # its errors before any drawing
+        codes = functools.partial(run.sample_codes, sampler=name, temperature=temperature, seed=seed)
+        at = "" if temperature == 1.0 else f" at temperature {temperature:g}"
+        source = (f"from the {sampler} sampler" if name else "from the prior") + at
+    click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label, codes=codes, source=source)}")
 
 
 @click.command()

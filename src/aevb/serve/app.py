@@ -8,7 +8,8 @@ Endpoints (JSON in, JSON or PNG out; every rejection is a 4xx with ``{"error": "
     GET  /api/info              latent size, image shape, which controls the page shows
     GET  /api/map               up to MAP_POINTS test-set posterior means with labels (2-D latents only)
     POST /api/decode            {"z": [...]}                     -> image/png, the decoded mean
-    POST /api/sample            {"seed": 0}                      -> {"z": [...]} drawn from the prior
+    POST /api/sample            {"seed": 0, "sampler": "gmm"}    -> {"z": [...]} drawn from the prior, or from a
+                                sampler fitted on the codes (``aevb fit-prior``; ``info.samplers`` lists them)
     POST /api/encode            {"pixels": [...C*H*W in [0,1]]}  -> {"mu", "std", "png", "input_png"}
     POST /api/encode-image      raw PNG/JPEG bytes (+ ?invert=1) -> as /api/encode
     POST /api/interpolate       {"a": [...], "b": [...], "steps": 8} -> {"png": strip, "z": [...]}
@@ -80,6 +81,7 @@ class DecodeBody(_Body):
 class SampleBody(_Body):
     seed: StrictInt | None = None
     label: StrictInt | None = None
+    sampler: str | None = None  # "prior" (or None), or the name of a fitted sampler
 
 
 class EncodeBody(_Body):
@@ -131,6 +133,9 @@ class Explorer:
         self.data_dir = data_dir
         self._map: dict | None = None
         self._labelled: tuple | str | None = None  # (codes, labels), or why there are none
+        self.has_prior = self.model.capabilities.has_prior
+        self.samplers = run.samplers  # fitted with `aevb fit-prior`, listed once when the explorer starts
+        self._samplers: dict = {}  # name -> the loaded sampler
 
     # --- validation ---------------------------------------------------------------
     def vector(self, values: list[float], name: str = "z") -> torch.Tensor:
@@ -197,14 +202,29 @@ class Explorer:
     def decode_png(self, z: torch.Tensor, y: torch.Tensor | None = None) -> bytes:
         return to_png(self.decode(z, y)[0])
 
-    def sample(self, seed: int | None, label: int | None = None) -> dict:
-        """z ~ p(z), the model's prior (the code the sliders set); a conditional model's label is kept, or
-        drawn uniformly when not given."""
+    def sampler(self, name: str | None):
+        """The fitted sampler ``name`` (loaded once), or None for the model's prior ("prior" or None)."""
+        if name is None or name == "prior":
+            return None
+        if name not in self.samplers:
+            fitted = ", ".join(self.samplers) or "none"
+            raise InputError(f"sampler must be prior or one fitted on this run ({fitted}); got {name[:40]!r}", 404)
+        if name not in self._samplers:
+            from ..samplers import load_fitted
+
+            self._samplers[name] = load_fitted(self.run, name)
+        return self._samplers[name]
+
+    def sample(self, seed: int | None, label: int | None = None, sampler: str | None = None) -> dict:
+        """z ~ p(z), the model's prior, or a draw of a fitted ``sampler`` (the code the sliders set); a
+        conditional model's label is kept, or drawn uniformly when not given."""
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
         given = self.label(label, required=False)
+        fitted = self.sampler(sampler)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-        out: dict = {"z": self.model.sample_codes(1, generator=g, device="cpu")[0].tolist()}
+        z = self.model.sample_codes(1, generator=g, device="cpu") if fitted is None else fitted.sample(1, g)
+        out: dict = {"z": z.reshape(1, -1)[0].tolist()}
         if self.num_classes:
             out["label"] = label if given is not None else int(torch.randint(self.num_classes, (), generator=g))
         return out
@@ -286,7 +306,8 @@ class Explorer:
         return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "family": cfg.model.family,
                 "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
                 "input_shape": list(self.shape), "has_map": self.latent_dim == 2, "num_classes": self.num_classes,
-                "can_steer": not self.num_classes, "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES}
+                "can_steer": not self.num_classes, "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES,
+                "has_prior": self.has_prior, "samplers": self.samplers}
 
 
 def label_list(value: str | None, name: str) -> list[int] | None:
@@ -395,7 +416,7 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
 
     @app.post("/api/sample")
     def sample(body: SampleBody) -> dict:
-        return ex.sample(body.seed, body.label)
+        return ex.sample(body.seed, body.label, body.sampler)
 
     @app.post("/api/encode")
     def encode(body: EncodeBody) -> dict:

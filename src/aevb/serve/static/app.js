@@ -2,7 +2,7 @@
 "use strict";
 
 const state = {
-  info: null, z: [], label: null, a: null, b: null, lastCode: null, map: null, mapRange: 3,
+  info: null, z: [], label: null, sampler: null, a: null, b: null, lastCode: null, map: null, mapRange: 3,
   decoding: false, pending: false, inflight: 0, loading: true,
   steer: { base: null, direction: null },
 };
@@ -378,6 +378,29 @@ function setupLabels(k) {
   $("label-box").hidden = false;
 }
 
+// Samplers fitted on the codes (aevb fit-prior): a selector of where "Sample z" draws from. A model without a
+// prior starts on its first fitted sampler, since N(0, I) means little to it.
+function setupSamplers(info) {
+  if (!info.samplers || info.samplers.length === 0) return;
+  const select = $("sampler");
+  const names = [["prior", info.has_prior ? "the prior p(z)" : "N(0, I) (no trained prior)"],
+    ...info.samplers.map((name) => [name, `the ${name} sampler (fitted on the codes)`])];
+  for (const [value, text] of names) {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = text;
+    select.append(option);
+  }
+  const show = () => {
+    state.sampler = select.value;
+    $("sample-btn").textContent = select.value === "prior" ? "Sample z from the prior" : `Sample z from the ${select.value} sampler`;
+  };
+  select.value = info.has_prior ? "prior" : info.samplers[0];
+  select.addEventListener("change", show);
+  show();
+  $("sampler-box").hidden = false;
+}
+
 async function main() {
   try {
     state.info = await (await api("/api/info")).json();
@@ -392,8 +415,10 @@ async function main() {
   state.z = new Array(i.latent_dim).fill(0);
   buildSliders();
   if (i.num_classes > 0) setupLabels(i.num_classes);
+  setupSamplers(i);
   $("sample-btn").addEventListener("click", async () => {
-    try { setZ((await (await api("/api/sample", withLabel({}))).json()).z); } catch (e) { showError(e.message); }
+    const body = state.sampler && state.sampler !== "prior" ? { sampler: state.sampler } : {};
+    try { setZ((await (await api("/api/sample", withLabel(body))).json()).z); } catch (e) { showError(e.message); }
   });
   $("zero-btn").addEventListener("click", () => setZ(new Array(i.latent_dim).fill(0)));
   $("use-code-btn").addEventListener("click", () => { if (state.lastCode) setZ(state.lastCode); });
