@@ -154,6 +154,22 @@ def test_unlabelled_data_sets_borrow_a_same_shape_classifier_or_are_unavailable(
         feature_net_for(DataConfig(dataset="frey_face"), (1, 28, 20), labelled=False)
 
 
+def test_binarized_mnist_is_scored_with_mnists_feature_net(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("AEVB_FEATURES_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)
+    tiny = train_feature_net(x, y, 10, epochs=1, min_steps=1)
+    # cached as mnist's net: a built-in data set's checksum is of its files' sha256s and its split's size
+    checksum = quality.data_checksum("mnist", torch.empty(50000, 0), None)
+    tiny.info.update(dataset="mnist", checksum=checksum, test_accuracy=0.5)
+    quality._write_cached(quality._entry("mnist", checksum), tiny)
+    extractor, note = feature_net_for(DataConfig(dataset="binarized_mnist", data_dir=str(data_dir)), (1, 28, 28),
+                                      labelled=False, log=pytest.fail)
+    assert extractor.info["dataset"] == "mnist" and torch.equal(extractor(x), tiny(x))
+    assert note == ("binarized_mnist has no labels: a classifier trained on the training split of mnist "
+                    "(a labelled data set of the same shape)")
+
+
 @pytest.mark.slow
 def test_fd_of_real_halves_is_near_zero_and_grows_with_noise(data_dir):
     from aevb.data import load_dataset

@@ -152,7 +152,7 @@ def feature_cache_dir() -> Path:
     return Path(os.environ["AEVB_FEATURES_DIR"]) if os.environ.get("AEVB_FEATURES_DIR") else cache_dir() / "features"
 
 
-def data_checksum(name: str, x: Tensor, y: Tensor) -> str:
+def data_checksum(name: str, x: Tensor, y: Tensor | None) -> str:
     """What identifies the training data of a feature net: for a built-in data set read from files, the
     sha256 of its files' recorded sha256s (``aevb.data.registry``, verified when the files are read) and of
     the split's size; otherwise the sha256 of the training images (float32) and labels (int64) themselves."""
@@ -409,21 +409,23 @@ def run_sample_quality(run, split: str = "test", limit: int | None = None, seed:
     sampler=NAME, seed=seed)`` (a post-hoc sampler fitted by ``aevb fit-prior``) instead of the model's prior.
     For a data set whose feature net cannot exist, ``{"sample_quality_unavailable": REASON}``.
     """
+    from .data import load_dataset
+
     data_cfg = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
     seen = run.dataset(data_dir).split(split)  # as the model sees it
     ref_cfg = reference_config(data_cfg)
-    reference = seen if ref_cfg == data_cfg else _load(ref_cfg).split(split)
+    reference = seen if ref_cfg == data_cfg else load_dataset(ref_cfg).split(split)
     n = len(seen) if limit is None else min(limit, len(seen))
     x, ref = seen.x[:n], reference.x[:n]
     y = None if seen.y is None else seen.y[:n]
+    if sampler is not None and not callable(getattr(run, "sample", None)):
+        raise QualityUnavailable(f"sampler {sampler!r} needs post-hoc samplers (aevb fit-prior), which this "
+                                 "version of aevb lacks; leave out --sampler to sample from the model's prior")
     try:
         extractor, note = feature_net_for(data_cfg, tuple(ref.shape[1:]), labelled=seen.y is not None, log=log)
     except QualityUnavailable as e:
         return {"sample_quality_unavailable": str(e)}
     if sampler is not None:
-        if not callable(getattr(run, "sample", None)):
-            raise QualityUnavailable(f"sampler {sampler!r} needs post-hoc samplers (aevb fit-prior), which this "
-                                     "version of aevb lacks; leave out --sampler to sample from the model's prior")
         samples = run.sample(n, sampler=sampler, seed=seed)
         drawn = f"images from the run's post-hoc sampler {sampler!r} (run.sample, seed {seed})"
     else:
@@ -446,8 +448,3 @@ def run_sample_quality(run, split: str = "test", limit: int | None = None, seed:
     }
     return result
 
-
-def _load(cfg):
-    from .data import load_dataset
-
-    return load_dataset(cfg)
