@@ -345,8 +345,8 @@ def quality_metrics(real: Tensor, fake: Tensor, k: int = NEAREST_K) -> dict[str,
 REAL_IMAGES = {  # DataConfig.binarize -> the real images samples and reconstructions are compared with
     "none": "the split's images as stored (the model was trained on them as they are)",
     "static": "the split's images thresholded at 0.5, as the model was trained on them",
-    "dynamic": "the split's grey images: the per-pixel expectation of the Bernoulli draws the model was trained "
-               "on (the decoder means it produces estimate the same expectation)",
+    "dynamic": "the split's grey images, the per-pixel expectation of the Bernoulli draws the model was trained "
+               "on, which its decoder means estimate",
 }
 SAMPLE_KEYS = ("fd", "precision", "recall", "density", "coverage")
 RECONSTRUCTION_KEYS = tuple(f"reconstruction_{key}" for key in SAMPLE_KEYS)
