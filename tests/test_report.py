@@ -117,3 +117,24 @@ def test_report_says_when_a_conditional_models_samples_barely_depend_on_z(tmp_pa
             assert z_share(model) == 0.0
         finally:
             first.copy_(saved)
+
+
+def test_report_shows_sample_quality_beside_reconstruction_quality():
+    from types import SimpleNamespace
+
+    from aevb.report import _evaluation_section
+
+    ev = {"split": "test", "n": 100, "k": 0, "seed": 0, "binarization": "dynamic", "written": "now", "elbo": -90.0,
+          "fd": 12.5, "precision": 0.5, "recall": 0.25, "density": 0.75, "coverage": 0.125,
+          "reconstruction_fd": 2.5, "reconstruction_precision": 0.9, "reconstruction_recall": 0.8,
+          "reconstruction_density": 1.1, "reconstruction_coverage": 0.7,
+          "sample_quality_protocol": {"n_real": 100, "n_samples": 100, "k": 5, "samples": "decoder means",
+                                      "real_images": "grey", "features": "the 128 penultimate ReLU units",
+                                      "feature_net": {"version": 1, "test_accuracy": 0.985}}}
+    html = _evaluation_section(SimpleNamespace(evaluation=ev, dir="r"))
+    assert "<tr><th>fd</th><td class=num>12.5000</td><td class=num>2.5000</td></tr>" in html
+    assert "<tr><th>coverage</th><td class=num>0.1250</td><td class=num>0.7000</td></tr>" in html
+    assert "test accuracy 0.9850" in html and "not comparable with the Inception-FID" in html
+    assert "<tr><th>elbo</th>" in html and "<tr><th>reconstruction_fd</th>" not in html  # not twice
+    gone = _evaluation_section(SimpleNamespace(evaluation={"sample_quality_unavailable": "no labels"}, dir="r"))
+    assert '<h3>Sample quality</h3><p class="note">no labels</p>' in gone

@@ -25,6 +25,12 @@ It adds ``sample_label_accuracy``: how often a pixel-space logistic regression f
 real training images assigns a sample drawn for label c to class c (chance is 1/K), with
 that classifier's own accuracy on the evaluated split's real images beside it
 (``real_label_accuracy``) for scale.
+
+Sample quality (``aevb evaluate --sample-quality``) lives in ``aevb.quality``: ``fd``, ``precision``,
+``recall``, ``density``, ``coverage`` of samples and ``reconstruction_fd`` ... of reconstructions against
+the split's images, in the features of a classifier aevb trains on the data set, with
+``sample_quality_protocol`` (or ``sample_quality_unavailable``, saying why); not comparable with
+Inception-FID.
 """
 
 from __future__ import annotations

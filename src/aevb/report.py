@@ -5,7 +5,8 @@
 Figures are PNGs embedded as base64 ``data:`` URIs, so the page can be mailed or moved
 on its own. A figure that cannot be drawn for this run (no metrics yet, a 1-D latent for
 the manifold) is replaced by a one-line note saying why; the page is still written.
-The latest ``aevb evaluate`` (evaluation.json) has its own section; a conditional model whose
+The latest ``aevb evaluate`` (evaluation.json) has its own section, and its sample quality
+(``aevb evaluate --sample-quality``) a table of its own; a conditional model whose
 samples barely depend on z (a small KL(q(z|x,y) || p(z))) is flagged, with its KL.
 """
 
@@ -101,10 +102,37 @@ def _evaluation_section(run) -> str:
             f"image; seed {get['seed']}; binarization: {get['binarization']}; written {get['written']}.</p>")
     rows = []
     for key, value in ev.items():
-        if key not in settings:
+        if key not in settings and key not in QUALITY_KEYS:
             shown = " ".join(_fmt(v) for v in value) if isinstance(value, list) else _fmt(value)
             rows.append(f"<tr><th>{html.escape(key)}</th><td class=num>{shown}</td></tr>")
-    return head + "<table>" + "".join(rows) + "</table>"
+    return head + "<table>" + "".join(rows) + "</table>" + _quality_section(ev)
+
+
+# aevb.quality's keys (SAMPLE_KEYS, RECONSTRUCTION_KEYS and the protocol), spelled out so that the report
+# need not import it.
+_QUALITY_METRICS = ("fd", "precision", "recall", "density", "coverage")
+QUALITY_KEYS = (*_QUALITY_METRICS, *(f"reconstruction_{k}" for k in _QUALITY_METRICS), "sample_quality_protocol",
+                "sample_quality_unavailable")
+
+
+def _quality_section(ev: dict) -> str:
+    """``aevb evaluate --sample-quality``'s numbers, samples and reconstructions side by side, and its protocol."""
+    if "sample_quality_unavailable" in ev:
+        return f'<h3>Sample quality</h3><p class="note">{html.escape(str(ev["sample_quality_unavailable"]))}</p>'
+    if "fd" not in ev:
+        return ""
+    head = "<tr><th>against the real images</th><th>samples</th><th>reconstructions</th></tr>"
+    rows = "".join(f"<tr><th>{key}</th><td class=num>{_fmt(ev.get(key, ''))}</td>"
+                   f"<td class=num>{_fmt(ev.get(f'reconstruction_{key}', ''))}</td></tr>" for key in _QUALITY_METRICS)
+    p = ev.get("sample_quality_protocol") or {}
+    net = p.get("feature_net") or {}
+    about = (f"<p>{_fmt(p.get('n_samples', '?'))} samples ({_fmt(p.get('samples', '?'))}) and reconstructions "
+             f"against {_fmt(p.get('n_real', '?'))} real images ({_fmt(p.get('real_images', '?'))}); k = "
+             f"{_fmt(p.get('k', '?'))} nearest neighbours. Features: {_fmt(p.get('features', '?'))}, version "
+             f"{_fmt(net.get('version', '?'))}, test accuracy {_fmt(net.get('test_accuracy', '?'))}. fd is a Frechet "
+             "distance in these features, <b>not comparable with the Inception-FID of papers</b>; see "
+             "docs/sample-quality.md.</p>")
+    return f'<h3 id="sample-quality">Sample quality</h3>{about}<table>{head}{rows}</table>'
 
 
 def model_kl(run) -> tuple[float, str] | None:

@@ -1,6 +1,7 @@
 """``aevb evaluate``: a run's bounds and latent statistics on a split.
 
     aevb evaluate runs/digits --k 1000 --json
+    aevb evaluate runs/mnist --k 0 --sample-quality     # + fd, precision, recall, density, coverage
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
               help="Importance samples per image of the log p(x) estimate (the k-sample IWAE bound of the "
                    "evaluation, not of training: that is train --iwae-k); 0 skips it.")
 @split_option
-@click.option("--n", "limit", type=click.IntRange(min=1), help="Evaluate only the first N images of the split.")
+@click.option("--n", "limit", type=click.IntRange(min=1),
+              help="Evaluate only the first N images of the split (--sample-quality: and draw N samples).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
               help="Cap on the samples decoded at once per image (memory is bounded without it: "
@@ -32,8 +34,17 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
 @trust_code_option
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Logistic-regression and k-NN accuracy of the codes (fitted on the train split's codes).")
+@click.option("--sample-quality", is_flag=True,
+              help="Also the Frechet distance, precision, recall, density and coverage of samples and of "
+                   "reconstructions against the split's images (N of each, --n), in the features of a classifier "
+                   "aevb trains on the data set (cached); not comparable with Inception-FID "
+                   "(docs/sample-quality.md).")
+@click.option("--sampler", metavar="NAME",
+              help="With --sample-quality: draw the samples from this post-hoc sampler of the run (aevb fit-prior) "
+                   "instead of the model's prior.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the one kept as evaluation.json).")
-def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, as_json, trust_code) -> None:
+def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, sample_quality, sampler,
+             as_json, trust_code) -> None:
     """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
     KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x).
     The result, with k, the number of images, the seed and the binarization, is kept in
@@ -42,6 +53,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     from ..evaluate import evaluate as run_eval
     from ..evaluate import evaluation_record
 
+    if sampler is not None and not sample_quality:
+        raise click.UsageError("--sampler chooses the samples of --sample-quality; add --sample-quality")
     device = resolved_device(device)
     run = load(run_dir, device=device, trust_code=trust_code)
     ds = run.dataset(data_dir)
@@ -56,6 +69,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     res = run_eval(run.model, x.to(device), k=k, batch_size=batch_size, chunk=chunk, seed=seed,
                    progress=not as_json and sys.stderr.isatty(),
                    y=y.to(device) if ((probe or conditional) and y is not None) else None, probe_train=probe_train)
+    if sample_quality:
+        res.update(_sample_quality(run, split, limit, seed, sampler, data_dir))
     res = evaluation_record(res, split=split, seed=seed, binarize=run.config.data.binarize)
     path = write_evaluation(run_dir, res)
     if as_json:
@@ -73,4 +88,25 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
             click.echo(f"  {key:24s} {value}")
     if res.get("kl_per_dim"):
         click.echo(f"  {'kl_per_dim':24s} " + " ".join(f"{v:.3f}" for v in res["kl_per_dim"]))
+    _echo_sample_quality(res)
     click.echo(f"wrote {path}")
+
+
+def _sample_quality(run, split, limit, seed, sampler, data_dir) -> dict:
+    """--sample-quality: the keys aevb.quality.run_sample_quality adds to the evaluation."""
+    from ..quality import run_sample_quality
+
+    return run_sample_quality(run, split, limit=limit, seed=seed, sampler=sampler, data_dir=data_dir,
+                              log=lambda line: click.echo(f"aevb: {line}", err=True))
+
+
+def _echo_sample_quality(res: dict) -> None:
+    """The lines of --sample-quality beyond its numbers (which print with the other values)."""
+    if "sample_quality_unavailable" in res:
+        click.echo(f"  sample quality: {res['sample_quality_unavailable']}")
+    protocol = res.get("sample_quality_protocol")
+    if protocol:
+        net = protocol["feature_net"]
+        click.echo(f"  sample quality: {protocol['n_samples']} samples and {protocol['n_real']} real images, "
+                   f"k = {protocol['k']}; features: {protocol['features']} (v{net['version']}, test accuracy "
+                   f"{net['test_accuracy']:.4f}); not comparable with Inception-FID")

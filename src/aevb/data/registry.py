@@ -139,6 +139,7 @@ class DatasetInfo:
     num_classes: int | None  # None: no labels
     binary: bool  # every value is exactly 0 or 1, before any --binarize
     description: str
+    files: tuple[FileSpec, ...] = ()  # the files it is read from (their sha256 identify its content); () for none
 
     def read(self, cfg: DataConfig) -> Dataset:
         """The data set as read from its files: no binarization or subset (``load_dataset`` applies those)."""
@@ -149,14 +150,17 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
     DatasetInfo("digits", _digits, shape=(1, 8, 8), likelihood="bernoulli", num_classes=10, binary=False,
                 description="scikit-learn's 8x8 handwritten digits (1797 images, shipped with scikit-learn)"),
     DatasetInfo("mnist", _idx_splits("mnist", MNIST_FILES), shape=(1, 28, 28), likelihood="bernoulli",
-                num_classes=10, binary=False, description="MNIST handwritten digits, the original IDX files"),
+                num_classes=10, binary=False, description="MNIST handwritten digits, the original IDX files",
+                files=tuple(MNIST_FILES.values())),
     DatasetInfo("fashion_mnist", _idx_splits("fashion_mnist", FASHION_FILES), shape=(1, 28, 28),
                 likelihood="bernoulli", num_classes=10, binary=False,
-                description="Fashion-MNIST clothing images, the original IDX files"),
+                description="Fashion-MNIST clothing images, the original IDX files",
+                files=tuple(FASHION_FILES.values())),
     DatasetInfo("binarized_mnist", _binarized_mnist, shape=(1, 28, 28), likelihood="bernoulli", num_classes=None,
-                binary=True, description="statically binarized MNIST (Larochelle & Murray's .amat files)"),
+                binary=True, description="statically binarized MNIST (Larochelle & Murray's .amat files)",
+                files=tuple(BINARIZED_FILES.values())),
     DatasetInfo("frey_face", _frey_face, shape=(1, 28, 20), likelihood="gaussian", num_classes=None, binary=False,
-                description="Frey Face video frames (Roweis's frey_rawface.mat)"),
+                description="Frey Face video frames (Roweis's frey_rawface.mat)", files=(FREY_FILE,)),
 )}
 
 
