@@ -270,7 +270,6 @@ def test_sampler_needs_sample_quality(capsys):
     assert rc == 2 and "--sampler chooses the samples of --sample-quality" in err
 
 
-@pytest.mark.skipif(not hasattr(Run, "sample"), reason="Run.sample (post-hoc samplers) is not on this branch yet")
 def test_evaluate_sample_quality_with_a_sampler(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AEVB_FEATURES_DIR", str(tmp_path / "features"))
     seed_digits_feature_net(tmp_path / "features")
