@@ -93,7 +93,8 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--dip-lambda-d", type=click.FloatRange(min=0), help="dipvae-i/ii: weight of the diagonal penalty "
               "(default 10 x --dip-lambda-od for dipvae-i, equal to it for dipvae-ii).")
 @click.option("--capacity-max", type=click.FloatRange(min=0), help="capacity: the final capacity C in nats (25).")
-@click.option("--capacity-steps", type=click.IntRange(min=1), help="capacity: steps over which C rises from 0 (100000).")
+@click.option("--capacity-steps", type=click.IntRange(min=1),
+              help="capacity: steps over which C rises from 0 (100000).")
 @click.option("--capacity-gamma", type=click.FloatRange(min=0), help="capacity: weight of |KL - C| (1000).")
 @click.option("--factor-gamma", type=click.FloatRange(min=0), help="factorvae: weight of the total correlation (35).")
 @click.option("--discriminator-hidden", callback=_widths,

@@ -48,7 +48,8 @@ class FactorVAEConfig(ModelConfig):
         self.discriminator_hidden = tuple(int(v) for v in self.discriminator_hidden)
         self.discriminator_betas = tuple(float(v) for v in self.discriminator_betas)  # type: ignore[assignment]
         if not (self.discriminator_hidden and all(h >= 1 for h in self.discriminator_hidden)):
-            raise ConfigError(f"discriminator_hidden must be one or more positive widths; got {self.discriminator_hidden}")
+            raise ConfigError("discriminator_hidden must be one or more positive widths; "
+                              f"got {self.discriminator_hidden}")
         if not (isinstance(self.discriminator_lr, (int, float)) and math.isfinite(self.discriminator_lr)
                 and self.discriminator_lr > 0):
             raise ConfigError(f"discriminator_lr must be positive and finite; got {self.discriminator_lr!r}")
