@@ -21,12 +21,14 @@ FORMAT_VERSION = 2  # bump when config.json or the checkpoint layout changes inc
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "linear")
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "conv64")  # conv64: Locatello et al. 2019's network for 64x64 images
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ESTIMATORS = ("analytic", "mc")  # SGVB estimator B (analytic KL) and A (Monte Carlo KL)
 BINARIZE = ("none", "dynamic", "static")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 (with a gradient scaler) needs CUDA
-OBJECTIVES = ("elbo", "iwae", "reconstruction")  # the bound, the IWAE bound, an AE's -log p(x|code)
+OBJECTIVES = ("elbo", "iwae", "reconstruction",  # the bound, the IWAE bound, an AE's -log p(x|code)
+              "tcvae", "dipvae-i", "dipvae-ii", "capacity", "factorvae")  # disentangling (docs/disentangling-models.md)
+TC_ESTIMATORS = ("mws", "mss")  # beta-TCVAE's estimators of log q(z): minibatch-weighted or -stratified sampling
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 DECODER_MEANS = ("sigmoid", "identity")
 CHANNELS = (1, 3)  # grey, RGB
@@ -85,6 +87,9 @@ class ModelConfig:
     (decoder) those layers: one 3x3 stride-2 convolution per entry of ``conv_channels``
     (each halves height and width, rounding up), mirrored by 4x4 stride-2 transposed
     convolutions in the decoder, whose output is cropped to exactly (C, H, W).
+
+    ``architecture="conv64"`` is Locatello et al. (2019)'s network for 64x64 images (``aevb.nets``):
+    convolutions 32-32-64-64 to 4x4, the dense layers ``hidden`` ((256,) in the paper), mirrored.
 
     ``likelihood="discretized_logistic"`` is for 8-bit images scaled to [0, 1]: a
     logistic per pixel integrated over its 1/255-wide bin (``distributions.DiscretizedLogistic``),
@@ -305,6 +310,23 @@ class TrainConfig:
     # ("gaussian:SIGMA", "mask:P" or "salt-pepper:P"; aevb.corruption) before the encoder sees it,
     # and the objective scores the reconstruction of the clean batch. None: no corruption.
     input_noise: str | None = None
+    # The disentangling objectives (aevb.objectives; docs/disentangling-models.md). beta-TCVAE (Chen et al.
+    # 2018): the weights of the index-code mutual information (tc_alpha) and of the dimension-wise KL
+    # (tc_gamma), beta weighting the total correlation; tc_estimator "mws" or "mss" estimates log q(z).
+    tc_alpha: float = 1.0
+    tc_gamma: float = 1.0
+    tc_estimator: str = "mss"
+    # DIP-VAE (Kumar et al. 2018): the weights of the off-diagonal and diagonal covariance penalties; None for
+    # dip_lambda_d: the paper's 10 * dip_lambda_od for DIP-VAE-I, dip_lambda_od for DIP-VAE-II.
+    dip_lambda_od: float = 10.0
+    dip_lambda_d: float | None = None
+    # The capacity-annealed VAE (Burgess et al. 2018): capacity_gamma * |KL - C|, C rising linearly from 0
+    # to capacity_max nats over capacity_steps optimizer steps.
+    capacity_max: float = 25.0
+    capacity_steps: int = 100_000
+    capacity_gamma: float = 1000.0
+    # FactorVAE (Kim & Mnih 2018): the weight of the discriminator's total-correlation estimate.
+    factor_gamma: float = 35.0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer; got {self.epochs!r}")
@@ -337,12 +359,31 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}")
         _choice("algorithm", self.algorithm, ALGORITHMS)
         self._check_lr_schedule()
+        self._check_disentangling()
         for name in ("patience", "figures_every"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                    f"{name} must be an integer >= 0 (0 = off); got {value!r}")
         _check(self.mlflow is None or (isinstance(self.mlflow, str) and bool(self.mlflow.strip())),
                f"mlflow must be a tracking URI (or null for none); got {self.mlflow!r}")
+
+    def _check_disentangling(self) -> None:
+        for name in ("tc_alpha", "tc_gamma", "dip_lambda_od", "capacity_max", "capacity_gamma", "factor_gamma"):
+            value = getattr(self, name)
+            _check(_finite(value) and value >= 0, f"{name} must be >= 0 and finite; got {value!r}")
+        _check(self.dip_lambda_d is None or (_finite(self.dip_lambda_d) and self.dip_lambda_d >= 0),
+               f"dip_lambda_d must be >= 0 and finite (or null for the paper's choice); got {self.dip_lambda_d!r}")
+        _choice("tc_estimator", self.tc_estimator, TC_ESTIMATORS)
+        _check(isinstance(self.capacity_steps, int) and not isinstance(self.capacity_steps, bool)
+               and self.capacity_steps >= 1, f"capacity_steps must be a positive integer; got {self.capacity_steps!r}")
+        if self.objective == "capacity":
+            _check(self.beta == 1.0 and self.kl_schedule == "constant",
+                   "the capacity objective weights |KL - C| by capacity_gamma and raises C over capacity_steps; "
+                   "leave beta at 1 and kl_schedule constant")
+        if self.objective == "tcvae":
+            _check(self.samples == 1 and self.free_bits == 0,
+                   "the tcvae objective uses one sample of z per example and no free bits; leave samples at 1 "
+                   "and free_bits at 0")
 
     def _check_lr_schedule(self) -> None:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

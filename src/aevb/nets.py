@@ -48,7 +48,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .distributions import Bernoulli, DiscretizedLogistic, Gaussian
 
 _ACTIVATIONS = {
@@ -381,20 +381,91 @@ class ConvDecoder(nn.Module):
         return make_likelihood(cfg, params[..., 0, :, :, :], second)
 
 
+# --- conv64: the network of Locatello et al. (2019) for 64x64 images -----------------------------------
+#
+# disentanglement_lib's conv_encoder / deconv_decoder (methods/shared/architectures.py), after the beta-VAE
+# paper's Table 1: four stride-2 convolutions 32-32-64-64 (4x4 kernels, then 2x2) take 64x64 to 4x4, a dense
+# layer of 256 and the heads; the decoder mirrors it with four 4x4 stride-2 transposed convolutions. The dense
+# widths are ``hidden`` (a 64x64 built-in data set defaults to (256,), the paper's), the activation is
+# ``activation`` (ReLU in the paper); the convolutions are fixed (``conv_channels`` is not read).
+
+CONV64_CHANNELS = (32, 32, 64, 64)
+CONV64_KERNELS = (4, 4, 2, 2)  # TF "same" padding at stride 2: 1 for the 4x4 kernels, 0 for the 2x2 ones
+
+
+def check_conv64(cfg: ModelConfig) -> None:
+    """``ConfigError`` naming the fix when the images are not 64x64."""
+    if tuple(cfg.input_shape[1:]) != (64, 64):
+        raise ConfigError(f"architecture conv64 is for 64x64 images; these are {cfg.input_shape[1]}x"
+                          f"{cfg.input_shape[2]} (choose conv, or bring the images to 64x64)")
+
+
+class Conv64Encoder(nn.Module):
+    """[x, c as constant channels] (B, C + K, 64, 64) -> 32, 32, 64, 64 channels at 32, 16, 8, 4 pixels ->
+    flatten (B, 1024) -> dense ``hidden`` -> heads."""
+
+    def __init__(self, cfg: ModelConfig, heads: tuple[str, ...]):
+        super().__init__()
+        check_conv64(cfg)
+        act = _ACTIVATIONS[cfg.activation]
+        layers: list[nn.Module] = []
+        c_in = cfg.input_shape[0] + cfg.num_classes
+        for c_out, k in zip(CONV64_CHANNELS, CONV64_KERNELS):
+            layers += [nn.Conv2d(c_in, c_out, k, stride=2, padding=(k - 2) // 2), act()]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        sizes = [c_in * 4 * 4, *cfg.hidden]
+        self.trunk = mlp(sizes, cfg.activation)
+        self.heads = nn.ModuleDict({name: nn.Linear(sizes[-1], cfg.latent_dim) for name in heads})
+        self.input_shape = cfg.input_shape
+
+    forward = ConvEncoder.forward  # the same steps: label planes, convolutions, flatten, trunk, heads
+
+
+class Conv64Decoder(nn.Module):
+    """[z, c] -> dense reversed ``hidden`` -> dense 1024 = (64, 4, 4) -> 4x4 stride-2 transposed convolutions to
+    64, 32, 32 channels and then the likelihood's parameters at 8, 16, 32, 64 pixels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        check_conv64(cfg)
+        self.cfg = cfg
+        act = _ACTIVATIONS[cfg.activation]
+        sizes = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
+        self.trunk = mlp(sizes, cfg.activation)
+        chans = list(reversed(CONV64_CHANNELS))  # 64, 64, 32, 32
+        self.project = nn.Sequential(nn.Linear(sizes[-1], chans[0] * 4 * 4), act())
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]  # (h, w) -> (2h, 2w)
+        self.deconvs = nn.Sequential(*layers)
+        self.out = nn.ConvTranspose2d(chans[-1], cfg.input_shape[0] * _params_per_pixel(cfg), 4, stride=2, padding=1)
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
+        cfg = self.cfg
+        lead = z.shape[:-1]
+        zc = _with_label(z, c)
+        h = self.project(run_mlp(self.trunk, zc.reshape(-1, zc.shape[-1])))  # (N, 1024)
+        params = self.out(self.deconvs(h.view(h.shape[0], -1, 4, 4)))  # (N, 64, 4, 4) -> (N, P*C, 64, 64)
+        params = params.reshape(*lead, -1, *cfg.input_shape)  # (..., P, C, H, W)
+        second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
+        return make_likelihood(cfg, params[..., 0, :, :, :], second)
+
+
+_ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder, "conv64": Conv64Encoder}
+_DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder, "conv64": Conv64Decoder}
+
+
 def build_encoder(cfg: ModelConfig, heads: tuple[str, ...]) -> nn.Module:
-    if cfg.architecture == "mlp":
-        return MLPEncoder(cfg, heads)
-    if cfg.architecture == "conv":
-        return ConvEncoder(cfg, heads)
-    raise ValueError(f"unknown architecture {cfg.architecture!r}")
+    if cfg.architecture not in _ENCODERS:
+        raise ValueError(f"unknown architecture {cfg.architecture!r}")
+    return _ENCODERS[cfg.architecture](cfg, heads)
 
 
 def build_decoder(cfg: ModelConfig) -> nn.Module:
-    if cfg.architecture == "mlp":
-        return MLPDecoder(cfg)
-    if cfg.architecture == "conv":
-        return ConvDecoder(cfg)
-    raise ValueError(f"unknown architecture {cfg.architecture!r}")
+    if cfg.architecture not in _DECODERS:
+        raise ValueError(f"unknown architecture {cfg.architecture!r}")
+    return _DECODERS[cfg.architecture](cfg)
 
 
 def init_normal_(module: nn.Module, std: float) -> None:

@@ -19,6 +19,12 @@ the closed form where the (posterior, prior) pair has one (``distributions.analy
 and the Monte Carlo estimate otherwise, so new posteriors and priors need no change here.
 ``OBJECTIVES`` maps the names a ``TrainConfig.objective`` and a family's ``capabilities.objectives``
 use to these functions.
+
+Two arguments come from the trainer rather than the configuration, to an objective that names them:
+``dataset_size`` (N, the size of the training split, which beta-TCVAE's estimates of log q(z) weigh the
+minibatch by) and ``step`` (the optimizer steps taken, which the capacity-annealed VAE's C follows).
+The disentangling objectives (beta-TCVAE, DIP-VAE I and II, the capacity-annealed VAE, FactorVAE's VAE
+loss) are described with their settings in docs/disentangling-models.md.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from .distributions import analytic_kl_per_dim
+from .distributions import DiagonalGaussian, analytic_kl_per_dim
 
 Terms = dict[str, Tensor]
 
@@ -87,19 +93,30 @@ def elbo(model, x: Tensor, samples: int = 1, kl: str = "analytic", beta: float =
     if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
     q = model.encode(encoder_input(model, x, x_in), y)
-    x = as_images(model, x)
+    reconstruction, kl_term, kl_dims, _ = bound_parts(model, q, x, y, samples, kl, generator)
+    loss = -reconstruction.mean() + beta * kl_loss(kl_term, kl_dims, free_bits)
+    return reduce_terms({"loss": loss, "elbo": reconstruction - kl_term, "reconstruction": reconstruction,
+                         "kl": kl_term}, reduction)
+
+
+def bound_parts(model, q, x: Tensor, y: Tensor | None, samples: int, kl: str,
+                generator) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """The ELBO's parts under the posterior ``q`` of the batch x: the L-sample average of log p(x|z) (B,),
+    the KL (B,) and its split over the dimensions (B, Z) or None (``kl_terms``), and the samples z (L, B, Z)."""
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, Z), (L, B)
-    reconstruction = model.decode(z, y).log_prob(x).mean(0)  # (B,)
+    reconstruction = model.decode(z, y).log_prob(as_images(model, x)).mean(0)  # (B,)
     kl_term, kl_dims = kl_terms(q, model.prior, z, log_q, kl)  # (B,), (B, Z) or None
-    bound = reconstruction - kl_term
-    if free_bits > 0:
-        if kl_dims is None:
-            raise ValueError("free bits need a KL per latent dimension; this posterior and prior do not factorise")
-        kl_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum()
-    else:
-        kl_loss = kl_term.mean()
-    loss = -reconstruction.mean() + beta * kl_loss
-    return reduce_terms({"loss": loss, "elbo": bound, "reconstruction": reconstruction, "kl": kl_term}, reduction)
+    return reconstruction, kl_term, kl_dims, z
+
+
+def kl_loss(kl_term: Tensor, kl_dims: Tensor | None, free_bits: float = 0.0) -> Tensor:
+    """The KL part of the loss: the batch mean of ``kl_term`` (B,), or with ``free_bits`` lambda > 0 the
+    sum over dimensions of max(lambda, the dimension's batch-mean KL) (``kl_dims`` (B, Z))."""
+    if free_bits <= 0:
+        return kl_term.mean()
+    if kl_dims is None:
+        raise ValueError("free bits need a KL per latent dimension; this posterior and prior do not factorise")
+    return torch.clamp(kl_dims.mean(0), min=free_bits).sum()
 
 
 def log_weights(model, x: Tensor, k: int, generator: torch.Generator | None = None,
@@ -143,5 +160,169 @@ def ae_loss(model, x: Tensor, reduction: str = "mean", y: Tensor | None = None, 
     return reduce_terms({"loss": -reconstruction.mean(), "reconstruction": reconstruction}, reduction)
 
 
+# --- disentangling objectives (docs/disentangling-models.md) ------------------------------------------
+
+
+def diagonal_gaussian(q, objective: str) -> DiagonalGaussian:
+    """``q`` itself when it is a diagonal Gaussian q(z|x) = N(mu, diag(sigma^2)); the objectives that read
+    mu and sigma (or evaluate q(z_i|x_j) for every pair) refuse any other posterior."""
+    if not isinstance(q, DiagonalGaussian):
+        raise ValueError(f"the {objective} objective needs a diagonal Gaussian q(z|x); this model's posterior is a "
+                         f"{type(q).__name__} (train it without a flow and with one stochastic layer)")
+    return q
+
+
+def pairwise_log_q(q: DiagonalGaussian, z: Tensor) -> Tensor:
+    """log q(z_ij | x_k) for every sample i, posterior k of the batch and dimension j: (B, B, Z), float32 or
+    wider; ``z`` (B, Z) holds one sample per example."""
+    mu, log_var = q.mu.float(), q.log_var.float()
+    return DiagonalGaussian(mu[None], log_var[None]).log_prob_per_dim(z[:, None])  # (B, 1, Z) vs (1, B, Z)
+
+
+def minibatch_log_weights(batch: int, dataset_size: int, estimator: str, device=None) -> Tensor:
+    """log w_ik (B, B): the weight of q(z_i | x_k) in the estimate q(z_i) ~= sum_k w_ik q(z_i | x_k) from a
+    minibatch of B examples drawn from N (Chen et al. 2018, appendix C).
+
+    ``"mws"`` (minibatch-weighted sampling): w_ik = 1/B. Chen et al. write the normaliser as 1/(N B), which
+    moves every estimate of log q by the constant -log N (and the total correlation by (Z - 1) log N); it
+    changes no gradient, and 1/B makes the estimates those of the quantities themselves.
+    ``"mss"`` (minibatch-stratified sampling): w_ii = 1/N for the sample's own posterior, (N - B + 1) / (N (B - 1))
+    for one other example (the next one, cyclically) and 1/(B - 1) for the B - 2 others; the weights sum to 1.
+    """
+    if estimator == "mws":
+        return torch.full((batch, batch), -math.log(batch), device=device)
+    if estimator != "mss":
+        raise ValueError(f"the estimator of log q(z) must be 'mws' or 'mss'; got {estimator!r}")
+    if batch < 2 or dataset_size < batch:
+        raise ValueError(f"minibatch-stratified sampling needs 2 <= batch size <= data set size; got a batch of "
+                         f"{batch} from {dataset_size} examples")
+    n, m = dataset_size, batch
+    w = torch.full((m, m), 1.0 / (m - 1), dtype=torch.float64)
+    i = torch.arange(m)
+    w[i, (i + 1) % m] = (n - m + 1) / (n * (m - 1))
+    w[i, i] = 1.0 / n
+    return w.log().float().to(device)
+
+
+def aggregate_log_densities(q: DiagonalGaussian, z: Tensor, dataset_size: int,
+                            estimator: str = "mss") -> tuple[Tensor, Tensor]:
+    """Minibatch estimates at the samples z (B, Z) of log q(z) and of log prod_j q(z_j), the aggregate
+    posterior q(z) = (1/N) sum_n q(z|x_n) and its marginals: two tensors (B,)."""
+    log_q = pairwise_log_q(q, z)  # (B, B, Z)
+    log_w = minibatch_log_weights(len(z), dataset_size, estimator, z.device)  # (B, B)
+    log_qz = torch.logsumexp(log_w + log_q.sum(-1), dim=1)  # (B,)
+    log_marginals = torch.logsumexp(log_w[:, :, None] + log_q, dim=1)  # (B, Z)
+    return log_qz, log_marginals.sum(-1)
+
+
+def tcvae(model, x: Tensor, dataset_size: int, estimator: str = "mss", alpha: float = 1.0, beta: float = 1.0,
+          gamma: float = 1.0, generator: torch.Generator | None = None, reduction: str = "mean",
+          y: Tensor | None = None, x_in: Tensor | None = None, **_: object) -> Terms:
+    """beta-TCVAE (Chen et al. 2018, eq. 4): the KL term of the ELBO split, at one sample z ~ q(z|x), into
+
+        mutual_information   log q(z|x) - log q(z)              the index-code mutual information
+        total_correlation    log q(z) - log prod_j q(z_j)       KL(q(z) || prod_j q(z_j))
+        dimension_kl         log prod_j q(z_j) - log p(z)       sum_j KL(q(z_j) || p(z_j))
+
+    with log q(z) and the marginals estimated on the minibatch (``aggregate_log_densities``, N =
+    ``dataset_size``). The loss is -log p(x|z) + alpha * MI + beta * TC + gamma * dim-KL; at
+    alpha = beta = gamma = 1 it is the Monte Carlo -ELBO exactly (the three terms telescope). ``elbo`` and
+    ``kl`` are the usual bound and KL (closed form where there is one).
+    """
+    q = diagonal_gaussian(model.encode(encoder_input(model, x, x_in), y), "tcvae")
+    reconstruction, kl_term, _, z = bound_parts(model, q, x, y, 1, "analytic", generator)
+    z = z[0]  # (B, Z)
+    log_qz_x = q.log_prob(z)
+    log_qz, log_prod = aggregate_log_densities(q, z, dataset_size, estimator)
+    mi, tc, dim_kl = log_qz_x - log_qz, log_qz - log_prod, log_prod - model.prior.log_prob(z)
+    loss = -reconstruction.mean() + alpha * mi.mean() + beta * tc.mean() + gamma * dim_kl.mean()
+    return reduce_terms({"loss": loss, "elbo": reconstruction - kl_term, "reconstruction": reconstruction,
+                         "kl": kl_term, "mutual_information": mi, "total_correlation": tc, "dimension_kl": dim_kl},
+                        reduction)
+
+
+def dip_covariance(q: DiagonalGaussian, variant: str) -> Tensor:
+    """The covariance DIP-VAE drives to the identity (Z, Z), over the batch (divided by B), float32 or wider:
+    ``"i"`` Cov[mu(x)] (Kumar et al. 2018, eq. 6); ``"ii"`` Cov_q(z)[z] = E[diag sigma^2(x)] + Cov[mu(x)] (eq. 7)."""
+    mu = q.mu.float()
+    centred = mu - mu.mean(0)
+    cov = centred.T @ centred / len(mu)  # (Z, Z)
+    if variant == "ii":
+        cov = cov + torch.diag(q.log_var.float().exp().mean(0))
+    elif variant != "i":
+        raise ValueError(f"the DIP-VAE variant must be 'i' or 'ii'; got {variant!r}")
+    return cov
+
+
+def covariance_penalties(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum over i != j of C_ij^2, sum over i of (C_ii - 1)^2): how far C (Z, Z) is from the identity."""
+    diag = torch.diagonal(cov)
+    return (cov**2).sum() - (diag**2).sum(), ((diag - 1) ** 2).sum()
+
+
+def dip_vae(model, x: Tensor, variant: str, lambda_od: float = 10.0, lambda_d: float | None = None,
+            samples: int = 1, kl: str = "analytic", beta: float = 1.0, free_bits: float = 0.0,
+            generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None,
+            x_in: Tensor | None = None, **_: object) -> Terms:
+    """DIP-VAE (Kumar et al. 2018): the (beta-weighted) -ELBO plus lambda_od * sum_{i!=j} C_ij^2 + lambda_d *
+    sum_i (C_ii - 1)^2 for the batch covariance C of ``dip_covariance``. ``lambda_d`` None: the paper's
+    10 * lambda_od for DIP-VAE-I, lambda_od for DIP-VAE-II. The two sums are logged as ``dip_off_diagonal``
+    and ``dip_diagonal`` (each the batch's value, repeated for every example)."""
+    if lambda_d is None:
+        lambda_d = 10.0 * lambda_od if variant == "i" else lambda_od
+    q = diagonal_gaussian(model.encode(encoder_input(model, x, x_in), y), f"dipvae-{variant}")
+    reconstruction, kl_term, kl_dims, _ = bound_parts(model, q, x, y, samples, kl, generator)
+    off, diag = covariance_penalties(dip_covariance(q, variant))
+    loss = -reconstruction.mean() + beta * kl_loss(kl_term, kl_dims, free_bits) + lambda_od * off + lambda_d * diag
+    batch = reconstruction.shape
+    return reduce_terms({"loss": loss, "elbo": reconstruction - kl_term, "reconstruction": reconstruction,
+                         "kl": kl_term, "dip_off_diagonal": off.expand(batch), "dip_diagonal": diag.expand(batch)},
+                        reduction)
+
+
+def dip_vae_i(model, x: Tensor, **kw) -> Terms:
+    """DIP-VAE-I: ``dip_vae`` penalising Cov[mu(x)]."""
+    return dip_vae(model, x, "i", **kw)
+
+
+def dip_vae_ii(model, x: Tensor, **kw) -> Terms:
+    """DIP-VAE-II: ``dip_vae`` penalising Cov_q(z)[z]."""
+    return dip_vae(model, x, "ii", **kw)
+
+
+def capacity_vae(model, x: Tensor, step: int | Tensor = 0, capacity_max: float = 25.0, capacity_steps: int = 100_000,
+                 gamma: float = 1000.0, samples: int = 1, kl: str = "analytic",
+                 generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None,
+                 x_in: Tensor | None = None, **_: object) -> Terms:
+    """The capacity-annealed VAE (Burgess et al. 2018, eq. 8): -log p(x|z) + gamma * |KL - C| with KL the
+    batch mean and C = ``aevb.schedules.capacity(step, ...)`` rising linearly from 0 to ``capacity_max`` nats
+    over ``capacity_steps`` optimizer steps (the trainer passes ``step``). C is logged as ``capacity``."""
+    from .schedules import capacity
+
+    q = model.encode(encoder_input(model, x, x_in), y)
+    reconstruction, kl_term, _, _ = bound_parts(model, q, x, y, samples, kl, generator)
+    c = capacity(step, capacity_max, capacity_steps)
+    loss = -reconstruction.mean() + gamma * (kl_term.mean() - c).abs()
+    c_each = torch.as_tensor(c, dtype=kl_term.dtype, device=kl_term.device).expand(kl_term.shape)  # (B,)
+    return reduce_terms({"loss": loss, "elbo": reconstruction - kl_term, "reconstruction": reconstruction,
+                         "kl": kl_term, "capacity": c_each}, reduction)
+
+
+def factor_vae(model, x: Tensor, gamma: float = 35.0, kl: str = "analytic", beta: float = 1.0,
+               generator: torch.Generator | None = None, reduction: str = "mean", y: Tensor | None = None,
+               x_in: Tensor | None = None, **_: object) -> Terms:
+    """FactorVAE's VAE loss (Kim & Mnih 2018, eq. 2): the (beta-weighted) -ELBO plus gamma times the
+    discriminator's estimate of the total correlation, E[log D(z) / (1 - D(z))] at z ~ q(z|x), which the model
+    gives as ``model.log_density_ratio(z)`` (B,) with the discriminator's own parameters held fixed (the
+    family trains them, ``aevb.models.factorvae``). Logged as ``total_correlation``."""
+    q = model.encode(encoder_input(model, x, x_in), y)
+    reconstruction, kl_term, _, z = bound_parts(model, q, x, y, 1, kl, generator)
+    tc = model.log_density_ratio(z[0])  # (B,)
+    loss = -reconstruction.mean() + beta * kl_term.mean() + gamma * tc.mean()
+    return reduce_terms({"loss": loss, "elbo": reconstruction - kl_term, "reconstruction": reconstruction,
+                         "kl": kl_term, "total_correlation": tc}, reduction)
+
+
 # The objectives by the names TrainConfig.objective and Capabilities.objectives use.
-OBJECTIVES = {"elbo": elbo, "iwae": iwae_bound, "reconstruction": ae_loss}
+OBJECTIVES = {"elbo": elbo, "iwae": iwae_bound, "reconstruction": ae_loss, "tcvae": tcvae, "dipvae-i": dip_vae_i,
+              "dipvae-ii": dip_vae_ii, "capacity": capacity_vae, "factorvae": factor_vae}

@@ -46,8 +46,19 @@ def default_binarize(likelihood: str, binary: bool) -> str:
     return "dynamic" if likelihood == "bernoulli" and not binary else "none"
 
 
+# The settings a built-in data set of images of a size (height, width) starts from, unless given: 64x64 images
+# (dSprites and the other disentanglement sets) get Locatello et al. (2019)'s network and training, their
+# common baseline: the conv64 network with a dense layer of 256, 10 latent dimensions, Adam at 1e-4 (PyTorch's
+# default betas (0.9, 0.999) and eps 1e-8, theirs), batches of 64.
+IMAGE_SIZE_DEFAULTS: dict[tuple[int, int], dict[str, Any]] = {
+    (64, 64): {"architecture": "conv64", "hidden": (256,), "latent_dim": 10, "optimizer": "adam", "lr": 1e-4,
+               "batch_size": 64},
+}
+
+
 def default_config(dataset: str = "digits") -> RunConfig:
-    """Sensible defaults for a data set: its shape, usual likelihood and ``default_binarize``."""
+    """Sensible defaults for a data set: its shape, usual likelihood and ``default_binarize``, and for a
+    built-in one of an image size listed in ``IMAGE_SIZE_DEFAULTS``, that size's network and training."""
     from .data import dataset_info
 
     info = dataset_info(dataset)  # None for folder:/npy: data: plan_run fits the shape to what it reads
@@ -56,6 +67,8 @@ def default_config(dataset: str = "digits") -> RunConfig:
                        binarize=default_binarize(info.likelihood, info.binary) if info else cfg.data.binarize)
     cfg.model = replace(cfg.model, input_shape=info.shape if info else (1, 28, 28),
                         likelihood=info.likelihood if info else "bernoulli")
+    if info is not None and tuple(info.shape[1:]) in IMAGE_SIZE_DEFAULTS:
+        cfg = apply_overrides(cfg, IMAGE_SIZE_DEFAULTS[tuple(info.shape[1:])])
     return cfg
 
 

@@ -8,6 +8,8 @@
 
 ``step`` counts optimizer steps from 0. The weight changes the loss only; the ELBO that
 is logged and evaluated is always the true bound (weight 1).
+
+``capacity`` is the capacity-annealed VAE's target KL C (Burgess et al. 2018), in nats.
 """
 
 from __future__ import annotations
@@ -22,3 +24,12 @@ def kl_weight(step: int, beta: float = 1.0, schedule: str = "constant", warmup_s
         phase = (step % warmup_steps) / warmup_steps
         return beta * min(1.0, 2.0 * phase)
     raise ValueError(f"unknown KL schedule {schedule!r}")
+
+
+def capacity(step, capacity_max: float, capacity_steps: int):
+    """C = capacity_max * min(1, step / capacity_steps): 0 at step 0, capacity_max from step capacity_steps
+    on. ``step`` an int, or a tensor (a compiled step), which gives a tensor."""
+    fraction = step / capacity_steps
+    if isinstance(fraction, float):
+        return capacity_max * min(1.0, fraction)
+    return capacity_max * fraction.clamp(max=1.0)

@@ -29,6 +29,7 @@ terminal, otherwise one line per epoch.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -112,11 +113,32 @@ def make_objective(config: RunConfig, capabilities: Capabilities | None = None) 
     if name not in caps.objectives:
         raise ConfigError(f"objective {name!r} does not apply to the {family} model, which trains on "
                           f"{' or '.join(caps.objectives)}")
-    if name == "iwae":
-        return partial(OBJECTIVES[name], k=t.iwae_k)
-    if name == "elbo":
-        return partial(OBJECTIVES[name], samples=t.samples, kl=t.estimator, free_bits=t.free_bits)
-    return OBJECTIVES[name]
+    settings = OBJECTIVE_SETTINGS.get(name)
+    return partial(OBJECTIVES[name], **settings(t)) if settings else OBJECTIVES[name]
+
+
+# The TrainConfig settings each objective reads, by objective name.
+OBJECTIVE_SETTINGS: dict[str, Callable[[TrainConfig], dict[str, Any]]] = {
+    "iwae": lambda t: {"k": t.iwae_k},
+    "elbo": lambda t: {"samples": t.samples, "kl": t.estimator, "free_bits": t.free_bits},
+    "tcvae": lambda t: {"estimator": t.tc_estimator, "alpha": t.tc_alpha, "gamma": t.tc_gamma},
+    "dipvae-i": lambda t: {"lambda_od": t.dip_lambda_od, "lambda_d": t.dip_lambda_d, "samples": t.samples,
+                           "kl": t.estimator, "free_bits": t.free_bits},
+    "dipvae-ii": lambda t: {"lambda_od": t.dip_lambda_od, "lambda_d": t.dip_lambda_d, "samples": t.samples,
+                            "kl": t.estimator, "free_bits": t.free_bits},
+    "capacity": lambda t: {"capacity_max": t.capacity_max, "capacity_steps": t.capacity_steps,
+                           "gamma": t.capacity_gamma, "samples": t.samples, "kl": t.estimator},
+    "factorvae": lambda t: {"gamma": t.factor_gamma, "kl": t.estimator},
+}
+
+
+def takes_argument(objective: Callable[..., Any], name: str) -> bool:
+    """Whether ``objective`` (a function or a partial of one) has a parameter ``name`` not bound already: the
+    trainer passes ``dataset_size`` and ``step`` to the objectives that name them (``aevb.objectives``)."""
+    try:
+        return name in inspect.signature(objective).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a compiled or C function)
+        return False
 
 
 def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
@@ -299,15 +321,17 @@ def _step_or_skip(optimizer: torch.optim.Optimizer, bad: Tensor, finite: Tensor,
 def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.optim.Optimizer, params: list[Tensor],
                  x: Tensor, y: Tensor | None, noise, beta, t: TrainConfig, guard: Guard,
                  autocast_dtype: torch.dtype | None = None, scaler=None,
-                 device_guard: bool = False, x_in: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+                 device_guard: bool = False, x_in: Tensor | None = None,
+                 objective_kw: dict[str, Any] | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step, or a skipped one: forward, backward, clip, guard, step or skip.
-    ``x_in``: a denoising model's corrupted batch, which the encoder reads instead of ``x``.
+    ``x_in``: a denoising model's corrupted batch, which the encoder reads instead of ``x``;
+    ``objective_kw``: more keyword arguments of the objective (the step count of one that follows it).
 
     Returns the objective's terms and a boolean device tensor, true when the step was skipped (the
     loss or the gradient norm not finite, or the norm above ``t.skip_grad_norm``). Nothing here waits
     for the device unless the optimizer cannot skip on it (``_step_or_skip``)."""
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        terms = step_fn(x, noise, beta=beta, y=y, **({} if x_in is None else {"x_in": x_in}))
+        terms = step_fn(x, noise, beta=beta, y=y, **({} if x_in is None else {"x_in": x_in}), **(objective_kw or {}))
     optimizer.zero_grad(set_to_none=True)
     loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
     loss.backward()
@@ -381,6 +405,9 @@ class Trainer:
         self.objective = make_objective(config, self.model.capabilities)
         ds = dataset if dataset is not None else in_turns(self.dist, lambda: load_dataset(config.data))
         _check_data(config, ds)
+        if takes_argument(self.objective, "dataset_size"):  # beta-TCVAE's N: the training split the batches come from
+            self.objective = partial(self.objective, dataset_size=len(ds.train))
+        self.objective_takes_step = takes_argument(self.objective, "step")
         # The training split on the device (every rank draws batches from all of it); of the
         # validation split only this rank's rows; the rest stays where it was read.
         self.data = Dataset(ds.name, ds.train.to(self.device), ds.valid, ds.test, ds.binary, ds.num_classes)
@@ -518,8 +545,12 @@ class Trainer:
         beta = kl_weight(self.global_step, t.beta, t.kl_schedule, t.warmup_steps)
         if t.compile:  # a tensor, so that a KL schedule does not recompile the graph every step
             beta = torch.tensor(beta, device=self.device)
+        kw = None
+        if self.objective_takes_step:  # the steps taken so far (a tensor when compiled, as beta is)
+            kw = {"step": torch.tensor(self.global_step, device=self.device) if t.compile else self.global_step}
         terms, bad = guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t,
-                                  self.guard, self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in)
+                                  self.guard, self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in,
+                                  objective_kw=kw)
         extra = self.model.after_step(x, y, self.step_noise, bad)  # the family's own updates (none by default)
         return ({**terms, **extra} if extra else terms), bad
 

@@ -16,7 +16,8 @@ import click
 from click.core import ParameterSource
 
 from ..config import (ACTIVATIONS, ALGORITHMS, ARCHITECTURES, BINARIZE, CHANNELS, ESTIMATORS, FITS, FLOWS, PRESETS,
-                      KL_SCHEDULES, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS)
+                      KL_SCHEDULES, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, PRECISIONS, PRIORS,
+                      TC_ESTIMATORS)
 from .errors import UserError, labels_for
 from .options import (data_dir_option, device_option, image_size_option, input_noise, int_list, resolved_device,
                       seed_option)
@@ -40,12 +41,14 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory (its own config; --epochs may raise the total).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
-@click.option("--model", "family", help="The model family: vae (the default) or ae (a deterministic autoencoder); "
-              "families registered by your own code too.")
+@click.option("--model", "family", help="The model family: vae (the default), ae (a deterministic autoencoder) or "
+              "factorvae (a VAE with a discriminator on its codes); families registered by your own code too.")
 @click.option("--kind", help="Deprecated alias of --model (removed in the next release).")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS),
               help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
-@click.option("--architecture", type=click.Choice(ARCHITECTURES), help="mlp, or conv (convolutional).")
+@click.option("--architecture", type=click.Choice(ARCHITECTURES),
+              help="mlp, conv (convolutional), or conv64 (Locatello et al. 2019's network for 64x64 images, the "
+                   "default for built-in 64x64 data sets).")
 @click.option("--conv-channels", callback=_widths, help="conv: channels of the stride-2 convolutions, e.g. 32,64.")
 @click.option("--hidden", callback=_widths, help="Hidden layer widths, e.g. 500 or 400,400.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS))
@@ -70,7 +73,9 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--estimator", type=click.Choice(ESTIMATORS), help="SGVB estimator B (analytic KL) or A (mc).")
 @click.option("--samples", type=click.IntRange(min=1),
               help="L: samples of z per data point in the training ELBO estimate (SGVB; --objective elbo).")
-@click.option("--objective", type=click.Choice(OBJECTIVES), help="Train on the ELBO or the IWAE bound.")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="Train on the ELBO, the IWAE bound, or a disentangling objective: tcvae, dipvae-i, dipvae-ii, "
+                   "capacity (docs/disentangling-models.md); factorvae is --model factorvae's.")
 @click.option("--iwae-k", type=click.IntRange(min=1),
               help="k: samples of the IWAE training bound (--objective iwae); aevb evaluate --k sets the "
                    "evaluation's log p(x) estimate.")
@@ -78,6 +83,24 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help="KL warm-up: constant, linear or cyclical.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Steps of the warm-up (the cycle length if cyclical).")
 @click.option("--free-bits", type=click.FloatRange(min=0), help="Nats per latent dimension not pushed to the prior.")
+@click.option("--tc-estimator", type=click.Choice(TC_ESTIMATORS),
+              help="tcvae: estimate log q(z) by minibatch-stratified (mss, default) or -weighted (mws) sampling.")
+@click.option("--tc-alpha", type=click.FloatRange(min=0), help="tcvae: weight of the index-code mutual information.")
+@click.option("--tc-gamma", type=click.FloatRange(min=0), help="tcvae: weight of the dimension-wise KL (--beta "
+              "weights the total correlation).")
+@click.option("--dip-lambda-od", type=click.FloatRange(min=0), help="dipvae-i/ii: weight of the off-diagonal "
+              "covariance penalty (default 10).")
+@click.option("--dip-lambda-d", type=click.FloatRange(min=0), help="dipvae-i/ii: weight of the diagonal penalty "
+              "(default 10 x --dip-lambda-od for dipvae-i, equal to it for dipvae-ii).")
+@click.option("--capacity-max", type=click.FloatRange(min=0), help="capacity: the final capacity C in nats (25).")
+@click.option("--capacity-steps", type=click.IntRange(min=1),
+              help="capacity: steps over which C rises from 0 (100000).")
+@click.option("--capacity-gamma", type=click.FloatRange(min=0), help="capacity: weight of |KL - C| (1000).")
+@click.option("--factor-gamma", type=click.FloatRange(min=0), help="factorvae: weight of the total correlation (35).")
+@click.option("--discriminator-hidden", callback=_widths,
+              help="factorvae: the discriminator's hidden widths (default six of 1000).")
+@click.option("--discriminator-lr", type=click.FloatRange(min=0, min_open=True),
+              help="factorvae: the discriminator's Adam learning rate (1e-4; betas 0.5, 0.9).")
 @click.option("--input-noise", callback=input_noise, metavar="SPEC",
               help="Train a denoising model: corrupt each batch the encoder reads, score the clean one: "
               "gaussian:SIGMA, mask:P or salt-pepper:P.")

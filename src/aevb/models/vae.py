@@ -5,7 +5,9 @@ components the model zoo adds to it.
     p(z)   = N(0, I)                          ``StandardNormal``
     p(x|z)                                    Bernoulli, Gaussian or discretized logistic (``aevb.nets``)
 
-trained on the SGVB estimate of the ELBO (``aevb.objectives.elbo``) or the IWAE bound. A conditional
+trained on the SGVB estimate of the ELBO (``aevb.objectives.elbo``; beta-weighted: the beta-VAE) or the IWAE
+bound, or on the disentangling objectives (docs/disentangling-models.md): the capacity-annealed VAE's, and
+with a diagonal Gaussian q(z|x) beta-TCVAE's and DIP-VAE I and II. A conditional
 VAE (``num_classes > 0``; Sohn et al. 2015) reads a one-hot label y beside x and z: q(z|x, y),
 p(x|z, y), with the prior unchanged (it does not depend on y).
 
@@ -91,8 +93,11 @@ class VAE(LatentVariableModel):
         code = "posterior means" if cfg.flow == "none" else "posterior means pushed through the flow"
         if cfg.stochastic_layers == 2:
             code += " of z1"
+        objectives = ("elbo", "iwae", "capacity")
+        if cfg.flow == "none" and cfg.stochastic_layers == 1:  # a diagonal Gaussian q(z|x), which these read
+            objectives += ("tcvae", "dipvae-i", "dipvae-ii")
         return Capabilities(has_prior=True, has_posterior=True, conditional=cfg.conditional,
-                            objectives=("elbo", "iwae"), latent_shape=(cfg.latent_dim,), code_name=code)
+                            objectives=objectives, latent_shape=(cfg.latent_dim,), code_name=code)
 
     def encode(self, x: Tensor, y: Tensor | None = None):
         """q(z|x) (or q(z|x, y)); x is (B, C, H, W) or (B, C*H*W): a ``DiagonalGaussian``, a
