@@ -33,6 +33,7 @@ update is the one its own fused optimizer makes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -67,6 +68,8 @@ def why_not_stackable(models: Sequence[nn.Module]) -> str | None:
         return "no models"
     if not (ONEDNN and onednn_linear_works()):
         return "oneDNN's fused linear is not available here (or AEVB_ONEDNN=0)"
+    if not fused_kernels_work():
+        return "PyTorch's fused Adagrad and Adam kernels do not run on this CPU"
     first = models[0].config
     for m in models:
         cfg = m.config
@@ -351,10 +354,25 @@ class StackedOptimizer:
                                        grad_scale=None, found_inf=None)
 
 
+@functools.cache
+def fused_kernels_work() -> bool:
+    """Whether torch.optim's fused Adagrad and Adam step float32 CPU tensors here."""
+    try:
+        for cls in (torch.optim.Adagrad, torch.optim.Adam):
+            p = torch.zeros(2, requires_grad=True)
+            p.grad = torch.ones(2)
+            cls([p], lr=0.1, fused=True).step()
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
 def fused_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """What a model trained alone uses for the same update (``StackedOptimizer``'s per-model reference)."""
+    """What a model trained alone uses for the same update as ``StackedOptimizer`` (PyTorch's fused
+    kernel; the plain one where no fused kernel runs, and then nothing stacks)."""
     cls = torch.optim.Adagrad if name == "adagrad" else torch.optim.Adam
-    return cls(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return cls(model.parameters(), lr=lr, weight_decay=weight_decay, fused=on_cpu and fused_kernels_work())
 
 
 # --- the loop --------------------------------------------------------------------------------------
