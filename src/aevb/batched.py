@@ -94,22 +94,26 @@ def why_not_stackable(models: Sequence[nn.Module]) -> str | None:
 # --- a stacked dense layer ---------------------------------------------------------------------------
 
 class _StackedDense(torch.autograd.Function):
-    """y[k] = act(x[k] W[k]^T + b[k]) for K models, each through the oneDNN call ``nets.dense`` makes.
+    """y[k] = act(x[k] W_k^T + b_k) for K models, each through the oneDNN call ``nets.dense`` makes.
 
-    x: (K, N, in), or (N, in) read by every model (``shared``); W (K, out, in); b (K, out); y (K, N, out).
+    x: (K, N, in), or (N, in) read by every model; W_k (out, in) and b_k (out,) each model's own
+    parameters (not stacked: their gradients come back one per model, never copied into a (K, ...)
+    tensor); y (K, N, out), one tensor so that what follows is one call for all K.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, post_op: str) -> Tensor:
+    def forward(ctx, x: Tensor, post_op: str, *params: Tensor) -> Tensor:
+        k_models = len(params) // 2
+        weights, biases = params[:k_models], params[k_models:]
         shared = x.dim() == 2
-        y = torch.stack([_linear(x if shared else x[k], weight[k], bias[k], post_op) for k in range(len(weight))])
-        ctx.save_for_backward(x, weight, y)
+        y = torch.stack([_linear(x if shared else x[k], w, b, post_op) for k, (w, b) in enumerate(zip(weights, biases))])
+        ctx.save_for_backward(x, y, *weights)
         ctx.post_op = post_op
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        x, weight, y = ctx.saved_tensors
+        x, y, *weights = ctx.saved_tensors
         op = ctx.post_op
         if op == "relu":  # the activation's derivative, as _OneDNNDense.backward computes it
             da = dy.masked_fill(y <= 0, 0)
@@ -120,42 +124,35 @@ class _StackedDense(torch.autograd.Function):
         else:
             da = dy
         shared = x.dim() == 2
-        k_range = range(len(weight))
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = torch.stack([_linear(da[k], weight[k].t(), None, "none") for k in k_range])
-        dw = torch.stack([_linear(da[k].t(), (x if shared else x[k]).t(), None, "none") for k in k_range])
-        db = torch.stack([da[k].sum(0) for k in k_range])
-        return dx, dw, db, None
+            dx = torch.stack([_linear(da[k], w.t(), None, "none") for k, w in enumerate(weights)])
+        dws = [_linear(da[k].t(), (x if shared else x[k]).t(), None, "none") for k in range(len(weights))]
+        dbs = [da[k].sum(0) for k in range(len(weights))]
+        return (dx, None, *dws, *dbs)
 
 
 @dataclass
 class _Layer:
-    """One stacked layer: weight (K, out, in), bias (K, out), the fused activation's name."""
+    """One layer of every model: their own ``nn.Linear`` modules and the fused activation's name."""
 
-    weight: Tensor
-    bias: Tensor
+    linears: list[nn.Linear]
     post_op: str
 
     def __call__(self, x: Tensor) -> Tensor:
-        return _StackedDense.apply(x, self.weight, self.bias, self.post_op)
+        params = [lin.weight for lin in self.linears] + [lin.bias for lin in self.linears]
+        return _StackedDense.apply(x, self.post_op, *params)
 
 
 def _stack_layer(linears: Sequence[nn.Linear], activation: nn.Module | None) -> _Layer:
-    with torch.no_grad():
-        w = torch.stack([lin.weight for lin in linears]).requires_grad_()
-        b = torch.stack([lin.bias for lin in linears]).requires_grad_()
-    return _Layer(w, b, _POST_OPS[type(activation)])
+    return _Layer(list(linears), _POST_OPS[type(activation)])
 
 
 # --- the stacked models --------------------------------------------------------------------------
 
 class StackedVAE:
-    """K MLP VAEs (``why_not_stackable`` is None) as one set of stacked parameters.
-
-    The models' own ``mu``/``log_var`` heads and the decoder's first layer stay theirs (and are trained
-    in place); the other layers are copied into stacked tensors, written back by ``sync``.
-    """
+    """K MLP VAEs (``why_not_stackable`` is None) run together. The parameters stay the models' own
+    (trained in place); the layers every model has at the same shape run as one ``_StackedDense``."""
 
     def __init__(self, models: Sequence[nn.Module]):
         reason = why_not_stackable(models)
@@ -163,59 +160,24 @@ class StackedVAE:
             raise ValueError(f"these models cannot train stacked: {reason}")
         self.models = list(models)
         self.config = models[0].config
-        encs = [m.encoder for m in models]
-        decs = [m.decoder for m in models]
-        enc_pairs = [layer_pairs(e.trunk) for e in encs]
-        dec_pairs = [d.hidden_layers() for d in decs]
+        enc_pairs = [layer_pairs(m.encoder.trunk) for m in models]
+        dec_pairs = [m.decoder.hidden_layers() for m in models]
         self.encoder = [_stack_layer([p[i][0] for p in enc_pairs], enc_pairs[0][i][1])
                         for i in range(len(enc_pairs[0]))]
         self.decoder = [_stack_layer([p[i][0] for p in dec_pairs], dec_pairs[0][i][1])
                         for i in range(1, len(dec_pairs[0]))]  # the first reads z: each model's own
-        self.out_mean = _stack_layer([d.mean for d in decs], None)
-        self.out_second = _stack_layer([d.log_var for d in decs], None) if decs[0].log_var is not None else None
-        self._sources = self._stacked_sources()
+        self.out_mean = _stack_layer([m.decoder.mean for m in models], None)
+        second = models[0].decoder.log_var is not None
+        self.out_second = _stack_layer([m.decoder.log_var for m in models], None) if second else None
 
     def __len__(self) -> int:
         return len(self.models)
 
-    def _stacked_sources(self) -> list[tuple[_Layer, list[nn.Linear]]]:
-        """Each stacked layer and the models' own layers it was copied from."""
-        out = []
-        enc_pairs = [layer_pairs(m.encoder.trunk) for m in self.models]
-        for i, layer in enumerate(self.encoder):
-            out.append((layer, [p[i][0] for p in enc_pairs]))
-        dec_pairs = [m.decoder.hidden_layers() for m in self.models]
-        for i, layer in enumerate(self.decoder, start=1):
-            out.append((layer, [p[i][0] for p in dec_pairs]))
-        out.append((self.out_mean, [m.decoder.mean for m in self.models]))
-        if self.out_second is not None:
-            out.append((self.out_second, [m.decoder.log_var for m in self.models]))
-        return out
-
-    def stacked_parameters(self) -> list[Tensor]:
-        """The stacked tensors, each (K, ...)."""
-        return [t for layer, _ in self._sources for t in (layer.weight, layer.bias)]
-
-    def own_parameters(self, k: int) -> list[Tensor]:
-        """Model k's parameters that are not stacked: its heads and the decoder's first layer."""
-        m = self.models[k]
-        first = m.decoder.hidden_layers()[0][0]
-        return [p for lin in (*m.encoder.heads.values(), first) for p in (lin.weight, lin.bias)]
-
     def parameters(self) -> list[Tensor]:
-        return self.stacked_parameters() + [p for k in range(len(self)) for p in self.own_parameters(k)]
+        return [p for m in self.models for p in m.parameters()]
 
-    def model_parameters(self, k: int) -> list[Tensor]:
-        """Model k's slice of every stacked tensor, then its own parameters."""
-        return [t[k] for t in self.stacked_parameters()] + self.own_parameters(k)
-
-    @torch.no_grad()
     def sync(self) -> list[nn.Module]:
-        """Write the stacked weights back into the models (each then is what training it alone gives)."""
-        for layer, linears in self._sources:
-            for k, lin in enumerate(linears):
-                lin.weight.copy_(layer.weight[k])
-                lin.bias.copy_(layer.bias[k])
+        """The models (their parameters are trained in place: nothing to copy back)."""
         return self.models
 
     # -- the networks ----------------------------------------------------------------------------
@@ -308,8 +270,8 @@ STACKED_OBJECTIVES: dict[str, Callable[..., Tensor]] = {"elbo": stacked_elbo, "w
 
 class StackedOptimizer:
     """Adagrad or Adam for every model of a stack, model k with step size ``lrs[k]``: one fused kernel
-    call per model over its slices of the stacked tensors and its own parameters, the call
-    ``torch.optim.Adagrad/Adam(model.parameters(), lr=lrs[k], fused=True, **kw)`` makes for it alone."""
+    call per model over its parameters, the call ``torch.optim.Adagrad/Adam(model.parameters(),
+    lr=lrs[k], fused=True, **kw)`` makes for it alone."""
 
     def __init__(self, stack: StackedVAE, name: str, lrs: Sequence[float], weight_decay: float = 0.0,
                  eps: float | None = None, betas: tuple[float, float] = (0.9, 0.999)):
@@ -320,35 +282,26 @@ class StackedOptimizer:
         self.stack, self.name, self.lrs = stack, name, [float(lr) for lr in lrs]
         self.weight_decay, self.betas = weight_decay, betas
         self.eps = eps if eps is not None else (1e-10 if name == "adagrad" else 1e-8)
-        self.params = stack.parameters()
-        self.state = {id(p): self._new_state(p) for p in self.params}
+        self.groups = [list(m.parameters()) for m in stack.models]
+        self.params = [p for g in self.groups for p in g]
+        self.steps = [[torch.zeros(()) for _ in g] for g in self.groups]
+        self.moments = [[[torch.zeros_like(p) for p in g] for g in self.groups]
+                        for _ in range(1 if name == "adagrad" else 2)]
 
-    def _new_state(self, p: Tensor) -> dict[str, Tensor]:
-        lead = p.shape[:1] if p.dim() and any(p is t for t in self.stack.stacked_parameters()) else ()
-        steps = torch.zeros(lead) if lead else torch.zeros(())
-        if self.name == "adagrad":
-            return {"sum": torch.zeros_like(p), "step": steps}
-        return {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "step": steps}
-
-    def _model_state(self, k: int, key: str) -> list[Tensor]:
-        stacked = [self.state[id(t)][key][k] for t in self.stack.stacked_parameters()]
-        return stacked + [self.state[id(p)][key] for p in self.stack.own_parameters(k)]
-
-    def step(self, grads: dict[int, Tensor]) -> None:
-        """Apply ``grads`` (id(parameter) -> gradient, for ``self.params``)."""
-        stacked = self.stack.stacked_parameters()
+    def step(self, grads: Sequence[Tensor]) -> None:
+        """Apply ``grads``, one per tensor of ``self.params``, in order."""
+        start = 0
         with torch.no_grad():
-            for k, lr in enumerate(self.lrs):
-                params = self.stack.model_parameters(k)
-                g = [grads[id(t)][k] for t in stacked] + [grads[id(p)] for p in self.stack.own_parameters(k)]
-                steps = self._model_state(k, "step")
-                torch._foreach_add_(steps, 1)
+            for k, (params, lr) in enumerate(zip(self.groups, self.lrs)):
+                g = list(grads[start : start + len(params)])
+                start += len(params)
+                torch._foreach_add_(self.steps[k], 1)
                 if self.name == "adagrad":
-                    torch._fused_adagrad_(params, g, self._model_state(k, "sum"), steps, lr=lr, lr_decay=0.0,
+                    torch._fused_adagrad_(params, g, self.moments[0][k], self.steps[k], lr=lr, lr_decay=0.0,
                                           weight_decay=self.weight_decay, eps=self.eps, maximize=False,
                                           grad_scale=None, found_inf=None)
                 else:
-                    torch._fused_adam_(params, g, self._model_state(k, "m"), self._model_state(k, "v"), [], steps,
+                    torch._fused_adam_(params, g, self.moments[0][k], self.moments[1][k], [], self.steps[k],
                                        amsgrad=False, lr=lr, beta1=self.betas[0], beta2=self.betas[1],
                                        weight_decay=self.weight_decay, eps=self.eps, maximize=False,
                                        grad_scale=None, found_inf=None)
@@ -402,7 +355,7 @@ def train_stacked(stack: StackedVAE, x_train: Tensor, objective: str, optimizer:
             x, shared = torch.stack([torch.bernoulli(x, generator=g) for g in noises]), False
         losses = loss_fn(stack, x, noises, samples=samples, kl=kl, shared=shared)
         grads = torch.autograd.grad(losses.sum(), params)
-        optimizer.step({id(p): g for p, g in zip(params, grads)})
+        optimizer.step(grads)
         if step in record and on_record is not None:
             stack.sync()
             for m in stack.models:
