@@ -1,4 +1,4 @@
-"""Several independent MLP VAEs trained in one step: stacked weights, one optimizer call per model.
+"""Several independent MLP VAEs trained in one step: stacked activations, one optimizer call per model.
 
 Sweeps (the paper's figure 2: five latent sizes, three trial step sizes each) train many small
 models that differ only in their latent size, step size or seed. Trained one after the other,
@@ -7,9 +7,10 @@ optimizer's loop over tensors) on top of its arithmetic. ``StackedVAE`` holds K 
 trains them in one step:
 
 - the layers whose shapes every model shares (the encoder's hidden layers, the decoder's hidden
-  and output layers) are stacked: weights (K, out, in), biases (K, out); their activations are
+  and output layers) run as one autograd node for all K (``_StackedDense``); their activations are
   (K, N, width) tensors, so every elementwise operation (activation derivatives, the likelihood
-  and its gradient) is one call for all K models;
+  and its gradient) is one call for all K models. The weights stay each model's own tensors
+  (copying K weight gradients into one (K, out, in) tensor every step cost more than it saved);
 - the layers that touch the latent code (the encoder's ``mu`` and ``log_var`` heads, the decoder's
   first layer) keep each model's own ``nn.Linear`` (latent sizes may differ: no padding), and the
   latent part of the objective (reparameterization, KL, log q) runs per model through the same
@@ -17,7 +18,8 @@ trains them in one step:
 - every GEMM is the same oneDNN call, on the same shapes, as ``aevb.nets.dense`` makes for one
   model, and each model draws its noise from its own generator in the same order as alone.
 
-So each model's weights after N steps are the ones training it alone gives (``train_alone``), up to
+So each model's weights after N steps are the ones training it alone gives (``reproduce.common.train_loop``
+with ``fused_optimizer``), up to
 float32 rounding (the tests check 1e-5 after many steps; on the CPUs we measured they were equal to
 the bit). Which models stack: ``why_not_stackable`` (plain MLP VAEs of the built-in networks, one
 stochastic layer, Gaussian posterior, N(0, I) prior, no labels or flows, float32, on a CPU with
@@ -40,8 +42,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .distributions import DiagonalGaussian, StandardNormal
-from .nets import _ACTIVATIONS, _POST_OPS, ONEDNN, MLPDecoder, MLPEncoder, dense, layer_pairs, make_likelihood, onednn_linear_works
+from .distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian
+from .nets import (_ACTIVATIONS, _POST_OPS, ONEDNN, MLPDecoder, MLPEncoder, dense, layer_pairs, make_likelihood,
+                   onednn_linear_works)
 from .objectives import kl_terms
 
 _lin = None  # torch.ops.mkldnn._linear_pointwise, bound at first use
@@ -106,7 +109,8 @@ class _StackedDense(torch.autograd.Function):
         k_models = len(params) // 2
         weights, biases = params[:k_models], params[k_models:]
         shared = x.dim() == 2
-        y = torch.stack([_linear(x if shared else x[k], w, b, post_op) for k, (w, b) in enumerate(zip(weights, biases))])
+        y = torch.stack([_linear(x if shared else x[k], w, b, post_op)
+                         for k, (w, b) in enumerate(zip(weights, biases))])  # (K, N, out)
         ctx.save_for_backward(x, y, *weights)
         ctx.post_op = post_op
         return y
@@ -210,13 +214,14 @@ class StackedVAE:
         second = self.out_second(h).view(shape) if self.out_second is not None else None
         return make_likelihood(self.config, mean, second)
 
-    def split(self, lik) -> list:
-        """The per-model likelihoods of a stacked one (each model's slice of its parameters)."""
-        cfg = self.config
-        if hasattr(lik, "logits"):
-            return [type(lik)(lik.logits[k], lik.event_ndim) for k in range(len(self))]
-        return [type(lik)(lik.mean[k], lik.log_var[k], lik.event_ndim, lik.log_var_bounds) if hasattr(lik, "log_var")
-                else make_likelihood(cfg, lik._mean[k], lik.log_scale[k]) for k in range(len(self))]
+    def split(self, lik: Bernoulli | Gaussian | DiscretizedLogistic) -> list:
+        """The per-model likelihoods of a stacked one (model k's slice of its parameters)."""
+        ks = range(len(self))
+        if isinstance(lik, Bernoulli):
+            return [Bernoulli(lik.logits[k], lik.event_ndim) for k in ks]
+        if isinstance(lik, Gaussian):
+            return [Gaussian(lik.mean[k], lik.log_var[k], lik.event_ndim, lik.log_var_bounds) for k in ks]
+        return [DiscretizedLogistic(lik._mean[k], lik.log_scale[k], lik.event_ndim) for k in ks]  # clamped already
 
 
 def _as_event(stack: StackedVAE, x: Tensor, shared: bool, sample_axis: bool) -> Tensor:
