@@ -108,3 +108,17 @@ def test_figure2_batched_writes_the_csv_of_separate_runs(monkeypatch, tmp_path):
             tables[batched] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     assert len(tables[True]) == 2 * 2 * 2  # 2 latent sizes x 2 algorithms x 2 points
     assert tables[True] == tables[False]
+
+
+def test_wake_sleep_dreams_from_a_discretized_logistic_decoder_as_alone():
+    x = (torch.rand(32, 1, 6, 5, generator=torch.Generator().manual_seed(2)) * 255).round() / 255
+    cfgs = [_config(nz, "discretized_logistic") for nz in (2, 3)]
+    alone = []
+    for cfg in cfgs:
+        m = build(cfg, 0)
+        train_loop(m, x, wake_sleep_step_loss, fused_optimizer(m, "adagrad", 0.05), 10, 16, [], None)
+        alone.append(m)
+    together = [build(cfg, 0) for cfg in cfgs]
+    stack = StackedVAE(together)
+    train_stacked(stack, x, "wake-sleep", StackedOptimizer(stack, "adagrad", [0.05, 0.05]), 10, 16)
+    assert _max_diff(alone, together) <= 1e-5
