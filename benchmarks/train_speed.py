@@ -15,13 +15,16 @@ of an epoch: 3 passes (forward, and two for backward) of the four weight matrice
 same fixed draw for every system) is at most 100 nats, evaluating after every epoch (the
 evaluation is not counted), and reports the training seconds to get there.
 
-Systems: aevb (fp32, eager), aevb-mkl (the same with AEVB_ONEDNN=0: every layer through
+Systems: aevb (fp32, eager), aevb-b32 (the same at batch 32), aevb-mkl (the same with AEVB_ONEDNN=0: every layer through
 PyTorch's own linear instead of oneDNN, see aevb.nets.dense), aevb-compile (``--compile``), aevb-bf16 (bf16 autocast),
 aevb-fast (the ``fast`` preset: see aevb.config.PRESETS), recipe (pytorch/examples/vae
 as written there: per-item Dataset + DataLoader, ``.item()`` every step) and pythae
 (0.1.2's TrainingPipeline with the same networks; skipped when pythae is not installed:
 ``pip install pythae==0.1.2 --no-deps``). pythae has no dynamic binarization, so it trains
-on one fixed binarization of the training set.
+on one fixed binarization of the training set. aevb-stack4 trains 4 models (initialised with seeds
+0-3, one data order, each its own binarization and noise) in one stacked step (``aevb.batched``, the
+loop of ``aevb reproduce``; fused Adam per model), the way a sweep over seeds or settings runs; its
+``seconds`` are per model (the stack's epoch / 4), so its ratios compare the cost of one model's epoch.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ sys.path.insert(0, str(HERE))
 from mnist_vs_recipe import (BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo,  # noqa: E402
                              report)
 
-SYSTEMS = ("aevb", "aevb-mkl", "aevb-compile", "aevb-bf16", "aevb-fast", "recipe", "pythae")
+SYSTEMS = ("aevb", "aevb-b32", "aevb-mkl", "aevb-compile", "aevb-bf16", "aevb-fast", "aevb-stack4", "recipe", "pythae")
+STACK = 4  # aevb-stack4: this many models (seeds 0..3) in one stacked step (aevb.batched)
 ENV = {"aevb-mkl": {"AEVB_ONEDNN": "0"}}  # per-system environment of the child
 N_TRAIN, BATCH = 60_000, 128
 # forward + backward (x3) multiply-adds (x2) of the weight matrices 784x400, 400x(20+20), 20x400, 400x784
@@ -84,7 +88,7 @@ def aevb_config(system: str, epochs: int, device: str = "cpu"):
     cfg = RunConfig(model=ModelConfig(input_shape=(1, 28, 28), hidden=(400,), activation="relu", latent_dim=20),
                     data=DataConfig(dataset="mnist", binarize="dynamic", valid_size=0),
                     train=TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, seed=0, device=device))
-    extra = {"aevb": {}, "aevb-mkl": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
+    extra = {"aevb": {}, "aevb-b32": {"batch_size": 32}, "aevb-mkl": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
              "aevb-fast": dict(PRESETS["fast"])}[system]
     return apply_overrides(cfg, extra)
 
@@ -105,6 +109,24 @@ def run_aevb(system: str, epochs: int, target: float | None, device: str = "cpu"
                  test_elbo=line["test_elbo"], batch_size=cfg.train.batch_size)
             if target is not None and -line["test_elbo"] <= target:
                 break
+
+
+def run_stack(epochs: int) -> None:
+    """aevb-stack4: STACK models of the benchmark's network in one stacked step, timed per epoch."""
+    from aevb.batched import StackedOptimizer, StackedVAE, train_stacked
+    from aevb.config import DataConfig
+    from aevb.data import load_dataset
+    from aevb.reproduce.common import build
+
+    cfg = aevb_config("aevb", epochs)
+    data = load_dataset(DataConfig(dataset="mnist", binarize="dynamic", valid_size=0))
+    stack = StackedVAE([build(cfg.model, seed) for seed in range(STACK)])
+    opt = StackedOptimizer(stack, "adam", [1e-3] * STACK)
+    steps = N_TRAIN // BATCH
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_stacked(stack, data.train.x, "elbo", opt, steps, BATCH, seed=epoch, dynamic_binarize=True)
+        emit(epoch=epoch, seconds=(time.perf_counter() - start) / STACK, batch_size=BATCH)
 
 
 def run_recipe(epochs: int, target: float | None) -> None:
@@ -200,7 +222,11 @@ def run_pythae(epochs: int, target: float | None) -> None:
 def child(args) -> None:
     torch.set_num_threads(args.threads)
     target = args.target if args.mode == "target" else None
-    if args.system.startswith("aevb"):
+    if args.system == "aevb-stack4":
+        if target is not None:
+            raise SystemExit("aevb-stack4 is timed in the speed mode only")
+        run_stack(args.epochs)
+    elif args.system.startswith("aevb"):
         run_aevb(args.system, args.epochs, target, args.device)
     elif args.system == "recipe":
         run_recipe(args.epochs, target)
