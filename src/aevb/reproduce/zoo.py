@@ -237,23 +237,24 @@ def train_row(row: Row, run_dir: Path, data: Dataset, budget: int | None = None,
             if limit is not None and spent >= limit:
                 return done
             target = _next_stop(spent, limit, curve_every if curve is not None else None)
-            start, cpu_start = time.perf_counter(), time.process_time()
+            start = time.perf_counter()
+            config = replace(base, train=replace(base.train, epochs=end, lr=lr))
+            trainer = Trainer(config, run_dir, dataset=data, progress=progress)
+            if (run_dir / ckpt.TRAIN_STATE).exists():
+                trainer.restore()
+            _set_optimizer(trainer, lr, recipe.adam_eps)  # the stage's (a restored optimizer has the last one's)
+            log(f"zoo {row.name}: passes {done} -> {end} at lr {lr:.3g}"
+                + ("" if target is None else f", until {target / 3600:.3f} CPU-hours"))
+            cpu_start = time.process_time()  # from here: building the trainer (imports, files) is not training
 
             def out_of_time() -> bool:
                 return spent + time.process_time() - cpu_start >= target
 
             try:
-                config = replace(base, train=replace(base.train, epochs=end, lr=lr))
-                trainer = Trainer(config, run_dir, dataset=data, progress=progress)
-                if (run_dir / ckpt.TRAIN_STATE).exists():
-                    trainer.restore()
-                _set_optimizer(trainer, lr, recipe.adam_eps)  # the stage's (a restored optimizer has the last one's)
-                log(f"zoo {row.name}: passes {done} -> {end} at lr {lr:.3g}"
-                    + ("" if target is None else f", until {target / 3600:.3f} CPU-hours"))
                 trainer.run(stop_when=None if target is None else out_of_time)
             finally:  # an interrupted session's time counts too
-                _add_wall(run_dir, time.perf_counter() - start)
                 _add_cpu(run_dir, time.process_time() - cpu_start)
+                _add_wall(run_dir, time.perf_counter() - start)
             stopped = trainer.epoch < end  # paused by the budget, not at the stage's end
             if stopped and limit is not None and train_cpu(run_dir) >= limit:
                 ckpt.save_model(run_dir, trainer.model, trainer.config)  # the weights it stopped with
@@ -283,8 +284,8 @@ def _add_cpu(run_dir: Path, seconds: float) -> None:
 
 def train_cpu(run_dir: Path) -> float:
     """Process CPU seconds (every thread; ``time.process_time``) spent training the row so far, over every
-    session: building the trainer, the steps and the recipe's per-epoch validation, not the curve or the
-    score."""
+    session: ``Trainer.run``, its steps, checkpoints and the recipe's per-epoch validation; not building the
+    trainer, the curve or the score."""
     path = run_dir / CPU
     return float(json.loads(path.read_text())["train_cpu_seconds"]) if path.exists() else 0.0
 
