@@ -54,6 +54,7 @@ def main(zoo_out: str, out: str) -> None:
         if row.published is not None and any(r["row"] == row.name for r in rows):
             ax.plot([right * 1.01, right * 1.05], [row.published] * 2, color=colours[i % len(colours)], lw=3)
     ax.set_ylim(low - 2, min(high, Y_CAP) + 2)
+    ax.set_xlim(0, right * 1.07)
     ax.set_xlabel("training CPU-hours (one core, torch at 1 thread)")
     k, n = (rows[0]["k"], rows[0]["n_test"]) if rows else (100, 1000)
     ax.set_ylabel(f"test -log p(x), nats (k = {k}, {n:,} test images; band: ± 1 s.e.)")
