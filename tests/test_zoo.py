@@ -561,3 +561,110 @@ def test_two_processes_train_a_zoo_model_to_the_weights_of_one(tmp_path):
     a, b = load(tmp_path / "one").model.state_dict(), load(tmp_path / "two").model.state_dict()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+# --- the laptop column: a CPU-time budget and the curve -------------------------------------------------
+
+
+def _binary_images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 28, 28, generator=g) < 0.2).float()
+
+
+@pytest.fixture
+def tiny_mnist():
+    """200 training and 40 test images of random binary pixels, MNIST's shape (no data files needed)."""
+    from aevb.data import Dataset
+    from aevb.data.dataset import Split
+
+    return Dataset("mnist", Split(_binary_images(200, 0)), None, Split(_binary_images(40, 1)), binary=True)
+
+
+def test_the_next_stop_is_the_next_curve_mark_or_the_budget():
+    from aevb.reproduce.zoo import _next_stop
+
+    assert _next_stop(0.0, 10.0, 4.0) == 4.0
+    assert _next_stop(4.0, 10.0, 4.0) == 8.0  # a point exactly at a mark: the next one
+    assert _next_stop(8.5, 10.0, 4.0) == 10.0
+    assert _next_stop(3.0, None, 4.0) == 4.0 and _next_stop(3.0, 10.0, None) == 10.0
+    assert _next_stop(3.0, None, None) is None
+
+
+def test_stop_when_pauses_the_trainer_at_that_step_and_it_resumes_bit_for_bit(digits, tmp_path):
+    from dataclasses import replace
+
+    from aevb.train import Trainer
+
+    cfg = tiny_config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2, batch_size=20, device="cpu"))
+    straight = Trainer(cfg, tmp_path / "a", dataset=digits, progress=False)
+    straight.run()
+    paused = Trainer(cfg, tmp_path / "b", dataset=digits, progress=False)
+    paused.run(stop_when=lambda: paused.global_step >= 4)
+    assert (paused.global_step, paused.epoch) == (4, 1)  # 3 steps a pass: paused inside the second
+    resumed = Trainer(cfg, tmp_path / "b", dataset=digits, progress=False)
+    resumed.restore()
+    assert resumed.global_step == 4
+    resumed.run()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+CURVE_FIELDS = {"train_cpu_seconds", "cpu_hours", "step", "passes", "test_nll", "stderr", "k", "n_test",
+                "train_wall_seconds", "eval_cpu_seconds", "eval_wall_seconds"}
+
+
+def _check_marks(points, start: float, every: float, limit: float, slack: float = 0.5) -> None:
+    """Each curve point lies just past the next multiple of ``every`` after the one before it (the first: after
+    ``start``), or past ``limit`` for the last one; ``slack``: one step, a checkpoint and a first call's set-up."""
+    from aevb.reproduce.zoo import _next_stop
+
+    assert points and points[-1]["train_cpu_seconds"] >= limit
+    before = start
+    for p in points:
+        mark = _next_stop(before, limit, every)
+        assert mark <= p["train_cpu_seconds"] < mark + slack, (before, mark, p)
+        before = p["train_cpu_seconds"]
+
+
+def test_a_cpu_budget_stops_a_row_records_its_curve_and_a_larger_one_continues_it(tiny_mnist, tmp_path):
+    from aevb.reproduce import zoo
+
+    row, run_dir = zoo.get_row("vae-1l"), tmp_path / "runs" / "vae-1l"
+    x = tiny_mnist.test.x
+
+    def curve(trainer, cpu_seconds):
+        zoo.record_curve(run_dir, trainer.model, x, cpu_seconds, trainer.global_step, trainer.steps_per_epoch, k=3)
+
+    def train(hours):
+        return zoo.train_row(row, run_dir, tiny_mnist, device="cpu", log=lambda s: None, cpu_hours=hours,
+                             curve=curve, curve_every=0.4)
+
+    budget = 0.0003  # 1.08 CPU seconds: points past 0.4, 0.8 (unless the first steps pass it) and 1.08
+    passes = train(budget)
+    spent, steps = zoo.train_cpu(run_dir), zoo.trained_steps(run_dir)
+    assert 1.08 <= spent < 1.08 + 0.5 and 0 < passes < zoo.RECIPES["iwae"].passes
+    points = zoo.read_curve(run_dir)
+    _check_marks(points, 0.0, every=0.4, limit=1.08)
+    assert all(set(p) == CURVE_FIELDS for p in points) and points[-1]["step"] == steps
+    assert all(p["k"] == 3 and p["n_test"] == 40 and 0 < p["test_nll"] < 800 and p["stderr"] > 0 for p in points)
+    assert all(a["step"] < b["step"] for a, b in zip(points, points[1:]))
+    assert math.isclose(points[-1]["passes"], steps / 10, abs_tol=1e-4)  # 200 images, M = 20: 10 steps a pass
+    weights = aevb.load(run_dir).model.state_dict()  # the model file holds the weights it stopped with
+    state, _, _ = __import__("aevb.checkpoint").checkpoint.load_train_state(run_dir)
+    assert all(torch.equal(v, state[f"model.{k}"]) for k, v in weights.items())
+    train(budget)  # spent already: nothing more, no new point
+    assert (zoo.trained_steps(run_dir), zoo.read_curve(run_dir)) == (steps, points)
+    train(2 * budget)
+    assert zoo.trained_steps(run_dir) > steps and 2.16 <= zoo.train_cpu(run_dir) < 2.16 + 0.5
+    more = zoo.read_curve(run_dir)
+    assert more[: len(points)] == points
+    _check_marks(more[len(points):], spent, every=0.4, limit=2.16)
+
+    score = zoo.score_row(row, run_dir, x, k=5, device="cpu", log=lambda s: None)
+    assert score["steps"] == zoo.trained_steps(run_dir) and score["latent_dim"] == 50
+    assert len(score["kl_per_dim"]) == 50 and 0 <= score["active_units"] <= 50
+    assert math.isclose(sum(score["kl_per_dim"]), score["test_kl"], rel_tol=1e-6)  # the analytic KL, split by unit
+    (line,) = zoo.collect_lines(tmp_path)  # the table from the run directories
+    assert line["row"] == "vae-1l" and line["train_cpu_hours"] == round(zoo.train_cpu(run_dir) / 3600, 4)
+    assert f"| {line['active_units']} of 50 |" in zoo.markdown([line])

@@ -745,14 +745,17 @@ class Trainer:
         self.logger = RunLogger(self.out, self.config, self.model, self.data, self.tracking)
         self.tracking = self.logger.state
 
-    def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
+    def run(self, stop_after_steps: int | None = None,
+            stop_when: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         """Train to ``config.train.epochs`` (or until ``patience`` epochs without a better validation
         ELBO); ``stop_after_steps`` stops early (for tests) after checkpointing, exactly as a killed
-        run would have after its last checkpoint."""
+        run would have after its last checkpoint. ``stop_when()``, asked after every step (one process
+        only: the ranks would not agree), stops the same way when it returns True (a CPU-time budget)."""
         with deterministic_kernels(self.device):
-            return self._run(stop_after_steps)
+            return self._run(stop_after_steps, stop_when)
 
-    def _run(self, stop_after_steps: int | None) -> list[dict[str, Any]]:
+    def _run(self, stop_after_steps: int | None,
+             stop_when: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         t = self.config.train
         main = self.dist.is_main
         on_main(self.dist, self._start_files)
@@ -787,7 +790,8 @@ class Trainer:
                     self.global_step += 1
                     bar.update(1)
                     checkpoint = bool(t.checkpoint_every and self.global_step % t.checkpoint_every == 0)
-                    stopping = stop_after_steps is not None and self.global_step >= stop_after_steps
+                    stopping = ((stop_after_steps is not None and self.global_step >= stop_after_steps)
+                                or (stop_when is not None and stop_when()))
                     poll = self.global_step % GUARD_EVERY == 0 or checkpoint or stopping
                     interrupted = self._stop_requested(poll)
                     if poll or interrupted:

@@ -130,20 +130,30 @@ def _rows(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Importance samples per test image for log p(x).")
 @click.option("--n-test", type=click.IntRange(min=1), help="Score only N test images (a fixed random subset).")
 @click.option("--subset", type=click.IntRange(min=1), help="Train on the first N training images.")
+@click.option("--cpu-hours", type=click.FloatRange(min=0, min_open=True),
+              help="Stop each row after this much training CPU time (process CPU, every thread; resumable).")
+@click.option("--curve-minutes", type=click.FloatRange(min=0),
+              help="Record a curve point every so many training CPU-minutes (default: 6 with --cpu-hours, else none).")
+@click.option("--curve-k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Importance samples per image for the curve's log p(x).")
+@click.option("--curve-n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Test images (a fixed random subset) for the curve's log p(x).")
 @_out
 @seed_option()
 @device_option
 @data_dir_option
 @_threads_opt
 @click.option("--progress", is_flag=True, help="Show a progress bar while training.")
-def zoo(rows, budget, k, n_test, subset, out, seed, device, data_dir, threads, progress) -> None:
+def zoo(rows, budget, k, n_test, subset, cpu_hours, curve_minutes, curve_k, curve_n, out, seed, device, data_dir,
+        threads, progress) -> None:
     """The model zoo: VAE, IWAE, 2 layers, planar and IAF flows, MoG and VampPrior, each with its paper's
     recipe, test -log p(x) at k against the published figures (zoo.csv, zoo.md). Resumable: run it again."""
     from ..reproduce import zoo as z
 
     _prepare(out, threads)
     paths = z.run(out, rows=rows, budget=budget, k=k, n_test=n_test, subset=subset, seed=seed,
-                  device=resolved_device(device), data_dir=data_dir, progress=progress, log=click.echo)
+                  device=resolved_device(device), data_dir=data_dir, progress=progress, log=click.echo,
+                  cpu_hours=cpu_hours, curve_minutes=curve_minutes, curve_k=curve_k, curve_n=curve_n)
     for p in paths.values():
         click.echo(f"wrote {p}")
 

@@ -23,6 +23,7 @@ passes of a row (a stopped schedule is the start of the paper's, not a compresse
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -174,6 +175,10 @@ def get_row(name: str) -> Row:
 
 SCORE = "zoo_score.json"
 WALL = "zoo_wall.json"  # wall seconds spent training the row, over every session
+CPU = "zoo_cpu.json"  # process CPU seconds spent training the row, over every session
+CURVE = "curve.jsonl"  # one line per curve point: test -log p(x) against training CPU time
+CURVE_EVERY = 360.0  # CPU seconds of training between curve points (6 CPU-minutes)
+CURVE_K, CURVE_N = 100, 1000  # the curve's estimate: k importance samples on a fixed subset of test images
 
 
 def row_config(row: Row, n_train: int, seed: int = 0, device: str = "auto", data_dir: str | None = None,
@@ -212,29 +217,77 @@ def _set_optimizer(trainer, lr: float, eps: float) -> None:
 
 def train_row(row: Row, run_dir: Path, data: Dataset, budget: int | None = None, seed: int = 0,
               device: str = "auto", data_dir: str | None = None, subset: int | None = None, progress: bool = False,
-              log: Callable[[str], None] = print) -> int:
-    """Train ``row`` in ``run_dir`` stage by stage, continuing from its last checkpoint; return the passes done."""
+              log: Callable[[str], None] = print, cpu_hours: float | None = None,
+              curve: Callable[[Any, float], None] | None = None, curve_every: float = CURVE_EVERY) -> int:
+    """Train ``row`` in ``run_dir`` stage by stage, continuing from its last checkpoint; return the passes done.
+
+    ``cpu_hours``: stop (at a checkpoint, resumable) once the row's training has used this much process CPU
+    time over all its sessions (``train_cpu``). ``curve(trainer, cpu_seconds)`` is called whenever training
+    crosses a multiple of ``curve_every`` CPU seconds, and where it stops, with training paused there; the
+    CPU time it takes is not the row's."""
     from ..runconfig import completed_epochs
     from ..train import Trainer
 
     recipe = RECIPES[row.recipe]
     base = row_config(row, len(data.train), seed, device, data_dir, subset)
+    limit = None if cpu_hours is None else cpu_hours * 3600.0
     for end, lr in stages_within(recipe, budget):
-        done = completed_epochs(run_dir) or 0
-        if done >= end:
-            continue
-        start = time.perf_counter()
-        try:
+        while (completed_epochs(run_dir) or 0) < end:
+            done, spent = completed_epochs(run_dir) or 0, train_cpu(run_dir)
+            if limit is not None and spent >= limit:
+                return done
+            target = _next_stop(spent, limit, curve_every if curve is not None else None)
+            start = time.perf_counter()
             config = replace(base, train=replace(base.train, epochs=end, lr=lr))
             trainer = Trainer(config, run_dir, dataset=data, progress=progress)
             if (run_dir / ckpt.TRAIN_STATE).exists():
                 trainer.restore()
             _set_optimizer(trainer, lr, recipe.adam_eps)  # the stage's (a restored optimizer has the last one's)
-            log(f"zoo {row.name}: passes {done} -> {end} at lr {lr:.3g}")
-            trainer.run()
-        finally:  # an interrupted session's time counts too
-            _add_wall(run_dir, time.perf_counter() - start)
+            log(f"zoo {row.name}: passes {done} -> {end} at lr {lr:.3g}"
+                + ("" if target is None else f", until {target / 3600:.3f} CPU-hours"))
+            cpu_start = time.process_time()  # from here: building the trainer (imports, files) is not training
+
+            def out_of_time() -> bool:
+                return spent + time.process_time() - cpu_start >= target
+
+            try:
+                trainer.run(stop_when=None if target is None else out_of_time)
+            finally:  # an interrupted session's time counts too
+                _add_cpu(run_dir, time.process_time() - cpu_start)
+                _add_wall(run_dir, time.perf_counter() - start)
+            stopped = trainer.epoch < end  # paused by the budget, not at the stage's end
+            if stopped and limit is not None and train_cpu(run_dir) >= limit:
+                ckpt.save_model(run_dir, trainer.model, trainer.config)  # the weights it stopped with
+            finished = not stopped and _last_stage(recipe, budget, end)
+            if curve is not None and (stopped or finished):
+                curve(trainer, train_cpu(run_dir))
     return completed_epochs(run_dir) or 0
+
+
+def _next_stop(spent: float, limit: float | None, every: float | None) -> float | None:
+    """The CPU seconds at which the next training segment stops: the next multiple of ``every`` after
+    ``spent``, or ``limit`` if that comes first (None: neither, train to the stage's end)."""
+    marks = [m for m in (limit, None if every is None else (math.floor(spent / every) + 1) * every) if m is not None]
+    return min(marks) if marks else None
+
+
+def _last_stage(recipe: Recipe, budget: int | None, end: int) -> bool:
+    return end == stages_within(recipe, budget)[-1][0]
+
+
+def _add_cpu(run_dir: Path, seconds: float) -> None:
+    if not run_dir.is_dir():
+        return
+    total = round(train_cpu(run_dir) + seconds, 3)
+    ckpt.atomic_write(run_dir / CPU, json.dumps({"train_cpu_seconds": total}).encode())
+
+
+def train_cpu(run_dir: Path) -> float:
+    """Process CPU seconds (every thread; ``time.process_time``) spent training the row so far, over every
+    session: ``Trainer.run``, its steps, checkpoints and the recipe's per-epoch validation; not building the
+    trainer, the curve or the score."""
+    path = run_dir / CPU
+    return float(json.loads(path.read_text())["train_cpu_seconds"]) if path.exists() else 0.0
 
 
 def _add_wall(run_dir: Path, seconds: float) -> None:
@@ -250,27 +303,82 @@ def train_wall(run_dir: Path) -> float:
     return float(json.loads(path.read_text())["train_wall_seconds"]) if path.exists() else 0.0
 
 
+def trained_steps(run_dir: Path) -> int:
+    """Optimizer steps the row's training state has taken (0 without one)."""
+    try:
+        return int(ckpt.load_train_state(run_dir)[1].get("global_step", 0))
+    except ckpt.CheckpointError:
+        return 0
+
+
 def score_row(row: Row, run_dir: Path, x_test: torch.Tensor, k: int, seed: int = 0, device: str = "cpu",
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Test log p(x) of the trained row (k importance samples from the model's full q); cached in
-    ``run_dir/zoo_score.json`` for the same k, test images and passes."""
-    from ..evaluate import _mean_and_stderr, log_likelihood
+    """Test log p(x) of the trained row (k importance samples from the model's full q), with the test ELBO,
+    its KL, the active units and the KL per latent dimension; cached in ``run_dir/zoo_score.json`` for the
+    same k, test images, passes and steps."""
+    from ..evaluate import _mean_and_stderr, evaluate_elbo, latent_statistics, log_likelihood
 
     passes = int(ckpt.read_metrics(run_dir)[-1]["epoch"]) if ckpt.read_metrics(run_dir) else 0
+    steps = trained_steps(run_dir)
     path = run_dir / SCORE
     if path.exists():
         saved = json.loads(path.read_text())
-        if (saved.get("k"), saved.get("n_test"), saved.get("passes")) == (k, len(x_test), passes):
+        if (saved.get("k"), saved.get("n_test"), saved.get("passes"), saved.get("steps", steps)) == \
+                (k, len(x_test), passes, steps):
             return saved
     run = ckpt.load(run_dir, device=device)
-    start = time.perf_counter()
-    ll = log_likelihood(run.model, x_test.to(run.model.device), k=k, batch_size=100, chunk=min(k, 1000), seed=seed)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    x = x_test.to(run.model.device)
+    ll = log_likelihood(run.model, x, k=k, batch_size=100, chunk=min(k, 1000), seed=seed)
     mean, se = _mean_and_stderr(ll)
-    score = {"k": k, "n_test": len(x_test), "passes": passes, "test_nll": -mean, "stderr": se,
-             "eval_seconds": round(time.perf_counter() - start, 3)}
+    bound = evaluate_elbo(run.model, x, seed=seed)
+    stats = latent_statistics(run.model, x)
+    score = {"k": k, "n_test": len(x_test), "passes": passes, "steps": steps, "test_nll": -mean, "stderr": se,
+             "test_elbo": bound.get("elbo"), "test_kl": bound.get("kl"), "active_units": stats["active_units"],
+             "latent_dim": run.model.config.latent_dim, "kl_per_dim": stats["kl_per_dim"],
+             "active_unit_variances": stats["active_unit_variances"],
+             "train_cpu_seconds": round(train_cpu(run_dir), 3),
+             "eval_seconds": round(time.perf_counter() - start, 3),
+             "eval_cpu_seconds": round(time.process_time() - cpu_start, 3)}
     ckpt.atomic_write(path, json.dumps(score, indent=2).encode())
-    log(f"zoo {row.name}: test -log p(x) {-mean:.2f} +- {se:.2f} (k = {k}, {len(x_test)} images, {passes} passes)")
+    log(f"zoo {row.name}: test -log p(x) {-mean:.2f} +- {se:.2f} (k = {k}, {len(x_test)} images, {passes} passes); "
+        f"{stats['active_units']} of {run.model.config.latent_dim} units active")
     return score
+
+
+# --- the curve ---------------------------------------------------------------------------------------
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The row's curve points (``curve.jsonl``), in the order recorded ([] before the first)."""
+    path = run_dir / CURVE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_curve(run_dir: Path, model, x: torch.Tensor, cpu_seconds: float, step: int, steps_per_pass: int,
+                 k: int = CURVE_K, seed: int = 0) -> dict[str, Any] | None:
+    """Append one curve point to ``run_dir/curve.jsonl`` (the file rewritten atomically): the cheap test
+    -log p(x) estimate of ``model`` (``k`` importance samples on the images ``x``) with its standard error
+    over images, after ``cpu_seconds`` of training and ``step`` steps. None (nothing written) when the
+    curve has that step already (a resumed session)."""
+    from ..evaluate import _mean_and_stderr, log_likelihood
+
+    points = read_curve(run_dir)
+    if any(p["step"] == step for p in points):
+        return None
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model.eval()
+    ll = log_likelihood(model, x.to(model.device), k=k, batch_size=100, seed=seed)
+    mean, se = _mean_and_stderr(ll)
+    point = {"train_cpu_seconds": round(cpu_seconds, 3), "cpu_hours": round(cpu_seconds / 3600, 5), "step": step,
+             "passes": round(step / steps_per_pass, 4), "test_nll": round(-mean, 4), "stderr": round(se, 4),
+             "k": k, "n_test": len(x), "train_wall_seconds": round(train_wall(run_dir), 3),
+             "eval_cpu_seconds": round(time.process_time() - cpu_start, 3),
+             "eval_wall_seconds": round(time.perf_counter() - start, 3)}
+    text = "".join(json.dumps(p) + "\n" for p in [*points, point])
+    ckpt.atomic_write(run_dir / CURVE, text.encode())
+    return point
 
 
 def result_line(row: Row, run_dir: Path, score: dict[str, Any]) -> dict[str, Any]:
@@ -281,11 +389,29 @@ def result_line(row: Row, run_dir: Path, score: dict[str, Any]) -> dict[str, Any
     return {"row": row.name, "model": row.model, "dataset": DATA[row.protocol][0], "protocol": row.protocol,
             "test_nll": round(score["test_nll"], 3), "stderr": round(score["stderr"], 3), "k": score["k"],
             "n_test": score["n_test"], "passes": score["passes"], "recipe_passes": recipe.passes,
+            "steps": score.get("steps", ""), "train_cpu_hours": round(score.get("train_cpu_seconds", 0) / 3600, 4),
             "train_step_seconds": step_seconds, "train_wall_seconds": round(train_wall(run_dir), 3),
             "eval_seconds": score["eval_seconds"],
             "wall_seconds": round(train_wall(run_dir) + score["eval_seconds"], 3),
+            "test_elbo": _rounded(score.get("test_elbo")), "test_kl": _rounded(score.get("test_kl")),
+            "active_units": score.get("active_units", ""), "latent_dim": score.get("latent_dim", ""),
             "published": row.published, "source": row.source, "checked": row.checked,
             "recipe": recipe.description, "deviations": row.deviations}
+
+
+def _rounded(value: float | None) -> float | str:
+    return "" if value is None else round(value, 3)
+
+
+def collect_lines(out: Path) -> list[dict[str, Any]]:
+    """The CSV rows of every row scored under ``out`` (its run directories' ``zoo_score.json``), in the
+    zoo's order: several processes training different rows into one ``out`` all write the whole table."""
+    lines = []
+    for row in ROWS:
+        run_dir = out / "runs" / row.name
+        if (run_dir / SCORE).exists():
+            lines.append(result_line(row, run_dir, json.loads((run_dir / SCORE).read_text())))
+    return lines
 
 
 # --- the table ---------------------------------------------------------------------------------------
@@ -296,31 +422,39 @@ def _duration(seconds: float) -> str:
 
 def markdown(lines: list[dict[str, Any]]) -> str:
     """The results as a markdown table (our -log p(x) +- its standard error, k, images)."""
-    head = "| row | model | protocol | ours: test -log p(x) (k, images) | published | source | passes | wall time |"
-    out = [head, "|" + "---|" * 8]
+    head = ("| row | model | protocol | ours: test -log p(x) (k, images) | published | source | passes | "
+            "training CPU-hours | wall time | active units |")
+    out = [head, "|" + "---|" * 10]
     for r in lines:
         ours = f"{r['test_nll']:.2f} ± {r['stderr']:.2f} (k = {r['k']}, {r['n_test']})"
         published = "—" if r["published"] in (None, "") else f"{float(r['published']):.2f}"
         passes = f"{r['passes']} of {r['recipe_passes']}"
+        units = "—" if r.get("active_units", "") == "" else f"{r['active_units']} of {r['latent_dim']}"
         out.append(f"| {r['row']} | {r['model']} | {r['protocol']} | {ours} | {published} | {r['source']} | "
-                   f"{passes} | {_duration(r['wall_seconds'])} |")
+                   f"{passes} | {float(r.get('train_cpu_hours') or 0):.2f} | {_duration(r['wall_seconds'])} | "
+                   f"{units} |")
     return "\n".join(out) + "\n"
 
 
 def run(out: str | Path, rows: tuple[str, ...] | None = None, budget: int | None = None, k: int = 5000,
         n_test: int | None = None, subset: int | None = None, seed: int = 0, device: str = "auto",
-        data_dir: str | None = None, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Path]:
+        data_dir: str | None = None, progress: bool = False, log: Callable[[str], None] = print,
+        cpu_hours: float | None = None, curve_minutes: float | None = None, curve_k: int = CURVE_K,
+        curve_n: int = CURVE_N) -> dict[str, Path]:
     """Train and score ``rows`` (all by default) one at a time; write ``zoo.csv`` and ``zoo.md`` under ``out``
-    after each. ``budget``: at most this many passes per row; ``subset``: train on the first N images;
-    ``n_test``: score a fixed random subset of the test images."""
+    after each, with every row scored there so far (also by other processes). ``budget``: at most this many
+    passes per row; ``cpu_hours``: at most this much training CPU time per row (``train_row``);
+    ``subset``: train on the first N images; ``n_test``: score a fixed random subset of the test images.
+    ``curve_minutes``: every so many training CPU-minutes (default 6 with ``cpu_hours``, else 0: no curve)
+    record the test -log p(x) at k = ``curve_k`` on ``curve_n`` fixed test images in the row's curve.jsonl."""
     from ..devices import resolve_device
 
     out = Path(out)
     selected = [get_row(name) for name in (rows or ROW_NAMES)]
     eval_device = str(resolve_device(device))
-    lines: list[dict[str, Any]] = []
     csv_path, md_path = out / "zoo.csv", out / "zoo.md"
     datasets: dict[tuple[str, int | None], Dataset] = {}
+    minutes = curve_minutes if curve_minutes is not None else (CURVE_EVERY / 60 if cpu_hours else 0.0)
     for row in selected:
         recipe = RECIPES[row.recipe]
         key = (row.protocol, recipe.valid_size)
@@ -330,10 +464,24 @@ def run(out: str | Path, rows: tuple[str, ...] | None = None, budget: int | None
                                                     valid_size=recipe.valid_size, subset=subset))
         data = datasets[key]
         run_dir = out / "runs" / row.name
-        train_row(row, run_dir, data, budget, seed, device, data_dir, subset, progress, log)
+        curve = None
+        if minutes > 0:
+            x_curve = eval_subset(data.test.x, curve_n, seed)
+
+            def curve(trainer, cpu_seconds: float, run_dir: Path = run_dir, x_curve: torch.Tensor = x_curve,
+                      name: str = row.name) -> None:
+                point = record_curve(run_dir, trainer.model, x_curve, cpu_seconds, trainer.global_step,
+                                     trainer.steps_per_epoch, curve_k, seed)
+                if point is not None:
+                    log(f"zoo {name}: {point['cpu_hours']:.2f} CPU-hours, {point['passes']:.1f} passes: test "
+                        f"-log p(x) {point['test_nll']:.2f} +- {point['stderr']:.2f} (k = {curve_k}, "
+                        f"{len(x_curve)} images)")
+
+        train_row(row, run_dir, data, budget, seed, device, data_dir, subset, progress, log, cpu_hours=cpu_hours,
+                  curve=curve, curve_every=minutes * 60 if minutes > 0 else CURVE_EVERY)
         x_test = eval_subset(data.test.x, n_test, seed)
-        score = score_row(row, run_dir, x_test, k, seed, eval_device, log)
-        lines.append(result_line(row, run_dir, score))
+        score_row(row, run_dir, x_test, k, seed, eval_device, log)
+        lines = collect_lines(out)
         write_csv(csv_path, lines)
         ckpt.atomic_write(md_path, markdown(lines).encode())
     return {"csv": csv_path, "md": md_path}
