@@ -255,7 +255,8 @@ def read_released(path: Path, chunk: int = 16384) -> np.ndarray:
                 raise DataError(f"{path}: latents_classes is not the dSprites grid in its released order")
             with z.open("imgs.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(f)
                 if shape != (n, SIZE, SIZE) or fortran or dtype != np.uint8:
                     raise DataError(f"{path}: imgs is {shape} {dtype}, expected ({n}, 64, 64) uint8")
                 out = np.empty((n, SIZE * SIZE // 8), np.uint8)
