@@ -14,7 +14,8 @@ ones: our own heart outline, sizes and margins; one sample at each pixel's centr
 anti-aliasing). The drawing uses only float32 additions and multiplications of fixed constants
 (sines and cosines from Python's ``math``), so the bytes are the same on every machine; they are
 checked against ``DSPRITES_SHA256`` after generation, and the packed array (377 MB) is cached as
-``dsprites/aevb_dsprites_v1.npy`` in the first writable data folder.
+``dsprites/aevb_dsprites_v1.npy`` in ``data_dir`` (``--data-dir``) or else the user's cache folder
+(``~/.cache/aevb``), and read back from any data folder that has it.
 
 With the released ``.npz`` in a data folder (``--data-dir`` or ``AEVB_DATA_DIR``), ``dsprites``
 reads it instead (its MD5 checked); ``dsprites_released`` insists on it and downloads it.
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from .dataset import Factors, PackedSplit, pack_bits, shuffled_pool
-from .files import DataError, FileSpec, locate, search_dirs
+from .files import DataError, FileSpec, cache_dir, locate, search_dirs, verify
 
 SIZE = 64  # images are SIZE x SIZE
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
@@ -59,8 +60,8 @@ FULL_SIZES = tuple(len(v) for v in FULL_VALUES)  # (3, 6, 40, 32, 32): 737,280 i
 SMALL_INDICES: tuple[tuple[int, ...], ...] = ((0, 1, 2), (0, 5), (0, 10, 20, 30), tuple(range(0, 32, 4)),
                                               tuple(range(0, 32, 4)))
 
-# Geometry, in pixels: the square's half-side at scale 1 (chosen so that 4.2% of all pixels are on,
-# as in the released file), and the margin that keeps every sprite inside the frame (a turned
+# Geometry, in pixels: the square's half-side at scale 1 (chosen so that 4.20% of all pixels are on, 4.25%
+# in the released file), and the margin that keeps every sprite inside the frame (a turned
 # square reaches sqrt(2) * 9.5 = 13.4 pixels from its centre; the heart 12.2, the ellipse 11.4).
 HALF_SIDE = 9.5
 MARGIN = 14.0
@@ -198,8 +199,9 @@ def _cached(data_dir) -> np.ndarray | None:
 
 
 def _save_cache(arr: np.ndarray, data_dir) -> Path | None:
-    """Write ``arr`` to the first data folder that can take it (atomically); None when none can."""
-    for d in search_dirs(data_dir):
+    """Write ``arr`` (atomically) to ``data_dir`` when one is given, else to the user's cache folder
+    (never into ``$AEVB_DATA_DIR``, often a shared folder of original files); None when it cannot."""
+    for d in ([Path(data_dir)] if data_dir else []) + [cache_dir()]:
         dest = d / CACHE_FILE
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -234,12 +236,13 @@ def generated_full(data_dir=None) -> np.ndarray:
 
 def find_released(data_dir) -> Path | None:
     """The released ``.npz`` in a data folder (its MD5 checked), or None when no folder has it."""
-    try:
-        return locate(RELEASED_FILE, data_dir, download=False)
-    except DataError as e:
-        if "not found" in str(e):
-            return None
-        raise
+    spec = RELEASED_FILE
+    for d in search_dirs(data_dir):
+        for rel, checksum in ((spec.path, spec.sha256), *spec.alternates):
+            if (d / rel).is_file():
+                verify(d / rel, checksum)
+                return d / rel
+    return None
 
 
 def read_released(path: Path, chunk: int = 16384) -> np.ndarray:

@@ -9,7 +9,7 @@
 | ``frey_face`` | 1x28x20, grey in [0, 1] | 1565 / 200 / 200 (fixed permutation, seed 0) | none | gaussian |
 | ``dsprites`` | 1x64x64, {0, 1} | 717280 / 10000 / 10000 (fixed permutation, seed 0) | none; 5 factors | bernoulli |
 | ``dsprites_small`` | 1x64x64, {0, 1} | 1230 / 153 / 153 (as dsprites) | none; 5 factors | bernoulli |
-| ``dsprites_released`` | as dsprites, from the released ``.npz`` (downloaded when missing) | as dsprites | | |
+| ``dsprites_released`` | 1x64x64, {0, 1}: the released ``.npz`` (downloaded when missing) | as dsprites | none; 5 factors | bernoulli |
 
 Each row is one ``DatasetInfo`` record in ``DATASETS``; ``dataset_info(name)`` looks one
 up. The likelihood is the decoder the data set is usually modelled with (the paper:
