@@ -107,7 +107,7 @@ def test_subset_and_bad_names():
 # --- the records ---------------------------------------------------------------------------
 
 
-# The full dSprites (737,280 images: a minute to generate, 12 GB as float32) is left out of the tests that
+# The full dSprites (737,280 images: 12 GB as float32, generated in seconds of CPU) is left out of the tests that
 # read every image; tests/test_dsprites.py covers it and its small variant's images are read here.
 READ_WHOLE = [name for name in DATASETS if name not in ("dsprites", "dsprites_released")]
 NO_FILES = ("digits", "dsprites_small")  # shipped with scikit-learn, or generated
