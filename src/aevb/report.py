@@ -5,8 +5,9 @@
 Figures are PNGs embedded as base64 ``data:`` URIs, so the page can be mailed or moved
 on its own. A figure that cannot be drawn for this run (no metrics yet, a 1-D latent for
 the manifold) is replaced by a one-line note saying why; the page is still written.
-The latest ``aevb evaluate`` (evaluation.json) has its own section, and its sample quality
-(``aevb evaluate --sample-quality``) a table of its own; a conditional model whose
+The latest ``aevb evaluate`` (evaluation.json) has its own section, its sample quality
+(``aevb evaluate --sample-quality``) a table of its own, and its disentanglement scores
+(``--disentanglement``) another, with the factor traversal figure; a conditional model whose
 samples barely depend on z (a small KL(q(z|x,y) || p(z))) is flagged, with its KL.
 """
 
@@ -102,7 +103,7 @@ def _evaluation_section(run) -> str:
             f"image; seed {get['seed']}; binarization: {get['binarization']}; written {get['written']}.</p>")
     rows = []
     for key, value in ev.items():
-        if key not in settings and key not in QUALITY_KEYS:
+        if key not in settings and key not in QUALITY_KEYS and key not in _DISENTANGLEMENT_KEYS:
             shown = " ".join(_fmt(v) for v in value) if isinstance(value, list) else _fmt(value)
             rows.append(f"<tr><th>{html.escape(key)}</th><td class=num>{shown}</td></tr>")
     return head + "<table>" + "".join(rows) + "</table>" + _quality_section(ev)
@@ -133,6 +134,41 @@ def _quality_section(ev: dict) -> str:
              "distance in these features, <b>not comparable with the Inception-FID of papers</b>; see "
              "docs/sample-quality.md.</p>")
     return f'<h3 id="sample-quality">Sample quality</h3>{about}<table>{head}{rows}</table>'
+
+
+_DISENTANGLEMENT_KEYS = ("disentanglement", "beta_vae_score", "factor_vae_score", "mig", "sap", "dci_disentanglement",
+                         "dci_completeness", "dci_informativeness")
+
+
+def _disentanglement_section(run) -> str:
+    """The disentanglement scores of the latest evaluation, each dimension's factor and the traversal figure
+    (empty when the evaluation has none)."""
+    try:
+        ev = run.evaluation
+    except CheckpointError:
+        return ""
+    if not ev or "disentanglement" not in ev:
+        return ""
+    d = ev["disentanglement"]
+    sizes = ", ".join(f"{k} {v}" for k, v in d.get("disentanglement_sizes", {}).items())
+    head = (f"<p>On the ground-truth factors {html.escape(', '.join(d.get('factor_names', [])))}; seed "
+            f"{_fmt(d.get('disentanglement_seed', '?'))}; sample sizes: {html.escape(sizes)} "
+            "(docs/disentanglement.md).</p>")
+    scores = "".join(f"<tr><th>{key}</th><td class=num>{_fmt(ev.get(key, '?'))}</td></tr>"
+                     for key in _DISENTANGLEMENT_KEYS[1:])
+    dims = "".join(f"<tr><th>z[{i}]</th><td>{html.escape(str(f.get('factor')))}</td><td class=num>{_fmt(f.get('share'))}"
+                   "</td></tr>" for i, f in enumerate(d.get("factor_of_dim", [])))
+    figure = ""
+    png = run.dir / "figures" / "factor_traversal.png"
+    if png.is_file():
+        b64 = base64.b64encode(png.read_bytes()).decode()
+        figure = ('<figure id="fig-factor-traversal"><img alt="factor traversal" src="data:image/png;base64,'
+                  f'{b64}"><figcaption><b>factor traversal</b>: each latent dimension swept over Gaussian '
+                  "quantiles beside the factor it shares the most information with (its share of that factor's "
+                  "entropy).</figcaption></figure>")
+    return (head + "<table>" + scores + "</table><p>The factor each dimension captures most (mutual information "
+            "over the factor's entropy):</p><table><tr><th>dimension</th><th>factor</th><th>share</th></tr>" + dims
+            + "</table>" + figure)
 
 
 def model_kl(run) -> tuple[float, str] | None:
@@ -222,8 +258,11 @@ def render(run, data_dir: str | None = None) -> str:
              f"<p>Run directory <code>{html.escape(str(run.dir))}</code>; report written "
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
              "<h2>Metrics</h2>", _metrics_table(run.metrics), _best_note(run), _conditional_note(run),
-             "<h2>Evaluation</h2>", _evaluation_section(run),
-             "<h2>Figures</h2>"]
+             "<h2>Evaluation</h2>", _evaluation_section(run)]
+    dis = _disentanglement_section(run)
+    if dis:
+        parts += ["<h2>Disentanglement</h2>", dis]
+    parts += ["<h2>Figures</h2>"]
     for kind, fig in figures(run, data_dir).items():
         if isinstance(fig, bytes):
             b64 = base64.b64encode(fig).decode()

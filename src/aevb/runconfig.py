@@ -168,7 +168,7 @@ def check_memory(config: RunConfig, data: Dataset, own_networks: bool = False) -
     parts = f"{params:,} parameters, {activations:,} activations per image at batch size {config.train.batch_size}"
     if device.type != "cpu":  # on the CPU the data are in memory already; elsewhere they are copied there
         splits = [s for s in (data.train, data.valid, data.test) if s is not None]
-        data_need = tensor_bytes(*(s.x for s in splits), *(s.y for s in splits))
+        data_need = tensor_bytes(*(s.storage for s in splits), *(s.y for s in splits))
         need += data_need
         parts += f", the data {format_bytes(data_need)}"
     if need > free:

@@ -29,6 +29,7 @@ terminal, otherwise one line per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -210,10 +211,10 @@ def _check_data(config: RunConfig, ds: Dataset) -> None:
     if config.train.batch_size > len(ds.train):
         raise ValueError(f"batch size {config.train.batch_size} is larger than the training split "
                          f"({len(ds.train)} examples); lower the batch size")
-    lo, hi = ds.train.x.min().item(), ds.train.x.max().item()
+    lo, hi, binary = ds.train.value_range()
     if config.model.likelihood == "bernoulli" and (lo < 0 or hi > 1):
         raise ValueError(f"the Bernoulli decoder needs data in [0, 1]; {ds.name} spans [{lo}, {hi}]")
-    grey = not bool(((ds.train.x == 0) | (ds.train.x == 1)).all())
+    grey = not binary
     mode = config.data.binarize
     if config.model.likelihood == "bernoulli" and mode != "dynamic" and grey:
         raise ValueError(f"a Bernoulli decoder on {ds.name}'s grey levels with binarize {mode} fits no probability "
@@ -410,12 +411,12 @@ class Trainer:
         self.objective_takes_step = takes_argument(self.objective, "step")
         # The training split on the device (every rank draws batches from all of it); of the
         # validation split only this rank's rows; the rest stays where it was read.
-        self.data = Dataset(ds.name, ds.train.to(self.device), ds.valid, ds.test, ds.binary, ds.num_classes)
+        self.data = dataclasses.replace(ds, train=ds.train.to(self.device))
         split = ds.valid if ds.valid is not None else ds.test
         self.valid_name = "valid" if ds.valid is not None else "test"
         self.valid_batches = validation_batches(len(split), t.eval_batch_size, self.dist)
         self.valid_rows = _rows(split, self.valid_batches).to(self.device)
-        check_networks(self.model, self.data.train.x[:2], self._labels(torch.arange(min(2, len(ds.train)))))
+        check_networks(self.model, self.data.train[:2].x, self._labels(torch.arange(min(2, len(ds.train)))))
         self.params = self.model.optimized_parameters()
         self.optimizer = make_optimizer(config, self.params)
         self.auxiliary = self.model.auxiliary_optimizers()
@@ -526,7 +527,7 @@ class Trainer:
     def _batches(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This process's shard of the global batch ``idx`` and, for a denoising model
         (``train.input_noise``), of its corrupted copy, the encoder's input (else None)."""
-        x = torch.index_select(self.data.train.x, 0, idx)  # faster than x[idx] on CPU
+        x = self.data.train.images(idx)  # float32; a packed split unpacks only these rows
         if self.config.data.binarize == "dynamic" and not self.data.binary:
             x = binarize_draw(x, self.noise)  # drawn for the global batch on every rank
         noise = self.config.train.input_noise

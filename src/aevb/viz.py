@@ -353,6 +353,36 @@ def plot_traversal(model, x: torch.Tensor | None, path: str | Path, max_dims: in
     return save_figure(fig, path)
 
 
+@torch.no_grad()
+def plot_factor_traversal(model, x: torch.Tensor, path: str | Path, dim_factors: list[tuple[str, float]],
+                          max_dims: int = 10, steps: int = 9) -> Path:
+    """A traversal of each latent dimension beside the ground-truth factor it captures most:
+    ``dim_factors[d]`` is (factor name, share of that factor's entropy the dimension holds, in [0, 1])
+    (``aevb.disentanglement.factor_of_each_dim``). Rows are the dimensions by decreasing share (the
+    first ``max_dims``), each swept over Gaussian quantiles with the others at x's posterior mean."""
+    dev = model.device
+    zdim = model.latent_dim
+    if len(dim_factors) != zdim:
+        raise ValueError(f"dim_factors names {len(dim_factors)} dimensions; the model has {zdim}")
+    dims = sorted(range(zdim), key=lambda d: -dim_factors[d][1])[:max_dims]
+    base = model.embed(x.to(dev)[None], None)[0]
+    values = gaussian_quantiles(steps).to(dev)
+    z = base.repeat(len(dims), steps, 1)  # (rows, steps, zdim)
+    for row, d in enumerate(dims):
+        z[row, :, d] = values
+    images = model.decode(z.view(-1, zdim), None).mean.view(len(dims), steps, *model.config.input_shape)
+    h, w = images.shape[-2:]
+    fig, axes = plt.subplots(len(dims), 1, figsize=_figsize(h, w, len(dims), steps, width=min(10, 0.7 * steps + 2.4)))
+    axes = np.atleast_1d(axes)
+    labels = [f"z[{d}]: {dim_factors[d][0]} {dim_factors[d][1]:.2f}" for d in dims]
+    _image_row(list(axes), list(images), labels, [f"{v:.2f}" for v in values.tolist()])
+    axes[-1].set_xlabel("value of the swept dimension (Gaussian quantiles)", fontsize=9)
+    more = f", the {len(dims)} most informative of {zdim}" if len(dims) < zdim else ""
+    axes[0].set_title(f"latent traversal beside the factor each dimension captures most (share of its entropy){more}",
+                      fontsize=9)
+    return save_figure(fig, path)
+
+
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     """Training and validation (or test, for a run without a validation split) ELBO, KL and
     reconstruction terms per epoch (nats per example)."""

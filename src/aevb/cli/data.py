@@ -37,7 +37,7 @@ def data_fetch(name, data_dir) -> None:
     for split in ("train", "valid", "test"):
         s = getattr(ds, split)
         if s is not None:
-            click.echo(f"{name} {split}: {tuple(s.x.shape)}")
+            click.echo(f"{name} {split}: {(len(s), *s.image_shape)}")
 
 
 data.add_command(data_list)

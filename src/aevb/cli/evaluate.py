@@ -2,6 +2,7 @@
 
     aevb evaluate runs/digits --k 1000 --json
     aevb evaluate runs/mnist --k 0 --sample-quality     # + fd, precision, recall, density, coverage
+    aevb evaluate runs/dsprites --k 0 --disentanglement      # the five disentanglement metrics
 """
 
 from __future__ import annotations
@@ -42,9 +43,16 @@ from .options import data_dir_option, device_option, resolved_device, seed_optio
 @click.option("--sampler", metavar="NAME",
               help="With --sample-quality: draw the samples from this post-hoc sampler of the run (aevb fit-prior) "
                    "instead of the model's prior.")
+@click.option("--disentanglement", is_flag=True,
+              help="Also the beta-VAE and FactorVAE scores, MIG, SAP and DCI on the data set's ground-truth factors "
+                   "(dsprites, or npy: with factors), with Locatello et al.'s sample sizes, and the figure "
+                   "RUN_DIR/figures/factor_traversal.png (docs/disentanglement.md).")
+@click.option("--disentanglement-size", "disentanglement_sizes", multiple=True, metavar="KEY=N",
+              help="Change one sample size of the disentanglement metrics, e.g. dci_train=2000 (repeatable; keys in "
+                   "docs/disentanglement.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the one kept as evaluation.json).")
 def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device, probe, sample_quality, sampler,
-             as_json, trust_code) -> None:
+             disentanglement, disentanglement_sizes, as_json, trust_code) -> None:
     """ELBO, k-sample importance-weighted log p(x) with its standard error, bits/dim, active units,
     KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x).
     The result, with k, the number of images, the seed and the binarization, is kept in
@@ -56,12 +64,16 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     if sampler is not None and not sample_quality:
         raise click.UsageError("--sampler chooses the samples of --sample-quality; add --sample-quality")
     device = resolved_device(device)
+    sizes = _sizes(disentanglement_sizes)
     run = load(run_dir, device=device, trust_code=trust_code)
     ds = run.dataset(data_dir)
+    if disentanglement and ds.factors is None:
+        raise click.ClickException(f"data set {ds.name} has no ground-truth factors: --disentanglement needs one with "
+                                   "factors (dsprites, dsprites_small, or npy: with a factors array)")
     part = ds.split(split)
-    x, y = part.x, part.y
     if limit:
-        x, y = x[:limit], (y[:limit] if y is not None else None)
+        part = part[:limit]  # before .x: a packed split unpacks only these rows
+    x, y = part.x, part.y
     conditional = run.config.model.conditional
     if conditional:
         labels_for(run, y, None, device)  # a clear error when the split has no labels
@@ -72,6 +84,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     if sample_quality:
         res.update(_sample_quality(run, split, limit, seed, sampler, data_dir))
     res = evaluation_record(res, split=split, seed=seed, binarize=run.config.data.binarize)
+    if disentanglement:
+        res.update(_disentanglement(run, ds, part, seed, sizes, quiet=as_json))
     path = write_evaluation(run_dir, res)
     if as_json:
         click.echo(json.dumps(res))
@@ -89,6 +103,11 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     if res.get("kl_per_dim"):
         click.echo(f"  {'kl_per_dim':24s} " + " ".join(f"{v:.3f}" for v in res["kl_per_dim"]))
     _echo_sample_quality(res)
+    if disentanglement:
+        shares = res["disentanglement"]["factor_of_dim"]
+        click.echo(f"  {'factor_of_dim':24s} " + " ".join(f"z{d}:{s['factor']}({s['share']:.2f})"
+                                                         for d, s in enumerate(shares)))
+        click.echo(f"wrote {res['disentanglement']['figure']}")
     click.echo(f"wrote {path}")
 
 
@@ -110,3 +129,38 @@ def _echo_sample_quality(res: dict) -> None:
         click.echo(f"  sample quality: {protocol['n_samples']} samples and {protocol['n_real']} real images, "
                    f"k = {protocol['k']}; features: {protocol['features']} (v{net['version']}, test accuracy "
                    f"{net['test_accuracy']:.4f}); not comparable with Inception-FID")
+
+
+def _sizes(pairs: tuple[str, ...]) -> dict[str, int]:
+    """--disentanglement-size KEY=N options as a dict, each key one of Locatello's sample sizes."""
+    from ..disentanglement import LOCATELLO_SIZES
+
+    sizes = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in LOCATELLO_SIZES or not value.isdigit() or int(value) < 2:
+            raise click.BadParameter(f"{pair!r}: give KEY=N with N >= 2 and KEY one of {', '.join(LOCATELLO_SIZES)}",
+                                     param_hint="--disentanglement-size")
+        sizes[key] = int(value)
+    return sizes
+
+
+def _disentanglement(run, ds, part, seed: int, sizes: dict[str, int], quiet: bool) -> dict:
+    """The disentanglement scores of the run's model on the whole data set (``aevb.disentanglement``), and
+    the factor traversal figure, drawn from the evaluated split's first image, kept in the run directory."""
+    import tempfile
+
+    from ..checkpoint import write_figure
+    from ..disentanglement import evaluate_disentanglement, factor_of_each_dim
+    from ..viz import plot_factor_traversal
+
+    say = None if quiet else (lambda what: click.echo(f"disentanglement: {what} ...", err=True))
+    out = evaluate_disentanglement(run.model, ds, seed=seed, sizes=sizes, progress=say)
+    details = out["disentanglement"]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_factor_traversal(run.model, part[:1].x[0], Path(tmp) / "f.png", factor_of_each_dim(details))
+        details["figure"] = str(write_figure(run.dir, FACTOR_TRAVERSAL, png.read_bytes()))
+    return out
+
+
+FACTOR_TRAVERSAL = "factor_traversal.png"

@@ -36,7 +36,7 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 
 @click.command()
 @click.option("--dataset", help="digits (default, embedded), mnist, fashion_mnist, binarized_mnist, frey_face, "
-              "folder:PATH (PNG/JPEG images) or npy:PATH (.npy/.npz).")
+              "dsprites, dsprites_small, dsprites_released, folder:PATH (PNG/JPEG images) or npy:PATH (.npy/.npz).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory to write.")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory (its own config; --epochs may raise the total).")

@@ -23,7 +23,10 @@
     labels, one per image). ``x`` is (N, H, W), or 4-D: channels-last (N, H, W, C) when the
     last axis has 1 or 3 entries, else channels-first (N, C, H, W) with C of 1 or 3.
     uint8 values are divided by 255; float values must already lie in [0, 1] (NaN and
-    Inf are rejected).
+    Inf are rejected). A ``.npz`` may carry ground-truth factors for the disentanglement
+    metrics: ``factors``, (N, K) numbers, one row per image (each column's distinct values,
+    at most 1000, sorted, become that factor's classes 0, 1, ...), and optionally
+    ``factor_names``, K strings (default ``factor_0``, ``factor_1``, ...).
 
 Splits (both sources, cut by ``aevb.data.dataset.shuffled_splits`` as for digits and frey_face):
 the images are shuffled with a fixed permutation (numpy seed 0);
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .dataset import Dataset, shuffled_splits
+from .dataset import Dataset, Factors, shuffled_splits
 from .files import DataError
 
 PREFIXES = ("folder:", "npy:")
@@ -72,7 +75,8 @@ def load_custom(cfg: DataConfig) -> Dataset:
     if not p.exists():
         raise DataError(f"{kind}:{path}: no such {'folder' if kind == 'folder' else 'file'}")
     x, y, classes = _read_folder(p, cfg) if kind == "folder" else _read_arrays(p)
-    return _splits(cfg.dataset, x, y, classes, cfg.valid_size)
+    factors, grid = _read_factors(p, len(x)) if kind == "npy" else (None, None)
+    return _splits(cfg.dataset, x, y, classes, cfg.valid_size, factors, grid)
 
 
 # --- folders of images ------------------------------------------------------------------
@@ -239,6 +243,49 @@ def _read_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, int | N
     return x, labels, n_classes
 
 
+MAX_FACTOR_VALUES = 1000
+
+
+def _read_factors(path: Path, n: int) -> tuple[torch.Tensor | None, Factors | None]:
+    """A ``.npz``'s ground-truth factors, as (n, K) int64 classes and their ``Factors``; (None, None) without."""
+    name = f"npy:{path}"
+    with open(path, "rb") as f:
+        if not f.read(4).startswith(ZIP_MAGIC):
+            return None, None
+    with np.load(path, allow_pickle=False) as loaded:
+        if "factors" not in loaded.files:
+            return None, None
+        try:
+            values = loaded["factors"]
+            names = loaded["factor_names"] if "factor_names" in loaded.files else None
+        except ValueError:
+            raise DataError(f"{name}: factors and factor_names must be numeric and string arrays, not Python "
+                            "objects (pickled)") from None
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or len(values) != n:
+        raise DataError(f"{name}: factors must be (N, K) with one row per image ({n}); got shape {values.shape}")
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        raise DataError(f"{name}: factors must be numbers; got dtype {values.dtype}")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise DataError(f"{name}: factors has NaN or infinite values")
+    k = values.shape[1]
+    if names is None:
+        names = [f"factor_{i}" for i in range(k)]
+    elif names.shape != (k,) or names.dtype.kind not in "US":
+        raise DataError(f"{name}: factor_names must be {k} strings, one per factor column; got {names.dtype} {names.shape}")
+    classes, grid = [], []
+    for j in range(k):
+        uniq, inverse = np.unique(values[:, j], return_inverse=True)
+        if len(uniq) > MAX_FACTOR_VALUES:
+            raise DataError(f"{name}: factor {names[j]} has {len(uniq)} distinct values; the metrics need discrete "
+                            f"factors (at most {MAX_FACTOR_VALUES} values each): bin it first")
+        classes.append(inverse.reshape(-1))
+        grid.append(tuple(float(v) for v in uniq))
+    factors = torch.from_numpy(np.stack(classes, 1).astype(np.int64))
+    return factors, Factors(tuple(str(v) for v in names), tuple(grid))
+
+
 def _images_from_array(x: np.ndarray, name: str) -> torch.Tensor:
     if x.ndim not in (3, 4):
         raise DataError(f"{name}: x must be (N, H, W), (N, H, W, C) or (N, C, H, W); got {x.ndim} dimensions {x.shape}")
@@ -272,7 +319,7 @@ def _images_from_array(x: np.ndarray, name: str) -> torch.Tensor:
 
 
 def _splits(name: str, x: torch.Tensor, y: torch.Tensor | None, n_classes: int | None,
-            valid_size: int | None) -> Dataset:
+            valid_size: int | None, factors: torch.Tensor | None = None, grid: Factors | None = None) -> Dataset:
     n = len(x)
     if n < 3:
         raise DataError(f"{name}: found {n} image(s); at least 3 are needed (train, validation and test)")
@@ -280,6 +327,6 @@ def _splits(name: str, x: torch.Tensor, y: torch.Tensor | None, n_classes: int |
     n_valid = max(1, n // 10) if valid_size is None else valid_size
     if n_valid >= n - n_test:
         raise DataError(f"{name}: valid_size {n_valid} leaves no training data ({n} images, {n_test} for test)")
-    train, valid, test = shuffled_splits(x, y, n_test, n_valid)
+    train, valid, test = shuffled_splits(x, y, n_test, n_valid, factors=factors)
     binary = bool(((x == 0) | (x == 1)).all())
-    return Dataset(name, train, valid, test, binary=binary, num_classes=n_classes)
+    return Dataset(name, train, valid, test, binary=binary, num_classes=n_classes, factors=grid)

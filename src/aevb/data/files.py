@@ -29,7 +29,8 @@ class FileSpec:
     """One data file: where it lives relative to a data folder, and its sha256.
 
     ``alternates`` are other accepted forms of the same content (relative path and
-    sha256), e.g. a gzip-compressed copy of an original text file.
+    sha256), e.g. a gzip-compressed copy of an original text file. A checksum written
+    ``md5:HEX`` is an MD5 instead, for a file whose only published checksum is one (dSprites).
     """
 
     path: str
@@ -53,8 +54,16 @@ def search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
     return dirs
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def _hasher(checksum: str):
+    """A fresh hash object for ``checksum`` (sha256, or md5 for ``md5:HEX``), and the hex digest it must give."""
+    if checksum.startswith("md5:"):
+        return hashlib.md5(usedforsecurity=False), checksum[4:]
+    return hashlib.sha256(), checksum
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20, checksum: str = "") -> str:
+    """The file's sha256 (its MD5 when ``checksum`` is an ``md5:`` one)."""
+    h = _hasher(checksum)[0]
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -62,10 +71,11 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def verify(path: Path, sha256: str) -> None:
-    got = sha256_of(path)
-    if got != sha256:
+    got, want = sha256_of(path, checksum=sha256), _hasher(sha256)[1]
+    if got != want:
+        kind = "md5" if sha256.startswith("md5:") else "sha256"
         raise DataError(
-            f"{path}: sha256 mismatch (expected {sha256[:12]}..., got {got[:12]}...): the file is corrupt or "
+            f"{path}: {kind} mismatch (expected {want[:12]}..., got {got[:12]}...): the file is corrupt or "
             "truncated; delete it so that aevb can download it again, or replace it with the original")
 
 
@@ -104,7 +114,7 @@ def fetch(spec: FileSpec, folder: Path, timeout: float = 60.0) -> Path:
         fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
-            h = hashlib.sha256()
+            h, want = _hasher(spec.sha256)
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 expected_len = resp.headers.get("Content-Length")
                 n = 0
@@ -116,9 +126,10 @@ def fetch(spec: FileSpec, folder: Path, timeout: float = 60.0) -> Path:
                 os.fsync(out.fileno())
             if expected_len is not None and n != int(expected_len):
                 raise DataError(f"download of {url} was truncated ({n} of {expected_len} bytes)")
-            if h.hexdigest() != spec.sha256:
-                raise DataError(f"download of {url} has sha256 {h.hexdigest()[:12]}..., expected "
-                                f"{spec.sha256[:12]}...: corrupt or not the original file")
+            if h.hexdigest() != want:
+                kind = "md5" if spec.sha256.startswith("md5:") else "sha256"
+                raise DataError(f"download of {url} has {kind} {h.hexdigest()[:12]}..., expected "
+                                f"{want[:12]}...: corrupt or not the original file")
             os.replace(tmp, dest)
             return dest
         except (OSError, urllib.error.URLError, DataError) as e:

@@ -7,22 +7,32 @@
 | ``fashion_mnist`` | 1x28x28, grey in [0, 1] | 50000 / 10000 / 10000 (as mnist) | 10 | bernoulli |
 | ``binarized_mnist`` | 1x28x28, {0, 1} | 50000 / 10000 / 10000 (Larochelle & Murray's files) | none | bernoulli |
 | ``frey_face`` | 1x28x20, grey in [0, 1] | 1565 / 200 / 200 (fixed permutation, seed 0) | none | gaussian |
+| ``dsprites`` | 1x64x64, {0, 1} | 717280 / 10000 / 10000 (fixed permutation, seed 0) | none; 5 factors | bernoulli |
+| ``dsprites_small`` | 1x64x64, {0, 1} | 1230 / 153 / 153 (as dsprites) | none; 5 factors | bernoulli |
+| ``dsprites_released`` | 1x64x64, {0, 1}: the released ``.npz`` (downloaded when missing) | as dsprites | none; 5 factors | bernoulli |
 
 Each row is one ``DatasetInfo`` record in ``DATASETS``; ``dataset_info(name)`` looks one
 up. The likelihood is the decoder the data set is usually modelled with (the paper:
 Bernoulli for MNIST, learned-variance Gaussian for Frey Face), the default of
 ``aevb.train.default_config``.
 
-``valid_size`` changes how many training examples mnist, fashion_mnist, digits and
-frey_face hold out (0 trains on all of them). Every split is a float32 tensor of
-shape (N, C, H, W); labels are int64 (N,). The permuted splits are cut by
+``valid_size`` changes how many training examples mnist, fashion_mnist, digits,
+frey_face and the dsprites sets hold out (0 trains on all of them). Every split is a float32
+tensor of shape (N, C, H, W), except the dsprites sets', held packed eight pixels a byte
+(``PackedSplit``, unpacked per batch); labels are int64 (N,). The permuted splits are cut by
 ``aevb.data.dataset.shuffled_splits``, as are those of your own data.
+
+dSprites (``aevb.data.dsprites``, docs/dsprites.md) is generated on the released factor grid,
+or read from the released file when a data folder has it. Its splits carry ``factors``, the
+ground-truth factor classes of every image, described by the record's and the ``Dataset``'s
+``factors`` (names and values), which the disentanglement metrics use (``aevb.disentanglement``).
 
 Your own data, ``folder:PATH`` and ``npy:PATH``, is read by ``aevb.data.custom``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +41,8 @@ import torch
 
 from ..config import DataConfig
 from .custom import is_custom, load_custom
-from .dataset import Dataset, Split, hold_out, shuffled_splits
+from .dataset import Dataset, Factors, Split, hold_out, shuffled_splits
+from .dsprites import SMALL_INDICES, DspritesSplits, factor_grid
 from .files import DataError, FileSpec, locate
 from .formats import read_amat, read_frey, read_idx
 
@@ -140,10 +151,12 @@ class DatasetInfo:
     binary: bool  # every value is exactly 0 or 1, before any --binarize
     description: str
     files: tuple[FileSpec, ...] = ()  # the files it is read from (their sha256 identify its content); () for none
+    factors: Factors | None = None  # the ground-truth factors its splits carry (names and values)
 
     def read(self, cfg: DataConfig) -> Dataset:
         """The data set as read from its files: no binarization or subset (``load_dataset`` applies those)."""
-        return Dataset(self.name, *self.splits(cfg), binary=self.binary, num_classes=self.num_classes)
+        return Dataset(self.name, *self.splits(cfg), binary=self.binary, num_classes=self.num_classes,
+                       factors=self.factors)
 
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
@@ -161,6 +174,17 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
                 files=tuple(BINARIZED_FILES.values())),
     DatasetInfo("frey_face", _frey_face, shape=(1, 28, 20), likelihood="gaussian", num_classes=None, binary=False,
                 description="Frey Face video frames (Roweis's frey_rawface.mat)", files=(FREY_FILE,)),
+    DatasetInfo("dsprites", DspritesSplits("full", n_test=10000, n_valid=10000), shape=(1, 64, 64),
+                likelihood="bernoulli", num_classes=None, binary=True, factors=factor_grid(),
+                description="dSprites, 737,280 sprites on the released factor grid: generated (cached), or the "
+                            "released .npz when a data folder has it"),
+    DatasetInfo("dsprites_small", DspritesSplits("small"), shape=(1, 64, 64), likelihood="bernoulli",
+                num_classes=None, binary=True, factors=factor_grid(SMALL_INDICES),
+                description="a 1,536-image sub-grid of the generated dSprites (2 scales, 4 orientations, "
+                            "8 x 8 positions), for tests and quick runs"),
+    DatasetInfo("dsprites_released", DspritesSplits("released", n_test=10000, n_valid=10000), shape=(1, 64, 64),
+                likelihood="bernoulli", num_classes=None, binary=True, factors=factor_grid(),
+                description="dSprites from DeepMind's released .npz only (downloaded when missing, MD5 checked)"),
 )}
 
 
@@ -181,11 +205,11 @@ TEST_BINARIZE_SEED = 12345
 VALID_BINARIZE_SEED = 12346
 
 
-def _draw(split: Split | None, seed: int) -> Split | None:
+def _draw(split: Split | None, seed: int) -> Split | None:  # a float split (packed ones are binary)
     """One Bernoulli(pixel) draw of every value of ``split``, from a generator seeded with ``seed``."""
     if split is None:
         return None
-    return Split(torch.bernoulli(split.x, generator=torch.Generator().manual_seed(seed)), split.y)
+    return dataclasses.replace(split, x=torch.bernoulli(split.x, generator=torch.Generator().manual_seed(seed)))
 
 
 def binarize(ds: Dataset, mode: str) -> Dataset:
@@ -194,10 +218,11 @@ def binarize(ds: Dataset, mode: str) -> Dataset:
     if mode == "none" or ds.binary:
         return ds
     if mode == "static":
-        f = lambda s: Split((s.x > 0.5).float(), s.y)  # noqa: E731
-        return Dataset(ds.name, f(ds.train), f(ds.valid) if ds.valid else None, f(ds.test), True, ds.num_classes)
-    return Dataset(ds.name, ds.train, _draw(ds.valid, VALID_BINARIZE_SEED), _draw(ds.test, TEST_BINARIZE_SEED),
-                   False, ds.num_classes)
+        f = lambda s: dataclasses.replace(s, x=(s.x > 0.5).float())  # noqa: E731
+        return dataclasses.replace(ds, train=f(ds.train), valid=f(ds.valid) if ds.valid else None, test=f(ds.test),
+                                   binary=True)
+    return dataclasses.replace(ds, valid=_draw(ds.valid, VALID_BINARIZE_SEED), test=_draw(ds.test, TEST_BINARIZE_SEED),
+                               binary=False)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -213,5 +238,5 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.subset is not None:
         if cfg.subset > len(ds.train):
             raise DataError(f"subset {cfg.subset} is larger than the training split ({len(ds.train)})")
-        ds = Dataset(ds.name, ds.train[: cfg.subset], ds.valid, ds.test, ds.binary, ds.num_classes)
+        ds = dataclasses.replace(ds, train=ds.train[: cfg.subset])
     return ds
