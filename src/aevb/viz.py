@@ -79,20 +79,23 @@ def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None,
-                 label: int | None = None) -> Path:
+                 label: int | None = None, temperature=None) -> Path:
     """A grid of decoded means of z ~ p(z) (the model's prior). A conditional model draws all n for ``label``, or
-    without one a grid with one row per class and max(1, n // classes) columns, each column one z."""
+    without one a grid with one row per class and max(1, n // classes) columns, each column one z.
+    ``temperature`` (one number, or one per latent layer): passed to ``model.sample`` (None: its default)."""
     check_finite_weights(model)
     g = torch.Generator(device=model.device).manual_seed(seed)
     if model.config.conditional and label is None:
         return _plot_samples_per_class(model, path, n, g, title)
     label = _prior_label(model, label)
-    images = model.sample(n, generator=g, y=label)
+    tempered = {} if temperature is None else {"temperature": temperature}
+    images = model.sample(n, generator=g, y=label, **tempered)
     fig, ax = plt.subplots(figsize=(6, 6))
     _show(ax, image_grid(images))
     given = "" if label is None else f" for label {label}"
     source = "from the prior" if model.capabilities.has_prior else "of codes z ~ N(0, I) (the model has no prior)"
-    ax.set_title(title or f"{n} samples {source}{given} (decoded means)")
+    at = "" if temperature is None else f" at temperature {temperature}"
+    ax.set_title(title or f"{n} samples {source}{given}{at} (decoded means)")
     return save_figure(fig, path)
 
 

@@ -8,12 +8,26 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
 
-from .errors import labels_for
+from .errors import UserError, labels_for
 from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option, trust_code_option
+
+def float_list(ctx, param, value: str | None):
+    """"0.8" -> 0.8, "1,0.8,0.6" -> [1.0, 0.8, 0.6] (one per latent layer); numbers >= 0."""
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not v >= 0 or v == float("inf") for v in values):
+        raise click.BadParameter(f"expected a number >= 0 or a comma-separated list such as 1,0.8; got {value!r}")
+    return values[0] if len(values) == 1 else values
+
 
 # Kept equal to aevb.viz.PLOT_KINDS (a test checks) so that `aevb --help` need not import matplotlib.
 PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
@@ -25,10 +39,12 @@ PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate"
 @click.option("--label", type=int,
               help="Conditional models: draw every sample for this class (default: one row per class).")
 @seed_option()
+@click.option("--temperature", callback=float_list, metavar="T[,T...]",
+              help="Draw at this temperature: one number, or one per latent layer top first (hvae); 1 is the prior.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
 @device_option
 @trust_code_option
-def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
+def sample(run_dir, n, label, seed, temperature, out, device, trust_code) -> None:
     """A PNG grid of samples from the prior, decoded.
 
     A conditional model draws all N for --label; without --label it draws one row per class,
@@ -43,7 +59,10 @@ def sample(run_dir, n, label, seed, out, device, trust_code) -> None:
     out = out or run_dir / "samples.png"
     check_writable(out.parent)  # before anything is drawn
     check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
-    click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label)}")
+    if temperature is not None and "temperature" not in inspect.signature(run.model.sample).parameters:
+        raise UserError(f"the {run.config.model.family} model draws from its prior as it is; --temperature applies "
+                        "to models that take one (hvae); drop it")
+    click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label, temperature=temperature)}")
 
 
 @click.command()
