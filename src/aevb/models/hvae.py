@@ -5,7 +5,7 @@ ladder VAE (Sonderby et al. 2016), VDVAE (Child 2021) and NVAE (Vahdat & Kautz 2
     top-down    s_0 = 0;  for layer i = 0 (top) .. L-1 (bottom):
                     p(z_i | z_<i)    = N(mu_p(s_i), sigma_p(s_i))     (layer 0: N(0, I))
                     q(z_i | x, z_<i) = N(mu_p + dmu(s_i, d_i), sigma_p * exp(dlog_sigma(s_i, d_i)))
-                    s_{i+1} = s_i + cell_i(z_i, s_i)                  a residual cell
+                    s_{i+1} = r_i(s_i + W_i z_i),  r(v) = v + cell(v)   a residual cell
     p(x | z)    the decoder reads [z_{L-1}, s_{L-1}] (mlp) or the last state s_L at full resolution (conv)
 
 Layers are numbered from the top: layer 0 is the top, "z_<i" are the layers above layer i. The prior and
@@ -123,6 +123,16 @@ def per_layer(value: Temperature, n_layers: int, name: str = "temperature") -> l
 # --- networks ---------------------------------------------------------------------------------------
 
 
+def _projection(layer: nn.Module, fan_in: int) -> nn.Module:
+    """A layer that adds z into the top-down state, initialised so that the state has z's scale: each weight
+    from N(0, 1 / fan_in), no bias. (PyTorch's default initialisation would shrink z's signal by ~3 at each
+    of the layers it passes to reach the decoder, and the top layers would start, and stay, collapsed.)"""
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+        layer.bias.zero_()
+    return layer
+
+
 def _scale_last_(module: nn.Module, factor: float) -> None:
     """Shrink the last weight of a residual branch so that a new cell starts close to the identity."""
     last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
@@ -147,7 +157,8 @@ class MLPLayer(nn.Module):
             _scale_last_(self.q, 0.1)
         self.cell = None
         if index < n_layers - 1:  # the bottom layer's z goes to the decoder directly
-            self.cell = nn.Sequential(nn.Linear(z_dim + width, width), act(), nn.Linear(width, width))
+            self.z_proj = _projection(nn.Linear(z_dim, width), z_dim)
+            self.cell = nn.Sequential(nn.Linear(width, width), act(), nn.Linear(width, width))
             _scale_last_(self.cell, 0.1)
 
     def prior_params(self, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,10 +171,11 @@ class MLPLayer(nn.Module):
         return self.q(torch.cat([s, d.to(s.dtype)], -1)).chunk(2, -1)
 
     def step(self, s: Tensor | None, z: Tensor) -> Tensor | None:
+        """The state after z: s + W z, then a residual block (the bottom layer has none)."""
         if self.cell is None:
             return s
-        s0 = torch.zeros(*z.shape[:-1], self.cell[-1].out_features, device=z.device) if s is None else s
-        return s0 + self.cell(torch.cat([z, s0.to(z.dtype)], -1))
+        s = self.z_proj(z) if s is None else s + self.z_proj(z)
+        return s + self.cell(s)
 
 
 class MLPBottomUp(nn.Module):
@@ -222,7 +234,8 @@ class ConvLayer(nn.Module):
             self.q = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), act(),
                                    nn.Conv2d(channels, 2 * z_channels, 1))
             _scale_last_(self.q, 0.1)
-        self.cell = ResBlock(channels + z_channels, channels, activation)
+        self.z_proj = _projection(nn.Conv2d(z_channels, channels, 1), z_channels)
+        self.cell = ResBlock(channels, channels, activation)
         self.channels = channels
 
     def prior_params(self, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,8 +247,9 @@ class ConvLayer(nn.Module):
         return self.q(torch.cat([s, d.to(s.dtype)], 1)).chunk(2, 1)
 
     def step(self, s: Tensor | None, z: Tensor) -> Tensor:
-        s0 = torch.zeros(z.shape[0], self.channels, *z.shape[2:], device=z.device) if s is None else s
-        return s0 + self.cell(torch.cat([z, s0.to(z.dtype)], 1))
+        """The state after z: s + W z (a 1x1 convolution), then a residual block."""
+        s = self.z_proj(z) if s is None else s + self.z_proj(z)
+        return s + self.cell(s)
 
 
 class ConvBottomUp(nn.Module):
