@@ -392,3 +392,23 @@ def test_a_short_mnist_run_beats_the_single_layer_vae_of_the_same_size_and_budge
 
 
 MNIST_MARGIN = 1.0  # nats
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_the_weights_and_average_of_one(tmp_path):
+    from aevb.checkpoint import load
+
+    from .conftest import run_cli
+    from .test_distributed import torchrun
+
+    args = ["train", "--dataset", "digits", "--model", "hvae", "--latent-layers", "2", "--latent-sizes", "3,2",
+            "--hidden", "16", "--batch-size", "64", "--epochs", "1", "--ema-decay", "0.9", "--seed", "3",
+            "--no-progress", "--no-figures"]
+    run_cli(*args, "--out", str(tmp_path / "one"))
+    proc = torchrun(2, *args, "--out", str(tmp_path / "two"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    a, b = load(tmp_path / "one").model.state_dict(), load(tmp_path / "two").model.state_dict()
+    assert any(k.startswith("ema.") for k in a)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
