@@ -412,3 +412,15 @@ def test_two_processes_end_with_the_weights_and_average_of_one(tmp_path):
     assert any(k.startswith("ema.") for k in a)
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_reproduce_counts_training_cpu_across_a_resume(tmp_path):
+    from aevb.reproduce.hvae import _train_cpu, table
+
+    assert _train_cpu(tmp_path, [], 0) == 0.0
+    (tmp_path / "progress.json").write_text(json.dumps({"step": 100, "train_cpu_seconds": 10.0}))
+    assert _train_cpu(tmp_path, [], 100) == 10.0
+    assert _train_cpu(tmp_path, [], 150) == pytest.approx(15.0)  # a later mid-segment checkpoint: the mean rate
+    assert _train_cpu(tmp_path, [], 50) == pytest.approx(5.0)  # stopped before the last segment's checkpoint
+    md = table({"log_px": -90.0, "bits_per_dim": 0.1, "images": 10, "k": 1000}, "mnist")
+    assert "| aevb hvae (10 test images, k=1000) | 90.00 |" in md and "82.90" in md

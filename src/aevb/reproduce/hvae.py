@@ -6,7 +6,7 @@ score the test set with k >= 1000 importance samples; every part resumable.
 
 Under OUT/RECIPE: ``run/`` (the run directory, checkpointed), ``curve.jsonl`` (one line per point: training
 steps, training CPU seconds of this process's threads, test log p(x) with ``curve_k`` samples on a fixed
-random subset of ``curve_images`` test images, with its standard error), ``final.jsonl`` (per-chunk
+random subset of ``curve_images`` test images, with its standard error), ``progress.json`` (training CPU seconds at the last checkpoint), ``final.jsonl`` (per-chunk
 log p(x) of the final evaluation, so that it resumes where it stopped), ``final.json`` and ``table.md``
 (against the published numbers). Run the same command again to continue: training resumes from its last
 checkpoint, the curve and the final evaluation from their files.
@@ -83,6 +83,20 @@ def _trainer(run_dir: Path, recipe: str, steps: int, seed: int, data_dir: str | 
     return trainer, data
 
 
+def _train_cpu(root: Path, curve: list[dict], step: int) -> float:
+    """The training CPU seconds spent up to ``step`` (the restored checkpoint's): progress.json's, written
+    after every segment (each ends in a checkpoint); a run stopped after a later, mid-segment checkpoint adds
+    the steps since at the average CPU per step so far."""
+    path = root / "progress.json"
+    known = json.loads(path.read_text()) if path.exists() else (
+        {"step": curve[-1]["step"], "train_cpu_seconds": curve[-1]["train_cpu_seconds"]} if curve else None)
+    if not known or known["step"] > step:
+        return 0.0 if not known else known["train_cpu_seconds"] * step / known["step"]
+    extra = step - known["step"]
+    rate = known["train_cpu_seconds"] / known["step"] if known["step"] else 0.0
+    return known["train_cpu_seconds"] + extra * rate
+
+
 @torch.no_grad()
 def _score(model, x: torch.Tensor, k: int, seed: int) -> tuple[float, float]:
     from ..evaluate import _mean_and_stderr, log_likelihood
@@ -112,7 +126,7 @@ def run(out: str | Path, recipe: str = "mnist", steps: int = 300000, curve_every
     curve_x = eval_subset(test, curve_images, seed=seed).to(trainer.device)
     curve = _read_jsonl(root / "curve.jsonl")
     curve = [p for p in curve if p["step"] <= trainer.global_step]  # points after the last checkpoint are redone
-    cpu = curve[-1]["train_cpu_seconds"] if curve else 0.0
+    cpu = _train_cpu(root, curve, trainer.global_step)
     since = 0.0
     if not curve:
         ll, se = _score(trainer.model, curve_x, curve_k, seed)
@@ -125,6 +139,8 @@ def run(out: str | Path, recipe: str = "mnist", steps: int = 300000, curve_every
         spent = time.process_time() - start
         cpu += spent
         since += spent
+        atomic_write(root / "progress.json", json.dumps({"step": trainer.global_step,
+                                                          "train_cpu_seconds": round(cpu, 2)}).encode())
         if since >= curve_every_cpu_s or trainer.global_step >= steps:
             since = 0.0
             ll, se = _score(trainer.model, curve_x, curve_k, seed)
