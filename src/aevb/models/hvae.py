@@ -29,7 +29,9 @@ hierarchy as the proposal) and every figure use them as they use any other famil
 Training (``hierarchical_elbo``, the family's default objective): one top-down pass, the analytic KL of each
 layer at the sampled path, KL warm-up by the trainer's ``kl_schedule`` (the weight multiplies every layer's
 term) with NVAE's KL balancing while the weight is below 1 (``kl_balance``: each layer's term reweighted by
-its share of the KL per latent dimension, so that no layer is pushed to collapse while the others grow).
+its share of the KL per latent dimension, so that no layer is pushed to collapse while the others grow; under
+torchrun each process weighs by its own rows of the batch, so a warm-up with balancing is not bit-for-bit that
+of one process, as it is without).
 Stability: every Gaussian's log-variance is clamped in one function (``clamped_gaussian``, to
 [log_var_min, log_var_max]); the discretized logistic clamps its own log-scale; the trainer skips steps
 whose gradient norm is not finite or above ``skip_grad_norm``; an exponential moving average of the weights
