@@ -37,7 +37,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                       "likelihood": "discretized_logistic", "conv_channels": (32, 64), "activation": "relu",
                       "latent_layers": 4, "latent_sizes": (8, 8, 4, 4), "batch_size": 64, "lr": 1e-3,
                       "optimizer": "adam", "lr_schedule": "warmup", "lr_warmup_steps": 1000, "kl_schedule": "linear",
-                      "warmup_steps": 5000, "ema_decay": 0.999, "skip_grad_norm": 20000.0, "clip_grad_norm": 1000.0,
+                      "warmup_steps": 5000, "ema_decay": 0.999, "skip_grad_norm": 1e6, "clip_grad_norm": 1e5,
                       "eval_batch_size": 500},
 }
 
