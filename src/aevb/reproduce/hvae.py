@@ -149,24 +149,26 @@ def run(out: str | Path, recipe: str = "mnist", steps: int = 300000, curve_every
             _write_jsonl(root / "curve.jsonl", curve)
             log(f"step {trainer.global_step}, {cpu / 3600:.3f} CPU-h: test log p(x) {ll:.2f} +- {se:.2f} "
                 f"(k={curve_k}, {len(curve_x)} images)")
-    return final_evaluation(root, trainer.model, test, final_k, final_images, final_chunk, seed, recipe, curve, log)
+    return final_evaluation(root, trainer.model, test, final_k, final_images, final_chunk, seed, recipe, curve, log,
+                            step=trainer.global_step)
 
 
 def final_evaluation(root: Path, model, test: torch.Tensor, k: int, images: int | None, chunk: int, seed: int,
-                     recipe: str, curve: list[dict], log=print) -> dict[str, Any]:
+                     recipe: str, curve: list[dict], log=print, step: int | None = None) -> dict[str, Any]:
     """log p(x) with k samples on the first ``images`` test images (all by default), ``chunk`` images at a
-    time, each chunk's per-image values appended to final.jsonl (so a stopped evaluation resumes)."""
+    time, each chunk's per-image values appended to final.jsonl (so a stopped evaluation resumes; chunks of
+    another k or of the weights at another training step are not reused)."""
     from ..evaluate import bits_per_dim, log_likelihood
 
     x = test if images is None else test[:images]
     done = _read_jsonl(root / "final.jsonl")
-    done = [c for c in done if c["k"] == k]
+    done = [c for c in done if c["k"] == k and c.get("step") == step]
     values: list[float] = [v for c in done for v in c["log_px"]]
     model.eval()
     while len(values) < len(x):
         part = x[len(values) : len(values) + chunk].to(model.device)
         ll = log_likelihood(model, part, k=k, batch_size=50, seed=seed + len(values)).tolist()
-        done.append({"first": len(values), "k": k, "log_px": ll})
+        done.append({"first": len(values), "k": k, "step": step, "log_px": ll})
         values += ll
         _write_jsonl(root / "final.jsonl", done)
         log(f"final: {len(values)}/{len(x)} images scored with k={k}")
@@ -174,8 +176,7 @@ def final_evaluation(root: Path, model, test: torch.Tensor, k: int, images: int 
     mean, se = v.mean().item(), (v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan"))
     record = {"recipe": recipe, "k": k, "images": len(v), "log_px": mean, "stderr": se,
               "bits_per_dim": bits_per_dim(mean, model.config.data_dim),
-              "train_steps": curve[-1]["step"] if curve else None,
-              "train_cpu_hours": curve[-1]["train_cpu_seconds"] / 3600 if curve else None}
+              "train_steps": step, "train_cpu_hours": _train_cpu(root, curve, step or 0) / 3600}
     atomic_write(root / "final.json", json.dumps(record, indent=2).encode())
     atomic_write(root / "table.md", table(record, recipe).encode())
     return record
