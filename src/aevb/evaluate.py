@@ -12,6 +12,8 @@ a Gaussian's is a density, whose "bits" would mean nothing).
   error of the mean over images.
 - ``active_units``: dimensions u with Var_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, sec. 5.2).
 - ``kl_dim_j``: the mean over images of KL(q(z_j|x) || N(0, 1)), one key per latent dimension.
+- ``kl_per_layer``, ``active_units_per_layer``, ``latent_layer_sizes``, ``collapsed_layers``: for a model with
+  several latent layers (``aevb.hierarchy``), each layer's KL and active units, top first.
 - ``discrete_likelihood``, ``decoder_scale_at_clamp``: see ``decoder_statistics`` (the share of
   pixels whose decoder log-variance or log-scale sits at its clamp; when it is not small, the
   bound depends on the clamp, ``ModelConfig.log_var_min``/``log_var_max`` for a Gaussian).
@@ -45,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .conditional import check_labels
 from .distributions import analytic_kl_per_dim
+from .hierarchy import has_layers, layer_statistics
 from .importance import DEFAULT_CHUNK_BYTES, importance_log_likelihood
 from .objectives import OBJECTIVES, elbo
 
@@ -262,8 +265,10 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
                 result["bits_per_dim"] = bits_per_dim(mean, d)
         stats = latent_statistics(model, x, y=cond_y)
         result["active_units"] = stats["active_units"]
-        result["latent_dim"] = model.config.latent_dim
+        result["latent_dim"] = model.capabilities.latent_dim  # the whole code (every layer of a hierarchy)
         result.update({f"kl_dim_{j}": v for j, v in enumerate(stats["kl_per_dim"] or [])})
+        if has_layers(model):  # a model with several latent layers: KL and active units layer by layer
+            result.update(layer_statistics(model, x, seed=seed, y=cond_y))
     if y is not None and probe_train is not None and probe_train[1] is not None:
         x_tr, y_tr = probe_train
         if probe_max_train and len(x_tr) > probe_max_train:

@@ -101,13 +101,14 @@ def decoder_row_bytes(model) -> int:
         param = next(model.parameters())
         label = torch.zeros(1, dtype=torch.long, device=param.device) if model.config.num_classes else None
         with torch.no_grad():
-            lik = model.decode(torch.zeros(1, model.config.latent_dim, device=param.device, dtype=param.dtype), label)
+            lik = model.decode(torch.zeros(1, model.capabilities.latent_dim, device=param.device, dtype=param.dtype),
+                               label)
     finally:
         for h in handles:
             h.remove()
     out = lik.logits if hasattr(lik, "logits") else lik.mean
     temporaries = 3 * out.numel() * max(out.element_size(), 4)
-    noise = 2 * model.config.latent_dim * param.element_size()
+    noise = 2 * model.capabilities.latent_dim * param.element_size()
     return sum(sizes) + temporaries + noise
 
 
@@ -143,6 +144,9 @@ def posterior_log_weights(model, x: Tensor, q, samples: int, generator: torch.Ge
                           y: Tensor | None = None) -> Tensor:
     """log w for ``samples`` draws from any posterior q (batch shape (b,)) and the model's own prior:
     shape (b, samples)."""
+    own = getattr(model, "importance_log_weights", None)  # a family that computes them in one pass of its own
+    if callable(own):
+        return own(x, q, samples, generator, y)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (s, b, Z), (s, b)
     return (model.decode(z, y).log_prob(x) + model.prior.log_prob(z) - log_q).t()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, atomic_write
+from .hierarchy import has_layers, layers_html
 from .viz import PLOT_KINDS, make_plot
 
 # A conditional model whose KL(q(z|x,y) || p(z)) is below this (nats per example) passes less than about
@@ -39,6 +40,9 @@ CAPTIONS = {
     "interpolate": "Decoded means along the straight line between two test images' posterior means.",
     "traverse": "Each latent dimension swept over Gaussian quantiles, the others at a test image's posterior mean.",
     "curves": "Training and validation ELBO, reconstruction and KL terms per epoch (nats per example).",
+    "layers": "What each latent layer encodes: test images (top row), then their codes with the top n layers kept "
+              "(posterior means) and the layers below drawn from the prior at temperature 1; the first such row "
+              "is the reconstruction, the last a sample.",
 }
 
 _CSS = """
@@ -106,7 +110,7 @@ def _evaluation_section(run) -> str:
         if key not in settings and key not in QUALITY_KEYS and key not in _DISENTANGLEMENT_KEYS:
             shown = " ".join(_fmt(v) for v in value) if isinstance(value, list) else _fmt(value)
             rows.append(f"<tr><th>{html.escape(key)}</th><td class=num>{shown}</td></tr>")
-    return head + "<table>" + "".join(rows) + "</table>" + _quality_section(ev)
+    return head + "<table>" + "".join(rows) + "</table>" + _quality_section(ev) + layers_html(ev)
 
 
 # aevb.quality's keys (SAMPLE_KEYS, RECONSTRUCTION_KEYS and the protocol), spelled out so that the report
@@ -242,6 +246,14 @@ def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
                 out[kind] = str(e)
             except RuntimeError as e:  # a numerical failure (torch's LinAlgError is one): say so, draw the rest
                 out[kind] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'failed'}"
+    if has_layers(run.model) and callable(getattr(run.model, "reconstruct_keeping", None)) and dataset is not None:
+        from .hierarchy import plot_layer_reconstructions
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                out["layers"] = plot_layer_reconstructions(run.model, dataset.test.x[:8], Path(tmp) / "layers.png").read_bytes()
+            except (ValueError, RuntimeError) as e:
+                out["layers"] = str(e)
     return out
 
 

@@ -35,6 +35,7 @@ and a JSON file per sampler (``aevb.checkpoint.save_sampler``).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -58,9 +59,11 @@ def _standardize(codes: Tensor) -> tuple[Tensor, Tensor]:
     return shift, scale
 
 
-def _check_temperature(temperature: float) -> None:
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise SamplerError(f"temperature must be a finite number >= 0; got {temperature}")
+def _check_temperature(temperature: float | list[float]) -> None:
+    """A temperature is a finite number >= 0 (a list of them: one per latent layer of a hierarchy)."""
+    for t in temperature if isinstance(temperature, (list, tuple)) else [temperature]:
+        if not (math.isfinite(t) and t >= 0):
+            raise SamplerError(f"temperature must be a finite number >= 0; got {t}")
 
 
 def _split_holdout(x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -530,11 +533,17 @@ def draw_codes(run, n: int, sampler: str | None = None, temperature: float = 1.0
         if not caps.has_prior:
             raise SamplerError(f"this model has no prior to sample from (it was trained without one); fit a "
                                f"sampler on its codes with: aevb fit-prior {run.dir} --sampler gmm")
-        if temperature != 1.0 and not isinstance(model.prior, StandardNormal):
-            raise SamplerError("a temperature other than 1 applies to a N(0, I) prior or a fitted sampler; this "
-                               "model's prior is learned: sample at temperature 1, or fit a sampler")
         g = torch.Generator(device=model.device).manual_seed(seed)
+        if "temperature" in inspect.signature(model.sample_codes).parameters:  # it tempers its own prior (per layer)
+            return model.sample_codes(n, generator=g, temperature=temperature)
+        if isinstance(temperature, (list, tuple)):
+            raise SamplerError("one temperature per latent layer applies to a hierarchy (hvae); give one number")
+        if temperature != 1.0 and not isinstance(model.prior, StandardNormal):
+            raise SamplerError("a temperature other than 1 applies to a N(0, I) prior, a hierarchy's prior or a fitted "
+                               "sampler; this model's prior is learned: sample at temperature 1, or fit a sampler")
         return temperature * model.sample_codes(n, generator=g)
+    if isinstance(temperature, (list, tuple)):
+        raise SamplerError("a fitted sampler takes one temperature; give one number")
     codes = load_fitted(run, sampler).sample(n, torch.Generator().manual_seed(seed), temperature)
     return codes.view(n, *caps.latent_shape).to(model.device)
 

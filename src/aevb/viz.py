@@ -79,14 +79,17 @@ def _label_tensor(model, label: int | None, n: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str | None = None,
-                 label: int | None = None, codes=None, source: str | None = None) -> Path:
+                 label: int | None = None, codes=None, source: str | None = None, temperature=None) -> Path:
     """A grid of decoded means of z ~ p(z) (the model's prior). A conditional model draws all n for ``label``, or
     without one a grid with one row per class and max(1, n // classes) columns, each column one z.
     ``codes``: a function m -> m codes (m, *latent_shape) to decode instead of the prior's (a fitted sampler's,
-    ``aevb.samplers``), and ``source`` the words naming them in the title ("from the GMM sampler")."""
+    ``aevb.samplers``), and ``source`` the words naming them in the title ("from the GMM sampler");
+    ``temperature`` (one number, or one per latent layer): the prior's, for a model whose ``sample_codes`` takes
+    one (``aevb.models.hvae``; None: its default)."""
     check_finite_weights(model)
     g = torch.Generator(device=model.device).manual_seed(seed)
-    draw = codes or (lambda m: model.sample_codes(m, generator=g))
+    tempered = {} if temperature is None else {"temperature": temperature}
+    draw = codes or (lambda m: model.sample_codes(m, generator=g, **tempered))
     if model.config.conditional and label is None:
         return _plot_samples_per_class(model, path, n, draw, title, source)
     label = _prior_label(model, label)
@@ -96,6 +99,8 @@ def plot_samples(model, path: str | Path, n: int = 64, seed: int = 0, title: str
     given = "" if label is None else f" for label {label}"
     if source is None:
         source = "from the prior" if model.capabilities.has_prior else "of codes z ~ N(0, I) (the model has no prior)"
+    if temperature is not None:
+        source += f" at temperature {temperature}"
     ax.set_title(title or f"{n} samples {source}{given} (decoded means)")
     return save_figure(fig, path)
 

@@ -18,6 +18,20 @@ from .errors import labels_for
 from .options import data_dir_option, device_option, int_list, resolved_device, seed_option, split_option, trust_code_option
 from .samplers import SAMPLER_KINDS
 
+
+def float_list(ctx, param, value: str | None):
+    """"0.8" -> 0.8, "1,0.8,0.6" -> [1.0, 0.8, 0.6] (one per latent layer); numbers >= 0."""
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not v >= 0 or v == float("inf") for v in values):
+        raise click.BadParameter(f"expected a number >= 0 or a comma-separated list such as 1,0.8; got {value!r}")
+    return values[0] if len(values) == 1 else values
+
+
 # Kept equal to aevb.viz.PLOT_KINDS (a test checks) so that `aevb --help` need not import matplotlib.
 PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate", "traverse", "curves")
 
@@ -29,9 +43,10 @@ PLOT_KINDS = ("manifold", "scatter", "samples", "reconstructions", "interpolate"
               help="Conditional models: draw every sample for this class (default: one row per class).")
 @click.option("--sampler", type=click.Choice(("prior", *SAMPLER_KINDS)), default="prior", show_default=True,
               help="Where the codes come from: the model's prior, or a sampler fitted with `aevb fit-prior`.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Scale the sampler's noise (a N(0, I) prior's codes, a GMM's component spread, ...).")
 @seed_option()
+@click.option("--temperature", callback=float_list, metavar="T[,T...]",
+              help="Draw at this temperature (default 1): it scales a N(0, I) prior's codes or a fitted sampler's noise "
+                   "(a GMM's component spread, ...); a hierarchy (hvae) takes one per latent layer, top first.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG path (default RUN_DIR/samples.png).")
 @device_option
 @trust_code_option
@@ -50,12 +65,14 @@ def sample(run_dir, n, label, sampler, temperature, seed, out, device, trust_cod
     out = out or run_dir / "samples.png"
     check_writable(out.parent)  # before anything is drawn
     check_label(label, run.config.model.num_classes, "--label")  # a LabelError: one line from main()
+    temperature = 1.0 if temperature is None else temperature
     codes, source = None, None
     if sampler != "prior" or temperature != 1.0:
         name = None if sampler == "prior" else sampler
         run.sample_codes(1, sampler=name, temperature=temperature, seed=seed)  # its errors before any drawing
         codes = functools.partial(run.sample_codes, sampler=name, temperature=temperature, seed=seed)
-        at = "" if temperature == 1.0 else f" at temperature {temperature:g}"
+        shown = ",".join(f"{t:g}" for t in temperature) if isinstance(temperature, list) else f"{temperature:g}"
+        at = "" if temperature == 1.0 else f" at temperature {shown}"
         source = (f"from the {sampler} sampler" if name else "from the prior") + at
     click.echo(f"wrote {plot_samples(run.model, out, n=n, seed=seed, label=label, codes=codes, source=source)}")
 

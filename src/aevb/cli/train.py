@@ -41,8 +41,9 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory (its own config; --epochs may raise the total).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split.")
-@click.option("--model", "family", help="The model family: vae (the default), ae (a deterministic autoencoder) or "
-              "factorvae (a VAE with a discriminator on its codes); families registered by your own code too.")
+@click.option("--model", "family", help="The model family: vae (the default), ae (a deterministic autoencoder), "
+              "factorvae (a VAE with a discriminator on its codes) or hvae (a top-down hierarchy, see --latent-layers); "
+              "families registered by your own code too.")
 @click.option("--kind", help="Deprecated alias of --model (removed in the next release).")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS),
               help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
@@ -64,6 +65,16 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
               help="2: the IWAE paper's z1 -> z2 stack (the decoder reads z1, of --latent-dim).")
 @click.option("--top-latent-dim", type=click.IntRange(min=1), help="Size of z2 (with --stochastic-layers 2).")
 @click.option("--top-hidden", callback=_widths, help="Hidden widths between z1 and z2, e.g. 100,100.")
+@click.option("--latent-layers", type=click.IntRange(1, 64),
+              help="hvae: L, the stochastic layers of the top-down hierarchy.")
+@click.option("--latent-sizes", callback=_widths,
+              help="hvae: each layer's size, top first (mlp: dimensions, conv: channels), e.g. 32,32,16; "
+                   "default --latent-dim for every layer.")
+@click.option("--kl-balance/--no-kl-balance", "kl_balance", default=None,
+              help="hvae: NVAE's per-layer KL balancing during the KL warm-up (default on).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True),
+              help="hvae: decay of the weights' moving average used for evaluation and sampling (0: none; "
+                   "default 0.999).")
 @click.option("--log-var-min", type=float, help="Clamp of every log-variance (decoder and q(z|x)): lower end, "
               "default -10; evaluate reports the share of decoder pixels at it.")
 @click.option("--log-var-max", type=float, help="Clamp of every log-variance: upper end, default 10.")

@@ -48,6 +48,7 @@ from ..images import fit_image, tile, to_pil
 MAX_BODY_BYTES = 2 * 1024 * 1024  # uploads and JSON bodies
 MAX_IMAGE_SIDE = 4096  # decoded width or height of an uploaded image
 MAX_ABS_Z = 1000.0  # latent values beyond this are certainly a mistake
+MAX_TEMPERATURE = 10.0  # a prior's temperature beyond this draws noise
 MAX_STEPS = 32
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_SLIDERS = 32
@@ -76,12 +77,17 @@ class _Body(BaseModel):
 class DecodeBody(_Body):
     z: list[StrictFloat]
     label: StrictInt | None = None
+    # A model with several latent layers: the layers below the top drawn given it at this temperature,
+    # with this seed's noise (the same seed: the same noise while the sliders move).
+    temperature: StrictFloat | None = None
+    seed: StrictInt | None = None
 
 
 class SampleBody(_Body):
     seed: StrictInt | None = None
     label: StrictInt | None = None
     sampler: str | None = None  # "prior" (or None), or the name of a fitted sampler
+    temperature: StrictFloat | None = None  # for a model whose prior takes one (every layer at it)
 
 
 class EncodeBody(_Body):
@@ -199,7 +205,10 @@ class Explorer:
         z = z.view(-1, self.latent_dim)
         return self.model.decode(z, None if y is None else y.expand(len(z))).mean
 
-    def decode_png(self, z: torch.Tensor, y: torch.Tensor | None = None) -> bytes:
+    def decode_png(self, z: torch.Tensor, y: torch.Tensor | None = None, temperature: float | None = None,
+                   seed: int | None = None) -> bytes:
+        if temperature is not None:
+            z = self.below_top(z, temperature, seed)
         return to_png(self.decode(z, y)[0])
 
     def sampler(self, name: str | None):
@@ -215,15 +224,43 @@ class Explorer:
             self._samplers[name] = load_fitted(self.run, name)
         return self._samplers[name]
 
-    def sample(self, seed: int | None, label: int | None = None, sampler: str | None = None) -> dict:
-        """z ~ p(z), the model's prior, or a draw of a fitted ``sampler`` (the code the sliders set); a
-        conditional model's label is kept, or drawn uniformly when not given."""
+    @property
+    def tempered(self) -> bool:
+        """Whether the model draws at a temperature, its lower layers given the top one (``resample_below``)."""
+        return callable(getattr(self.model, "resample_below", None))
+
+    def temperature(self, value: float) -> float:
+        if not self.tempered:
+            raise InputError("this model has no temperature (one latent layer, drawn from its prior as it is); "
+                             "leave temperature out")
+        if not (math.isfinite(value) and 0 <= value <= MAX_TEMPERATURE):
+            raise InputError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}; got {value}")
+        return value
+
+    @torch.inference_mode()
+    def below_top(self, z: torch.Tensor, temperature: float, seed: int | None) -> torch.Tensor:
+        """z with its top layer kept and the layers below drawn given it at ``temperature`` (seeded)."""
+        t = self.temperature(temperature)
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
+        g = torch.Generator(device=self.device).manual_seed(seed if seed is not None else 0)
+        return self.model.resample_below(z.view(1, -1), keep=1, generator=g, temperature=t)[0]
+
+    def sample(self, seed: int | None, label: int | None = None, sampler: str | None = None,
+               temperature: float | None = None) -> dict:
+        """z ~ p(z), the model's prior (at ``temperature`` for a model that has one), or a draw of a fitted
+        ``sampler`` (the code the sliders set); a conditional model's label is kept, or drawn uniformly when
+        not given."""
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise InputError(f"seed must be an integer in [0, 2**63 - 1]; got {_show_int(seed)}")
         given = self.label(label, required=False)
         fitted = self.sampler(sampler)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-        z = self.model.sample_codes(1, generator=g, device="cpu") if fitted is None else fitted.sample(1, g)
+        if fitted is None:
+            tempered = {} if temperature is None else {"temperature": self.temperature(temperature)}
+            z = self.model.sample_codes(1, generator=g, device="cpu", **tempered)
+        else:
+            z = fitted.sample(1, g)
         out: dict = {"z": z.reshape(1, -1)[0].tolist()}
         if self.num_classes:
             out["label"] = label if given is not None else int(torch.randint(self.num_classes, (), generator=g))
@@ -301,10 +338,17 @@ class Explorer:
         except SteeringError as e:
             raise InputError(str(e)) from None
 
+    @property
+    def top_layer(self) -> int | None:
+        """The top latent layer's dimensions, for a model with several (the sliders set it); else None."""
+        sizes = getattr(self.model, "latent_layer_sizes", None)
+        return int(sizes[0]) if sizes and len(sizes) > 1 else None
+
     def info(self) -> dict:
         cfg = self.run.config
         return {"run": self.run.dir.name, "dataset": cfg.data.dataset, "family": cfg.model.family,
-                "latent_dim": self.latent_dim, "sliders": min(self.latent_dim, MAX_SLIDERS),
+                "latent_dim": self.latent_dim, "sliders": min(self.top_layer or self.latent_dim, MAX_SLIDERS),
+                "temperature": self.tempered, "top_layer": self.top_layer,
                 "input_shape": list(self.shape), "has_map": self.latent_dim == 2, "num_classes": self.num_classes,
                 "can_steer": not self.num_classes, "max_steps": MAX_STEPS, "max_upload_bytes": MAX_BODY_BYTES,
                 "has_prior": self.has_prior, "samplers": self.samplers}
@@ -412,11 +456,12 @@ def create_app(run, data_dir: str | None = None) -> FastAPI:
 
     @app.post("/api/decode")
     def decode(body: DecodeBody) -> Response:
-        return Response(ex.decode_png(ex.vector(body.z), ex.label(body.label)), media_type="image/png")
+        return Response(ex.decode_png(ex.vector(body.z), ex.label(body.label), body.temperature, body.seed),
+                        media_type="image/png")
 
     @app.post("/api/sample")
     def sample(body: SampleBody) -> dict:
-        return ex.sample(body.seed, body.label, body.sampler)
+        return ex.sample(body.seed, body.label, body.sampler, body.temperature)
 
     @app.post("/api/encode")
     def encode(body: EncodeBody) -> dict:

@@ -56,6 +56,12 @@ function setImage(img, blobOrB64) {
 
 // A conditional model's label goes with every request that decodes or encodes; null otherwise.
 function withLabel(body) { return state.label === null ? body : { ...body, label: state.label }; }
+// A model with several latent layers: the layers below the top drawn at the chosen temperature, with the
+// noise of the last sample (so the lower layers follow the top-layer sliders smoothly).
+function tempered(body) {
+  if (!state.info || !state.info.temperature) return body;
+  return { ...body, temperature: Number($("temperature").value), seed: state.noiseSeed || 0 };
+}
 
 // Decode the current z; while a request is in flight, remember that another is wanted.
 async function decode() {
@@ -63,7 +69,7 @@ async function decode() {
   state.decoding = true;
   try {
     const z = state.z.slice(), label = state.label;
-    const res = await api("/api/decode", withLabel({ z }));
+    const res = await api("/api/decode", withLabel(tempered({ z })));
     setImage($("decoded"), await res.blob());
     $("decoded").dataset.z = JSON.stringify(z);
     $("decoded").dataset.label = label === null ? "" : String(label);
@@ -99,7 +105,9 @@ function buildSliders() {
     box.append(row);
   }
   const extra = state.info.latent_dim - state.info.sliders;
-  $("slider-note").textContent = extra > 0 ? `Sliders for the first ${state.info.sliders} of ${state.info.latent_dim} dimensions; the rest keep their values.` : "";
+  $("slider-note").textContent = state.info.temperature && state.info.top_layer
+    ? `Sliders for the top layer (${state.info.sliders} of its ${state.info.top_layer} dimensions); the layers below are drawn given it at the chosen temperature.`
+    : extra > 0 ? `Sliders for the first ${state.info.sliders} of ${state.info.latent_dim} dimensions; the rest keep their values.` : "";
 }
 
 // Show z on the sliders and the map and decode it (steering keeps its starting point).
@@ -418,8 +426,13 @@ async function main() {
   setupSamplers(i);
   $("sample-btn").addEventListener("click", async () => {
     const body = state.sampler && state.sampler !== "prior" ? { sampler: state.sampler } : {};
+    if (i.temperature) { state.noiseSeed = Math.floor(Math.random() * 2 ** 31); body.temperature = Number($("temperature").value); }
     try { setZ((await (await api("/api/sample", withLabel(body))).json()).z); } catch (e) { showError(e.message); }
   });
+  if (i.temperature) {
+    $("temp-box").hidden = false;
+    $("temperature").addEventListener("input", () => { $("temperature-value").textContent = Number($("temperature").value).toFixed(2); decode(); });
+  }
   $("zero-btn").addEventListener("click", () => setZ(new Array(i.latent_dim).fill(0)));
   $("use-code-btn").addEventListener("click", () => { if (state.lastCode) setZ(state.lastCode); });
   $("upload").addEventListener("change", encodeUpload);
