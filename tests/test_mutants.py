@@ -79,6 +79,17 @@ def test_diagonal_gaussian_log_prob_and_kl_match_torch():
     assert LOG_2PI == pytest.approx(math.log(2 * math.pi))
 
 
+def test_half_precision_parameters_give_float32_log_densities():
+    from aevb.distributions import _wide
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert _wide(torch.zeros(2, dtype=dtype)).dtype == torch.float32
+    assert _wide(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+    q = DiagonalGaussian(torch.zeros(1, 2, dtype=torch.bfloat16), torch.zeros(1, 2, dtype=torch.bfloat16))
+    lp = q.log_prob(torch.full((1, 2), 0.1))
+    assert lp.dtype == torch.float32 and float(lp) == pytest.approx(-LOG_2PI - 0.01, abs=1e-6)
+
+
 def test_diagonal_gaussian_kl_sums_over_the_latent_axis():
     # (2, 3) parameters: summing over axis 0 instead of -1 would give 3 numbers, not 2
     mu = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
@@ -86,6 +97,9 @@ def test_diagonal_gaussian_kl_sums_over_the_latent_axis():
     expected = torch.tensor([2.5, 0.5])  # KL(N(mu, 1) || N(0, 1)) = mu^2 / 2 per dimension
     assert torch.allclose(q.kl_to_standard_normal(), expected)
     assert torch.allclose(q.kl(StandardNormal(3)), expected)
+    q3 = DiagonalGaussian(mu.expand(4, 2, 3), torch.zeros(4, 2, 3))  # a leading sample axis, as importance uses
+    assert torch.allclose(q3.kl_to_standard_normal(), expected.expand(4, 2))
+    assert torch.allclose(q3.kl(StandardNormal(3)), expected.expand(4, 2))
     with pytest.raises(NotImplementedError, match="no closed-form KL between DiagonalGaussian and Gaussian"):
         q.kl(Gaussian(mu, torch.zeros(2, 3)))
 
