@@ -48,7 +48,7 @@ def test_noise_helpers_pass_every_argument_to_the_source():
     e = standard_normal((4, 2), src, CPU, torch.float64, batch_axis=1)
     assert src.calls == [("uniform", (2, 3), 0, CPU, torch.float64), ("normal", (4, 2), 1, CPU, torch.float64)]
     assert u.dtype == e.dtype == torch.float64 and float(u[0, 0]) == 0.25
-    with pytest.raises(ValueError, match="batch axis"):
+    with pytest.raises(ValueError, match=r"^a sharded noise source needs the batch axis of the draw \(batch_axis\)$"):
         uniform((2,), FixedNoise(0.0))
 
 
@@ -57,7 +57,7 @@ def test_noise_helpers_draw_from_the_given_generator():
     assert torch.equal(standard_normal((3, 2), seeded(1)), torch.randn((3, 2), generator=seeded(1)))
     assert uniform((2,), seeded(), dtype=torch.float64).dtype == torch.float64
     assert standard_normal((2,), seeded(), dtype=torch.float64).dtype == torch.float64
-    with pytest.raises(ValueError, match="noise kind"):
+    with pytest.raises(ValueError, match=r"^noise kind must be 'normal' or 'uniform'; got 'gamma'$"):
         noise("gamma", (2,))
 
 
@@ -88,6 +88,17 @@ def test_half_precision_parameters_give_float32_log_densities():
     q = DiagonalGaussian(torch.zeros(1, 2, dtype=torch.bfloat16), torch.zeros(1, 2, dtype=torch.bfloat16))
     lp = q.log_prob(torch.full((1, 2), 0.1))
     assert lp.dtype == torch.float32 and float(lp) == pytest.approx(-LOG_2PI - 0.01, abs=1e-6)
+
+
+def test_diagonal_gaussian_rsample_is_mu_plus_sigma_eps_with_the_batch_on_axis_minus_2():
+    q = DiagonalGaussian(torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.log(torch.tensor([[4.0, 1.0]],
+                                                                                              dtype=torch.float64)))
+    src = FixedNoise(0.5)
+    z = q.rsample(3, src)
+    assert z.dtype == torch.float64 and z.tolist() == [[[2.0, -0.5]]] * 3
+    assert src.calls == [("normal", (3, 1, 2), -2, CPU, torch.float64)]
+    meta = DiagonalGaussian(torch.zeros(2, 2, device="meta"), torch.zeros(2, 2, device="meta"))
+    assert meta.rsample(3, seeded()).device.type == "meta"
 
 
 def test_diagonal_gaussian_kl_sums_over_the_latent_axis():
@@ -471,8 +482,9 @@ def test_sample_mixture_draws_mu_plus_sigma_eps_of_the_chosen_component():
     assert z.dtype == torch.float32 and z.tolist() == [[12.0, -9.5]] * 3
     # both draws name the batch axis, as a sharded noise source needs (it raised before)
     assert src.calls == [("normal", (3, 1), -2, CPU, torch.float64), ("normal", (3, 2), -2, CPU, torch.float32)]
-    z = sample_mixture(comps, 3, FixedNoise(1.0), "cpu", torch.float64)
-    assert z.dtype == torch.float64 and z.tolist() == [[12.0, -9.5]] * 3
+    src = FixedNoise(1.0)
+    z = sample_mixture(comps, 3, src, "cpu", torch.float64)
+    assert z.dtype == torch.float64 and z.tolist() == [[12.0, -9.5]] * 3 and src.calls[-1][4] == torch.float64
     meta = DiagonalGaussian(comps.mu.to("meta"), comps.log_var.to("meta"))
     assert sample_mixture(meta, 3, seeded(), None, None).device.type == "meta"
     assert sample_mixture(comps, 3, seeded(), "meta", None).device.type == "meta"
@@ -515,6 +527,7 @@ def test_plan_chunks_exact_plans_and_errors():
     plan = plan_chunks(10, 10, 3, 100)  # 33 rows: 3 whole images of 10 samples
     assert plan == ChunkPlan(images=3, samples=10, row_bytes=3) and type(plan.images) is int
     assert plan_chunks(10, 5, 3, 45) == ChunkPlan(images=1, samples=10, row_bytes=3)  # 15 rows: one image
+    assert plan_chunks(10, 10, 3, 100, max_samples=50) == plan  # a cap above k changes nothing
     assert plan_chunks(10, 1, 1, 10**6) == ChunkPlan(images=1, samples=10, row_bytes=1)
     assert plan_chunks(5000, 2, 1, 1100) == ChunkPlan(images=1, samples=1000, row_bytes=1)
     for k, n, row_bytes in [(0, 1, 1), (1, 0, 1), (1, 1, 0)]:
@@ -527,6 +540,8 @@ def test_decoder_row_bytes_counts_layers_temporaries_and_noise():
 
     # float64 (the layers run as modules): outputs 8 + 8 + 16 values, 3 temporaries of 16, noise 2 x 2
     assert decoder_row_bytes(small_vae(dtype=torch.float64)) == 8 * (8 + 8 + 16) + 3 * 16 * 8 + 2 * 2 * 8
+    # float16: the temporaries are counted at 4 bytes or more a value
+    assert decoder_row_bytes(small_vae(dtype=torch.float16)) == 2 * (8 + 8 + 16) + 3 * 16 * 4 + 2 * 2 * 2
     conditional = small_vae(dtype=torch.float64, num_classes=3)
     assert decoder_row_bytes(conditional) == 672
     assert decoder_row_bytes(conditional.to("meta")) == 672  # the probe runs where the model is
@@ -558,3 +573,14 @@ def test_discretized_logistic_clamps_the_log_scale_and_broadcasts_x():
     lp = d.log_prob(x)
     assert lp.shape == (2,)
     assert torch.allclose(lp, torch.stack([d.log_prob(x[0]), d.log_prob(x[1])]))
+
+
+def test_objectives_name_a_bad_setting_in_one_line():
+    from aevb.objectives import elbo, kl_terms, reduce_terms
+
+    with pytest.raises(ValueError, match=r"^kl must be 'analytic' or 'mc'; got 'exact'$"):
+        kl_terms(None, None, None, None, kl="exact")
+    with pytest.raises(ValueError, match=r"^kl must be 'analytic' or 'mc'; got 'exact'$"):
+        elbo(None, None, kl="exact")
+    with pytest.raises(ValueError, match=r"^reduction must be 'mean' or 'none'; got 'sum'$"):
+        reduce_terms({"loss": torch.zeros(())}, "sum")
