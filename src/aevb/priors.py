@@ -43,7 +43,7 @@ def mixture_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
 def uniform_indices(n: int, k: int, generator, device) -> Tensor:
     """n indices drawn uniformly from 0..k-1, through the normal noise source (``standard_normal``) so that
     any generator the models use works (the batch on axis -2, as a sharded one wants): Phi(eps) is uniform."""
-    eps = standard_normal((n, 1), generator, device, torch.float64)[:, 0]
+    eps = standard_normal((n, 1), generator, device, torch.float64, batch_axis=-2)[:, 0]
     u = 0.5 * (1 + torch.erf(eps / math.sqrt(2)))
     return (u * k).long().clamp_(0, k - 1)
 
@@ -54,7 +54,7 @@ def sample_mixture(components: DiagonalGaussian, n: int, generator, device, dtyp
     device = mu.device if device is None else torch.device(device)
     idx = uniform_indices(n, mu.shape[0], generator, device)
     mu, std = mu.to(device)[idx], torch.exp(0.5 * log_var.to(device))[idx]
-    eps = standard_normal(mu.shape, generator, device, dtype or torch.float32)
+    eps = standard_normal(mu.shape, generator, device, dtype or torch.float32, batch_axis=-2)
     return (mu + std * eps).to(dtype or torch.float32)
 
 

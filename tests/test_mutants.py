@@ -1,0 +1,586 @@
+"""Tests that kill mutants the other tests let survive (docs/reliability.md, "Mutation testing").
+
+Each asserts a closed form, a known number or the exact arguments of a draw, for one function of the
+numerics (objectives, distributions, flows, priors, importance), small enough to run in
+milliseconds: mutmut runs them once per mutant of the functions they reach.
+
+``FixedNoise`` is a noise source (``distributions.noise``'s protocol, like the data-parallel
+trainer's ``ShardedNoise``): it returns a constant and records every draw's kind, shape, batch axis,
+device and dtype, so a test sees exactly what a sampler asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from aevb.distributions import (LOG_2PI, Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian,
+                                StandardNormal, analytic_kl_per_dim, noise, register_kl, standard_normal,
+                                standard_normal_log_prob, uniform)
+
+CPU = torch.device("cpu")
+
+
+class FixedNoise:
+    """A noise source returning ``value`` everywhere; ``calls`` lists (kind, shape, batch_axis, device, dtype)."""
+
+    def __init__(self, value: float):
+        self.value = value
+        self.calls: list[tuple] = []
+
+    def draw(self, kind, shape, batch_axis, device, dtype):
+        self.calls.append((kind, tuple(shape), batch_axis, device, dtype))
+        return torch.full(tuple(shape), self.value, device=device, dtype=dtype)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- distributions: noise ---------------------------------------------------------------------------
+
+def test_noise_helpers_pass_every_argument_to_the_source():
+    src = FixedNoise(0.25)
+    u = uniform((2, 3), src, CPU, torch.float64, batch_axis=0)
+    e = standard_normal((4, 2), src, CPU, torch.float64, batch_axis=1)
+    assert src.calls == [("uniform", (2, 3), 0, CPU, torch.float64), ("normal", (4, 2), 1, CPU, torch.float64)]
+    assert u.dtype == e.dtype == torch.float64 and float(u[0, 0]) == 0.25
+    with pytest.raises(ValueError, match=r"^a sharded noise source needs the batch axis of the draw \(batch_axis\)$"):
+        uniform((2,), FixedNoise(0.0))
+
+
+def test_noise_helpers_draw_from_the_given_generator():
+    assert torch.equal(uniform((3, 2), seeded(1)), torch.rand((3, 2), generator=seeded(1)))
+    assert torch.equal(standard_normal((3, 2), seeded(1)), torch.randn((3, 2), generator=seeded(1)))
+    assert uniform((2,), seeded(), dtype=torch.float64).dtype == torch.float64
+    assert standard_normal((2,), seeded(), dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"^noise kind must be 'normal' or 'uniform'; got 'gamma'$"):
+        noise("gamma", (2,))
+
+
+# --- distributions: Gaussians -----------------------------------------------------------------------
+
+def test_diagonal_gaussian_log_prob_and_kl_match_torch():
+    mu = torch.tensor([[0.3, -1.2, 2.0]])
+    log_var = torch.tensor([[0.5, -0.7, 1.1]])
+    q = DiagonalGaussian(mu, log_var)
+    ref = torch.distributions.Normal(mu, torch.exp(0.5 * log_var))
+    z = torch.tensor([[[1.0, 0.0, -0.5]]])
+    assert torch.allclose(q.log_prob_per_dim(z), ref.log_prob(z), atol=1e-6)
+    assert torch.allclose(q.log_prob(z), ref.log_prob(z).sum(-1), atol=1e-6)
+    std_normal = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    kl = torch.distributions.kl_divergence(ref, std_normal)
+    assert torch.allclose(q.kl_per_dim(), kl, atol=1e-6)
+    assert torch.allclose(standard_normal_log_prob(z), std_normal.log_prob(z).sum(-1), atol=1e-6)
+    assert torch.allclose(StandardNormal(3).log_prob_per_dim(z), std_normal.log_prob(z), atol=1e-6)
+    assert LOG_2PI == pytest.approx(math.log(2 * math.pi))
+
+
+def test_half_precision_parameters_give_float32_log_densities():
+    from aevb.distributions import _wide
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert _wide(torch.zeros(2, dtype=dtype)).dtype == torch.float32
+    assert _wide(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+    q = DiagonalGaussian(torch.zeros(1, 2, dtype=torch.bfloat16), torch.zeros(1, 2, dtype=torch.bfloat16))
+    lp = q.log_prob(torch.full((1, 2), 0.1))
+    assert lp.dtype == torch.float32 and float(lp) == pytest.approx(-LOG_2PI - 0.01, abs=1e-6)
+
+
+def test_diagonal_gaussian_rsample_is_mu_plus_sigma_eps_with_the_batch_on_axis_minus_2():
+    q = DiagonalGaussian(torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.log(torch.tensor([[4.0, 1.0]],
+                                                                                              dtype=torch.float64)))
+    src = FixedNoise(0.5)
+    z = q.rsample(3, src)
+    assert z.dtype == torch.float64 and z.tolist() == [[[2.0, -0.5]]] * 3
+    assert src.calls == [("normal", (3, 1, 2), -2, CPU, torch.float64)]
+    meta = DiagonalGaussian(torch.zeros(2, 2, device="meta"), torch.zeros(2, 2, device="meta"))
+    assert meta.rsample(3, seeded()).device.type == "meta"
+
+
+def test_diagonal_gaussian_kl_sums_over_the_latent_axis():
+    # (2, 3) parameters: summing over axis 0 instead of -1 would give 3 numbers, not 2
+    mu = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    q = DiagonalGaussian(mu, torch.zeros(2, 3))
+    expected = torch.tensor([2.5, 0.5])  # KL(N(mu, 1) || N(0, 1)) = mu^2 / 2 per dimension
+    assert torch.allclose(q.kl_to_standard_normal(), expected)
+    assert torch.allclose(q.kl(StandardNormal(3)), expected)
+    q3 = DiagonalGaussian(mu.expand(4, 2, 3), torch.zeros(4, 2, 3))  # a leading sample axis, as importance uses
+    assert torch.allclose(q3.kl_to_standard_normal(), expected.expand(4, 2))
+    assert torch.allclose(q3.kl(StandardNormal(3)), expected.expand(4, 2))
+    with pytest.raises(NotImplementedError, match="no closed-form KL between DiagonalGaussian and Gaussian"):
+        q.kl(Gaussian(mu, torch.zeros(2, 3)))
+
+
+def test_register_kl_registers_the_function_for_the_exact_pair():
+    class Q:
+        pass
+
+    class P:
+        pass
+
+    fn = register_kl(Q, P)(lambda q, p: torch.ones(2))
+    assert torch.equal(analytic_kl_per_dim(Q(), P()), torch.ones(2))
+    assert fn(None, None).shape == (2,)
+    assert analytic_kl_per_dim(P(), Q()) is None
+
+
+# --- distributions: samplers ------------------------------------------------------------------------
+
+def test_bernoulli_sample_thresholds_the_uniform_draw_strictly():
+    logits = torch.tensor([[[0.0, 50.0, -50.0]]], dtype=torch.float64)  # p = 1/2, ~1, ~0; (1, 1, 3)
+    src = FixedNoise(0.5)
+    x = Bernoulli(logits).sample(src)
+    assert x.tolist() == [[[0.0, 1.0, 0.0]]] and x.dtype == torch.float64  # u = 1/2 is not < p = 1/2
+    assert src.calls == [("uniform", (1, 1, 3), -2, CPU, torch.float64)]
+    Bernoulli(torch.zeros(2, 1, 3, 4), event_ndim=3).sample(src)
+    assert src.calls[-1][2] == -4
+
+
+def test_bernoulli_sample_uses_the_generator():
+    logits = torch.zeros(64)
+    assert torch.equal(Bernoulli(logits).sample(seeded(3)), Bernoulli(logits).sample(seeded(3)))
+    assert torch.equal(Bernoulli(logits).sample(seeded(3)), (torch.rand(64, generator=seeded(3)) < 0.5).float())
+
+
+def test_gaussian_sample_is_mean_plus_sigma_eps():
+    mean = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    log_var = torch.log(torch.tensor([[4.0, 0.25]], dtype=torch.float64))
+    src = FixedNoise(1.0)
+    x = Gaussian(mean, log_var).sample(src)
+    assert torch.allclose(x, torch.tensor([[2.5, -0.5]], dtype=torch.float64)) and x.dtype == torch.float64
+    assert src.calls == [("normal", (1, 2), -2, CPU, torch.float64)]
+    Gaussian(torch.zeros(2, 1, 3, 4), torch.zeros(2, 1, 3, 4), event_ndim=3).sample(src)
+    assert src.calls[-1][2] == -4
+    expected = mean + 2 * torch.randn(1, 2, generator=seeded(5), dtype=torch.float64)
+    assert torch.allclose(Gaussian(mean, torch.full_like(mean, math.log(4.0))).sample(seeded(5)), expected)
+
+
+def test_gaussian_std_and_clamp():
+    g = Gaussian(torch.zeros(3), torch.tensor([-2.0, 0.0, 2.0]), log_var_bounds=(-2.0, 2.0))
+    assert torch.allclose(g.std, torch.exp(torch.tensor([-1.0, 0.0, 1.0])))
+    assert g.at_clamp().tolist() == [True, False, True]
+    assert Gaussian(torch.zeros(3), torch.zeros(3)).at_clamp() is None
+
+
+def logistic_quantile(mean: float, scale: float, u: float) -> float:
+    """The 8-bit value DiscretizedLogistic.sample gives for uniform draw u."""
+    x = mean + scale * (math.log(u) - math.log1p(-u))
+    return round(min(max(x, 0.0), 1.0) * 255.0) / 255.0
+
+
+@pytest.mark.parametrize("u, clamped", [(0.0, 1e-6), (1.0, 1 - 1e-6), (0.9, 0.9)])
+def test_discretized_logistic_sample_is_the_rounded_logistic_quantile(u, clamped):
+    mean = torch.tensor([[0.5]], dtype=torch.float64)
+    log_scale = torch.full_like(mean, math.log(0.01))
+    src = FixedNoise(u)
+    x = DiscretizedLogistic(mean, log_scale).sample(src)
+    assert float(x) == pytest.approx(logistic_quantile(0.5, 0.01, clamped)) and x.dtype == torch.float64
+    assert src.calls == [("uniform", (1, 1), -2, CPU, torch.float64)]
+    DiscretizedLogistic(torch.zeros(2, 1, 3, 4), torch.zeros(2, 1, 3, 4), event_ndim=3).sample(src)
+    assert src.calls[-1][2] == -4
+
+
+def test_discretized_logistic_sample_uses_the_generator():
+    d = DiscretizedLogistic(torch.full((50,), 0.5), torch.full((50,), math.log(0.1)))
+    u = torch.rand(50, generator=seeded(2)).clamp(1e-6, 1 - 1e-6)
+    expected = ((0.5 + 0.1 * (u.log() - (-u).log1p())).clamp(0, 1) * 255).round() / 255
+    assert torch.allclose(d.sample(seeded(2)), expected)
+
+
+# --- importance: the fast path's pieces ---------------------------------------------------------------
+
+def small_vae(seed: int = 0, dtype=torch.float32, **kw):
+    from aevb.config import ModelConfig
+    from aevb.models import VAE
+
+    torch.manual_seed(seed)
+    return VAE(ModelConfig(input_shape=(1, 4, 4), hidden=(8,), activation="tanh", latent_dim=2, **kw)).to(dtype).eval()
+
+
+def test_use_onednn_follows_gemm_device_and_dtype():
+    from aevb.importance import use_onednn
+    from aevb.nets import onednn_linear_works
+
+    works = onednn_linear_works()
+    f32, f64 = torch.zeros(1), torch.zeros(1, dtype=torch.float64)
+    assert use_onednn("auto", f32) is works and use_onednn("onednn", f32) is works
+    assert use_onednn("torch", f32) is False and use_onednn("auto", f64) is False
+    assert use_onednn("auto", torch.zeros(1, device="meta")) is False
+    with pytest.raises(RuntimeError, match=r"^oneDNN's linear is not usable here \(needs float32 on a CPU build"):
+        use_onednn("onednn", f64)
+    with pytest.raises(ValueError, match=r"^gemm must be 'auto', 'onednn' or 'torch'; got 'blas'$"):
+        use_onednn("blas", f32)
+
+
+def test_log_cosh_sum_is_exact_for_many_pixels():
+    from aevb.importance import LOG_GROUP, log_cosh_sum
+
+    # zero logits: log(2 cosh 0) = log 2 per pixel. 160 groups of sigmoid(0) = 1/2 multiplied across
+    # groups instead of within one would underflow float32 (2^-160)
+    d = LOG_GROUP * 160 + 3
+    assert torch.allclose(log_cosh_sum(torch.zeros(2, d)), torch.full((2,), d * math.log(2)), rtol=1e-6)
+    logits = torch.tensor([[3.0, -1.0, 0.5] * 7])  # 21 pixels: one group and a remainder
+    expected = torch.log(2 * torch.cosh(logits / 2)).sum(-1)
+    assert torch.allclose(log_cosh_sum(logits.clone()), expected, atol=1e-5)
+
+
+def record_calls(monkeypatch, module, name):
+    """Replace module.name by a wrapper that records each call's arguments; returns the list."""
+    calls, fn = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_bernoulli_mlp_log_weights_passes_the_gemm_choice_to_every_layer(monkeypatch, onednn):
+    from aevb import importance
+    from aevb.nets import onednn_linear_works
+
+    if onednn and not onednn_linear_works():
+        pytest.skip("oneDNN's fused linear is not usable here")
+    model = small_vae()
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5), generator=seeded(0))
+    mu, log_var = torch.randn(3, 2, generator=seeded(1)), torch.randn(3, 2, generator=seeded(2))
+    eps = torch.randn(3, 5, 2, generator=seeded(3))
+    prep = importance.bernoulli_prep(model.decoder, x, mu, log_var)
+    layers = record_calls(monkeypatch, importance, "dense_layer")
+    lw = (importance.bernoulli_mlp_log_weights(model.decoder, prep, eps, onednn) if onednn
+          else importance.bernoulli_mlp_log_weights(model.decoder, prep, eps))
+    assert [call[0][3] for call in layers] == [onednn, onednn]  # the hidden layer, then the logits
+    expected = importance.generic_log_weights(model, x, mu, log_var, eps)
+    assert torch.allclose(lw, expected.double(), atol=1e-4)
+
+
+def test_bernoulli_prep_centres_x_in_the_decoders_dtype():
+    from aevb.importance import bernoulli_prep
+
+    model = small_vae(dtype=torch.float64)
+    x = torch.ones(2, 1, 4, 4)  # float32 images, float64 decoder
+    prep = bernoulli_prep(model.decoder, x, torch.zeros(2, 2, dtype=torch.float64),
+                          torch.zeros(2, 2, dtype=torch.float64))
+    w, b = model.decoder.mean.weight, model.decoder.mean.bias
+    assert torch.allclose(prep.u, 0.5 * w.sum(0).expand(2, -1)) and torch.allclose(prep.c, 0.5 * b.sum().expand(2))
+
+
+def test_draw_noise_draws_the_chunk_on_the_parameters_device_and_dtype():
+    from aevb.importance import draw_noise
+
+    # (images, samples, Z) in one call
+    eps = draw_noise(seeded(4), 3, 4, 2, torch.zeros(1, dtype=torch.float64))
+    assert torch.equal(eps, torch.randn(3, 4, 2, generator=seeded(4), dtype=torch.float64))
+    eps = draw_noise(seeded(4), 3, 4, 2, torch.zeros(1, device="meta"))
+    assert eps.device.type == "meta" and eps.dtype == torch.float32
+
+
+def test_image_log_weights_chunks_cut_k_samples_and_take_the_fast_path(monkeypatch):
+    from aevb import importance
+
+    model = small_vae()
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5), generator=seeded(0))
+    mu, log_var = torch.randn(3, 2, generator=seeded(1)), torch.zeros(3, 2)
+    plan = importance.ChunkPlan(images=2, samples=2, row_bytes=1)
+    fast = record_calls(monkeypatch, importance, "bernoulli_mlp_log_weights")
+    chunks = list(importance._image_log_weights_chunks(model, x, mu, log_var, 5, plan, seeded(5), True, True, None))
+    assert [(sl.start, sl.stop, tuple(lw.shape)) for sl, lw in chunks] == [
+        (0, 2, (2, 2)), (0, 2, (2, 2)), (0, 2, (2, 1)), (2, 3, (1, 2)), (2, 3, (1, 2)), (2, 3, (1, 1))]
+    assert len(fast) == 6 and all(call[0][3] is True for call in fast)
+    # the same noise through the model's own log_prob gives the same log-weights
+    slow = list(importance._image_log_weights_chunks(model, x, mu, log_var, 5, plan, seeded(5), False, False, None))
+    assert len(fast) == 6
+    for (_, lw), (_, ref) in zip(chunks, slow):
+        assert torch.allclose(lw, ref.double(), atol=1e-4)
+
+
+# --- flows --------------------------------------------------------------------------------------------
+
+def planar_step(u: float, w: float, b: float, dtype=torch.float64):
+    """A one-dimensional, one-step planar flow whose (u, w, b) do not depend on the context."""
+    from aevb.flows import PlanarFlow
+
+    flow = PlanarFlow(1, 1, 1).to(dtype)
+    with torch.no_grad():
+        flow.amortize.weight.zero_()
+        flow.amortize.bias.copy_(torch.tensor([u, w, b], dtype=dtype))
+    return flow
+
+
+def test_planar_inverse_clamps_the_log_determinant_as_forward_does():
+    # w.u = -16.1: u' = -1 + 1e-7, so at z = 0 (tanh = 0) 1 + w.u' tanh' = 1e-7, below the clamp 1e-6
+    flow = planar_step(-16.1, 1.0, 0.0)
+    h = torch.zeros(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        y, ld_forward = flow(torch.zeros(1, 1, dtype=torch.float64), h)
+        z, ld_inverse = flow.inverse(y, h)
+    assert float(ld_forward) == pytest.approx(math.log(1e-6), rel=1e-6)
+    assert float(ld_inverse) == pytest.approx(math.log(1e-6), rel=1e-6)
+    assert abs(float(z)) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["planar", "iaf"])
+def test_flow_inverse_keeps_the_dtype_and_device(name):
+    from aevb.flows import build_flow
+
+    torch.manual_seed(0)
+    flow = build_flow(name, 3, 2, 8)
+    y, h = torch.randn(4, 2, 3), torch.randn(2, 3)
+    z, logdet = flow.inverse(y, h)
+    assert z.dtype == logdet.dtype == torch.float32 and z.shape == (4, 2, 3) and logdet.shape == (4, 2)
+    y_again, ld_forward = flow(z, h)
+    assert torch.allclose(y_again, y, atol=1e-4) and torch.allclose(ld_forward, logdet, atol=1e-4)
+    meta = build_flow(name, 3, 2, 8).to("meta")
+    z, logdet = meta.inverse(y.to("meta"), h.to("meta"))
+    assert z.device.type == logdet.device.type == "meta"
+    # no steps: the identity, with a log-determinant of 0 in the latent's dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a planar flow's empty (0-step) parameter layer
+        identity = build_flow(name, 3, 0, 8).double()
+    z, logdet = identity.inverse(y.double(), h.double())
+    assert torch.equal(z, y.double()) and logdet.dtype == torch.float64 and not logdet.any()
+
+
+def test_flow_posterior_rsample_draws_n_samples_from_the_generator():
+    from aevb.flows import FlowPosterior, build_flow
+
+    torch.manual_seed(0)
+    flow = build_flow("planar", 2, 2, 4)
+    q = FlowPosterior(DiagonalGaussian(torch.zeros(3, 2), torch.zeros(3, 2)), flow, torch.randn(3, 2))
+    z = q.rsample(5, seeded(7))
+    assert z.shape == (5, 3, 2)
+    assert torch.equal(z, q.rsample_with_log_prob(5, seeded(7))[0])
+    assert torch.equal(z, flow(torch.randn(5, 3, 2, generator=seeded(7)), q.context)[0])
+
+
+def test_iaf_step_is_autoregressive_in_its_order_and_uses_context_and_bias():
+    from aevb.flows import IAF_GATE_BIAS, IAFStep
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    step = IAFStep(4, 8, 3, reverse=False)
+    with torch.no_grad():
+        for p in step.parameters():
+            p.normal_(0, 0.5)  # the output layer starts at zero: make the step non-trivial
+    z, h = torch.randn(1, 4), torch.randn(1, 3)
+    jac = torch.autograd.functional.jacobian(lambda v: step(v, h)[0], z)[0, :, 0, :]  # (4, 4): dy_i / dz_j
+    strictly_upper = torch.triu(torch.ones(4, 4, dtype=torch.bool), 1)
+    assert not jac[strictly_upper].any()  # y_i reads only the z_j before it
+    strictly_lower = torch.tril(torch.ones(4, 4, dtype=torch.bool), -1)
+    assert (jac[strictly_lower].abs() > 1e-6).all()  # ... and all of them
+    # m, log g = MADE(z) with the context added to the first layer (paper: IAF's h input)
+    a = F.elu(F.linear(z, step.inp.weight * step.inp.mask, step.inp.bias) + h @ step.context.weight.T)
+    m, s = F.linear(a, step.out.weight * step.out.mask, step.out.bias).chunk(2, -1)
+    log_g = F.logsigmoid(s + IAF_GATE_BIAS) - math.log(torch.sigmoid(torch.tensor(IAF_GATE_BIAS)))
+    g = torch.exp(log_g)
+    y, logdet = step(z, h)
+    assert torch.allclose(y, g * z + (1 - g) * m, atol=1e-6) and torch.allclose(logdet, log_g.sum(-1), atol=1e-6)
+    assert "inp.mask" not in step.state_dict() and "out.mask" not in step.state_dict()  # rebuilt from the sizes
+
+
+def test_masked_linear_applies_mask_and_bias():
+    from aevb.flows import MaskedLinear
+
+    layer = MaskedLinear(2, 2, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        layer.bias.copy_(torch.tensor([0.5, -0.5]))
+    assert layer(torch.tensor([[1.0, 1.0]])).tolist() == [[1.5, 6.5]]
+    assert list(layer.state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("name", ["planar", "iaf"])
+def test_flow_forward_is_not_the_identity_and_keeps_dtype_and_device(name):
+    from aevb.flows import build_flow
+
+    torch.manual_seed(1)
+    flow = build_flow(name, 3, 2, 8)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0, 0.3)
+    z, h = torch.randn(4, 2, 3), torch.randn(2, 3)
+    y, logdet = flow(z, h)
+    assert (y - z).abs().max() > 1e-2 and logdet.abs().max() > 1e-3
+    z_back, logdet_back = flow.inverse(y, h)
+    assert torch.allclose(z_back, z, atol=1e-4) and torch.allclose(logdet_back, logdet, atol=1e-4)
+    y, logdet = build_flow(name, 3, 2, 8).to("meta")(z.to("meta"), h.to("meta"))
+    assert y.device.type == logdet.device.type == "meta"
+    if name == "iaf":  # no steps: the identity, with a log-determinant of 0 in the latent's dtype
+        y, logdet = build_flow(name, 3, 0, 8).double()(z.double(), h.double())
+        assert torch.equal(y, z.double()) and logdet.dtype == torch.float64 and not logdet.any()
+
+
+def test_planar_step_parameters_make_every_step_invertible():
+    from aevb.flows import PlanarFlow
+
+    torch.manual_seed(2)
+    flow = PlanarFlow(3, 2, 4)
+    with torch.no_grad():
+        flow.amortize.weight.mul_(0.1)  # |w| < 1, so that the 1e-12 floor of |w|^2 is not reached
+        flow.amortize.bias.mul_(0.1)
+    h = torch.randn(5, 4)
+    u_hat, w, b = flow.step_parameters(h)
+    assert u_hat.shape == w.shape == (5, 2, 3) and b.shape == (5, 2)
+    p = flow.amortize(h).view(5, 2, 7)
+    u = p[..., :3]
+    wu = (w * u).sum(-1)
+    # appendix A.1: w.u' = -1 + softplus(w.u), for each image and step
+    assert torch.allclose((w * u_hat).sum(-1), -1 + torch.nn.functional.softplus(wu), atol=1e-5)
+    # u' - u is parallel to w
+    along = ((u_hat - u) * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True)
+    assert torch.allclose(u_hat - u, along * w, atol=1e-5)
+
+
+# --- priors -------------------------------------------------------------------------------------------
+
+def test_standard_normal_sample_asks_for_n_rows_on_device_and_dtype():
+    src = FixedNoise(0.5)
+    z = StandardNormal(3).sample(2, src)
+    assert z.dtype == torch.float32 and float(z[0, 0]) == 0.5
+    StandardNormal(3).sample(2, src, device="cpu", dtype=torch.float64)
+    assert src.calls == [("normal", (2, 3), 0, None, torch.float32), ("normal", (2, 3), 0, "cpu", torch.float64)]
+
+
+def test_mixture_log_prob_matches_the_mixture_density_in_float64():
+    from aevb.priors import mixture_log_prob
+
+    mu = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]])  # float32 components, float64 z
+    log_var = torch.tensor([[0.0, 0.5], [-0.5, 0.2], [1.0, -1.0]])
+    z = torch.tensor([[[0.3, -0.2]], [[1.5, 2.0]]], dtype=torch.float64)  # (2, 1, 2)
+    comps = torch.distributions.Normal(mu.double(), torch.exp(0.5 * log_var.double()))
+    expected = torch.logsumexp(comps.log_prob(z[..., None, :]).sum(-1), -1) - math.log(3)  # (2, 1)
+    got = mixture_log_prob(z, mu, log_var)
+    assert got.shape == (2, 1) and got.dtype == torch.float64
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_uniform_indices_are_phi_of_one_normal_draw_per_row():
+    from aevb.priors import uniform_indices
+
+    src = FixedNoise(1.5)  # Phi(1.5) = 0.9332
+    idx = uniform_indices(4, 10, src, CPU)
+    assert idx.tolist() == [9, 9, 9, 9] and src.calls == [("normal", (4, 1), -2, CPU, torch.float64)]
+    assert uniform_indices(2, 10, FixedNoise(-1.5), CPU).tolist() == [0, 0]
+    assert uniform_indices(2, 10, FixedNoise(0.0), CPU).tolist() == [5, 5]
+    assert uniform_indices(3, 7, FixedNoise(40.0), CPU).tolist() == [6, 6, 6]  # Phi = 1 exactly: the last index
+    assert uniform_indices(3, 7, seeded(), torch.device("meta")).device.type == "meta"
+
+
+def test_sample_mixture_draws_mu_plus_sigma_eps_of_the_chosen_component():
+    from aevb.priors import sample_mixture
+
+    comps = DiagonalGaussian(torch.tensor([[0.0, 0.0], [10.0, -10.0]], dtype=torch.float64),
+                             torch.log(torch.tensor([[1.0, 1.0], [4.0, 0.25]], dtype=torch.float64)))
+    src = FixedNoise(1.0)
+    z = sample_mixture(comps, 3, src, None, None)  # eps = 1, index Phi(1) * 2 -> 1
+    assert z.dtype == torch.float32 and z.tolist() == [[12.0, -9.5]] * 3
+    # both draws name the batch axis, as a sharded noise source needs (it raised before)
+    assert src.calls == [("normal", (3, 1), -2, CPU, torch.float64), ("normal", (3, 2), -2, CPU, torch.float32)]
+    src = FixedNoise(1.0)
+    z = sample_mixture(comps, 3, src, "cpu", torch.float64)
+    assert z.dtype == torch.float64 and z.tolist() == [[12.0, -9.5]] * 3 and src.calls[-1][4] == torch.float64
+    meta = DiagonalGaussian(comps.mu.to("meta"), comps.log_var.to("meta"))
+    assert sample_mixture(meta, 3, seeded(), None, None).device.type == "meta"
+    assert sample_mixture(comps, 3, seeded(), "meta", None).device.type == "meta"
+
+
+def test_learned_priors_sample_where_and_as_asked_and_describe_themselves():
+    from aevb.priors import MixtureOfGaussians
+
+    torch.manual_seed(0)
+    mog = MixtureOfGaussians(2, 3)
+    model = small_vae(prior="vamp", prior_components=5)
+    for prior in (mog, model.prior):
+        assert prior.sample(4, seeded(), "meta", torch.float64).device.type == "meta"
+        z = prior.sample(4, seeded(), dtype=torch.float64)
+        assert z.shape == (4, 2) and z.dtype == torch.float64
+    assert repr(mog) == "MixtureOfGaussians(latent_dim=2, components=3)"
+    assert model.prior.extra_repr() == "latent_dim=2, components=5, bounded=True"
+
+
+def test_vamp_prior_defaults_and_pseudo_inputs():
+    from aevb.priors import PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD, VampPrior
+
+    torch.manual_seed(0)
+    prior = VampPrior(400, (1, 4, 4), 2, posterior_at=lambda u, c: None)
+    assert prior.bounded is True and prior.label_logits is None
+    a = prior.pseudo_inputs.detach()
+    assert abs(float(a.mean()) - PSEUDO_INPUT_MEAN) < 1e-3 and abs(float(a.std()) - PSEUDO_INPUT_STD) < 1e-3
+    u, labels = prior.inputs()
+    assert torch.allclose(u, torch.sigmoid(a)) and labels is None
+    raw = VampPrior(3, (1, 2, 2), 2, posterior_at=lambda u, c: None, bounded=False, num_classes=4)
+    u, labels = raw.inputs()
+    assert torch.equal(u, raw.pseudo_inputs) and torch.allclose(labels, torch.full((3, 4), 0.25))
+
+
+# --- importance: planning -----------------------------------------------------------------------------
+
+def test_plan_chunks_exact_plans_and_errors():
+    from aevb.importance import ChunkPlan, plan_chunks
+
+    plan = plan_chunks(10, 10, 3, 100)  # 33 rows: 3 whole images of 10 samples
+    assert plan == ChunkPlan(images=3, samples=10, row_bytes=3) and type(plan.images) is int
+    assert plan_chunks(10, 5, 3, 45) == ChunkPlan(images=1, samples=10, row_bytes=3)  # 15 rows: one image
+    assert plan_chunks(10, 10, 3, 100, max_samples=50) == plan  # a cap above k changes nothing
+    assert plan_chunks(10, 1, 1, 10**6) == ChunkPlan(images=1, samples=10, row_bytes=1)
+    assert plan_chunks(5000, 2, 1, 1100) == ChunkPlan(images=1, samples=1000, row_bytes=1)
+    for k, n, row_bytes in [(0, 1, 1), (1, 0, 1), (1, 1, 0)]:
+        with pytest.raises(ValueError, match=rf"^need k, n_images, row_bytes >= 1; got {k}, {n}, {row_bytes}$"):
+            plan_chunks(k, n, row_bytes)
+
+
+def test_decoder_row_bytes_counts_layers_temporaries_and_noise():
+    from aevb.importance import decoder_row_bytes
+
+    # float64 (the layers run as modules): outputs 8 + 8 + 16 values, 3 temporaries of 16, noise 2 x 2
+    assert decoder_row_bytes(small_vae(dtype=torch.float64)) == 8 * (8 + 8 + 16) + 3 * 16 * 8 + 2 * 2 * 8
+    # float16: the temporaries are counted at 4 bytes or more a value
+    assert decoder_row_bytes(small_vae(dtype=torch.float16)) == 2 * (8 + 8 + 16) + 3 * 16 * 4 + 2 * 2 * 2
+    conditional = small_vae(dtype=torch.float64, num_classes=3)
+    assert decoder_row_bytes(conditional) == 672
+    assert decoder_row_bytes(conditional.to("meta")) == 672  # the probe runs where the model is
+
+
+# --- objectives and the discretized logistic ----------------------------------------------------------
+
+def test_ae_loss_encodes_x_in_and_scores_x():
+    from aevb.config import ModelConfig
+    from aevb.models import build_model
+    from aevb.objectives import ae_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(8,), latent_dim=2, family="ae")).eval()
+    x = torch.bernoulli(torch.full((3, 16), 0.5), generator=seeded(0))
+    x_in = 1 - x
+    terms = ae_loss(model, x, x_in=x_in, reduction="none")
+    expected = model.decode(model.embed(x_in.view(3, 1, 4, 4), None), None).log_prob(x.view(3, 1, 4, 4))
+    assert set(terms) == {"loss", "reconstruction"}
+    assert torch.allclose(terms["reconstruction"], expected) and torch.allclose(terms["loss"], -expected.mean())
+    assert not torch.allclose(ae_loss(model, x, reduction="none")["reconstruction"], expected)
+
+
+def test_discretized_logistic_clamps_the_log_scale_and_broadcasts_x():
+    d = DiscretizedLogistic(torch.full((3,), 0.5), torch.tensor([-20.0, 0.0, 20.0]))
+    assert d.log_scale.tolist() == [DiscretizedLogistic.LOG_SCALE_MIN, 0.0, DiscretizedLogistic.LOG_SCALE_MAX]
+    assert d.at_clamp().tolist() == [True, False, True]
+    x = torch.tensor([[0.0, 0.5, 1.0], [128 / 255, 1.0, 0.0]])  # two images scored against one mean
+    lp = d.log_prob(x)
+    assert lp.shape == (2,)
+    assert torch.allclose(lp, torch.stack([d.log_prob(x[0]), d.log_prob(x[1])]))
+
+
+def test_objectives_name_a_bad_setting_in_one_line():
+    from aevb.objectives import elbo, kl_terms, reduce_terms
+
+    with pytest.raises(ValueError, match=r"^kl must be 'analytic' or 'mc'; got 'exact'$"):
+        kl_terms(None, None, None, None, kl="exact")
+    with pytest.raises(ValueError, match=r"^kl must be 'analytic' or 'mc'; got 'exact'$"):
+        elbo(None, None, kl="exact")
+    with pytest.raises(ValueError, match=r"^reduction must be 'mean' or 'none'; got 'sum'$"):
+        reduce_terms({"loss": torch.zeros(())}, "sum")
