@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 TRAIN = ["--hidden", "400", "--latent-dim", "20", "--epochs", "10", "--seed", "0"]
-MODELS = {  # name: (extra `aevb train` flags, has a prior to sample from)
+MODELS = {  # name: (extra `aevb train` flags, has a prior; an AE's "prior" row decodes N(0, I) codes anyway)
     "vae": ([], True),
     "ae": (["--model", "ae"], False),
     "beta-vae": (["--beta", "4"], True),
@@ -79,10 +79,17 @@ def log_p(run, x) -> dict:
 
 
 def grid(run, sampler: str | None, path: Path) -> None:
-    """64 samples (8 x 8) of ``run.sample(64, sampler=sampler, seed=0)`` as a PNG."""
+    """64 samples (8 x 8) of ``run.sample(64, sampler=sampler, seed=0)`` as a PNG (a model without a prior and
+    no sampler: decoded N(0, I) codes, ``model.sample``, as ``aevb sample`` draws them)."""
+    import torch
+
     from aevb.images import tile, write_image
 
-    write_image(tile(run.sample(64, sampler=sampler, seed=0), ncol=8), path)
+    if sampler is None and not run.model.capabilities.has_prior:
+        images = run.model.sample(64, generator=torch.Generator().manual_seed(0))
+    else:
+        images = run.sample(64, sampler=sampler, seed=0)
+    write_image(tile(images.clamp(0, 1), ncol=8), path)
 
 
 def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) -> None:
@@ -103,14 +110,14 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
                      "--seed", "0", log=log)
         run = aevb.load(run_dir)
         logp = None
-        for sampler in ([None] if has_prior else []) + list(SAMPLERS):
+        for sampler in [None, *SAMPLERS]:
             key = f"{dataset}/{model}/{sampler or 'prior'}"
             if key in results:
                 continue
             t0, c0 = time.time(), cpu_seconds()
             row = {"dataset": dataset, "model": model, "sampler": sampler or "prior", "run": str(run_dir),
                    "train_flags": TRAIN + flags}
-            if sampler is None or not has_prior:
+            if sampler is None:
                 row.update(train_time)
             if has_prior and logp is None:
                 logp = log_p(run, run.dataset().test.x)
@@ -124,6 +131,8 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
             row["sampler_fit"] = (None if sampler is None else
                                   json.loads((run_dir / f"sampler-{sampler}.json").read_text())["fit_stats"])
             row["score_wall_s"], row["score_cpu_s"] = time.time() - t0, cpu_seconds() - c0
+            if results_path.exists():  # another process may have added rows
+                results.update({k: v for k, v in json.loads(results_path.read_text()).items() if k not in results})
             results[key] = row
             write_atomic(results_path, results)
             log.write(f"done {key}: fd {row.get('fd')}\n")
@@ -138,12 +147,15 @@ def table(results: dict) -> str:
     head = ("| model | samples from | fd | precision | recall | density | coverage | log p(x) ± se | recon. fd |\n"
             "|---|---|---|---|---|---|---|---|---|")
     rows = [head]
-    for row in results.values():
+    order = {name: i for i, name in enumerate([*MODELS, "prior", *SAMPLERS])}
+    for row in sorted(results.values(), key=lambda r: (order[r["model"]], order[r["sampler"]])):
         lp = row.get("log_p")
         logp = f"{lp['log_likelihood']:.2f} ± {lp['log_likelihood_stderr']:.2f}" if lp else "(no density)"
         source = "its N(0, I) prior" if row["sampler"] == "prior" else row["sampler"]
         if row["sampler"] == "prior" and row["model"] == "vamp":
             source = "its VampPrior"
+        if row["sampler"] == "prior" and not MODELS[row["model"]][1]:
+            source = "N(0, I), decoded (it has no prior)"
         rows.append(f"| {LABELS[row['model']]} | {source} | {row['fd']:.1f} | {row['precision']:.3f} | "
                     f"{row['recall']:.3f} | {row['density']:.3f} | {row['coverage']:.3f} | {logp} | "
                     f"{row['reconstruction_fd']:.1f} |")
@@ -158,7 +170,8 @@ def figure(results: dict, path: Path, ncol: int = 6) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    rows = list(results.values())
+    order = {name: i for i, name in enumerate([*MODELS, "prior", *SAMPLERS])}
+    rows = sorted(results.values(), key=lambda r: (order[r["model"]], order[r["sampler"]]))
     cols = 4
     fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(2.4 * cols, 2.6 * ((len(rows) + 3) // 4)),
                              squeeze=False)
