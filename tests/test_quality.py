@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from aevb import quality
 from aevb.checkpoint import Run
+from aevb.checkpoint import load as aevb_load
 from aevb.config import DataConfig
 from aevb.quality import (FeatureNet, QualityUnavailable, feature_net_for, frechet_distance, knn_radii, prdc,
                           train_feature_net)
@@ -273,7 +275,8 @@ def test_sampler_needs_sample_quality(capsys):
 def test_evaluate_sample_quality_with_a_sampler(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AEVB_FEATURES_DIR", str(tmp_path / "features"))
     seed_digits_feature_net(tmp_path / "features")
-    run = digits_run(2)
+    shutil.copytree(digits_run(2).dir, tmp_path / "run")  # a copy: the shared run gets no sampler
+    run = aevb_load(tmp_path / "run")
     calls = []
     real_sample = Run.sample
 

@@ -272,7 +272,7 @@ def _read_factors(path: Path, n: int) -> tuple[torch.Tensor | None, Factors | No
     k = values.shape[1]
     if names is None:
         names = [f"factor_{i}" for i in range(k)]
-    elif names.shape != (k,) or names.dtype.kind not in "US":
+    elif names.shape != (k,) or not (np.issubdtype(names.dtype, np.str_) or np.issubdtype(names.dtype, np.bytes_)):
         raise DataError(f"{name}: factor_names must be {k} strings, one per factor column; got {names.dtype} {names.shape}")
     classes, grid = [], []
     for j in range(k):
