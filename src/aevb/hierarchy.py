@@ -9,7 +9,6 @@ temperature)`` adds the figure. Nothing here asks which family a model is.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
