@@ -105,7 +105,8 @@ def test_gmm_at_temperature_zero_draws_the_component_means_by_their_weights():
     # temperature 2 doubles every component's spread
     hot = gmm.sample(20000, torch.Generator().manual_seed(1), temperature=2.0)
     k = torch.cdist(hot.double(), gmm.means).argmin(1)
-    assert hot[k == 0].std(0).mean() == pytest.approx(2 * gmm.covariances[0].diagonal().sqrt().mean(), rel=0.06)
+    assert hot[k == 0].std(0).mean().item() == pytest.approx(2 * gmm.covariances[0].diagonal().sqrt().mean().item(),
+                                                            rel=0.06)
 
 
 def test_gmm_density_is_scikit_learns():
