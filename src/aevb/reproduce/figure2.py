@@ -63,20 +63,28 @@ def train_one(dataset: str, algorithm: str, nz: int, x_train, x_eval_train, x_ev
     clock = Clock()
 
     def record(step: int) -> None:
-        tr = evaluate_elbo(model, x_eval_train, seed=seed)["elbo"]
-        te = evaluate_elbo(model, x_eval_test, seed=seed)["elbo"]
-        rows.append({"dataset": dataset, "nz": nz, "algorithm": algorithm, "lr": lr, "samples": step * batch_size,
-                     "train_bound": tr, "test_bound": te, "seconds": clock()})
-        if on_row:
-            on_row(rows[-1])
-        if log:
-            log(f"{dataset} Nz={nz} {algorithm} lr={lr}: {step * batch_size} samples, "
-                f"train {tr:.2f}, test {te:.2f} ({clock():.0f} s)")
+        rows.append(_curve_row(model, dataset, nz, algorithm, lr, step * batch_size, x_eval_train, x_eval_test,
+                               seed, clock, True, on_row, log))
 
     steps = max(1, budget // batch_size)
     train_loop(model, x_train, _loss(algorithm), opt, steps, batch_size, eval_schedule(budget, batch_size, points),
                record, seed=seed)
     return rows
+
+
+def _curve_row(model, dataset: str, nz: int, algorithm: str, lr: float, samples: int, x_eval_train, x_eval_test,
+               seed: int, clock, score_test: bool, on_row, log) -> dict[str, Any]:
+    """One point of a figure-2 curve: the model's bound on the train and (``score_test``) test subsets after
+    ``samples`` training samples, passed to ``on_row`` and logged."""
+    tr = evaluate_elbo(model, x_eval_train, seed=seed)["elbo"]
+    te = evaluate_elbo(model, x_eval_test, seed=seed)["elbo"] if score_test else float("nan")
+    row = {"dataset": dataset, "nz": nz, "algorithm": algorithm, "lr": lr, "samples": samples,
+           "train_bound": tr, "test_bound": te, "seconds": clock()}
+    if on_row:
+        on_row(row)
+    if log:
+        log(f"{dataset} Nz={nz} {algorithm} lr={lr}: {samples} samples, train {tr:.2f}, test {te:.2f} ({clock():.0f} s)")
+    return row
 
 
 def train_batch(dataset: str, algorithm: str, runs: list[tuple[int, float]], x_train, x_eval_train, x_eval_test,
@@ -92,15 +100,8 @@ def train_batch(dataset: str, algorithm: str, runs: list[tuple[int, float]], x_t
 
     def record(step: int) -> None:
         for (nz, lr), model, rows in zip(runs, models, curves):
-            tr = evaluate_elbo(model, x_eval_train, seed=seed)["elbo"]
-            te = evaluate_elbo(model, x_eval_test, seed=seed)["elbo"] if score_test else float("nan")
-            rows.append({"dataset": dataset, "nz": nz, "algorithm": algorithm, "lr": lr, "samples": step * batch_size,
-                         "train_bound": tr, "test_bound": te, "seconds": clock()})
-            if on_row:
-                on_row(rows[-1])
-            if log:
-                log(f"{dataset} Nz={nz} {algorithm} lr={lr}: {step * batch_size} samples, "
-                    f"train {tr:.2f}, test {te:.2f} ({clock():.0f} s)")
+            rows.append(_curve_row(model, dataset, nz, algorithm, lr, step * batch_size, x_eval_train, x_eval_test,
+                                   seed, clock, score_test, on_row, log))
 
     steps = max(1, budget // batch_size)
     train_stacked(stack, x_train, _objective(algorithm), opt, steps, batch_size,
