@@ -33,6 +33,8 @@ MODELS = {  # name: (extra `aevb train` flags, has a prior; an AE's "prior" row 
     "ae": (["--model", "ae"], False),
     "beta-vae": (["--beta", "4"], True),
     "vamp": (["--prior", "vamp", "--prior-components", "50"], True),
+    # the hierarchy: two layers of 20 (top first) on the same 400-wide MLP cells; its code is both layers (40)
+    "hvae": (["--model", "hvae", "--latent-layers", "2", "--latent-sizes", "20,20"], True),
 }
 SAMPLERS = {"gmm": ["--components", "10"], "maf": ["--epochs", "30"], "two-stage": ["--epochs", "30"]}
 FIT_CODES = 10000
