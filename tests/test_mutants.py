@@ -345,6 +345,8 @@ def test_flow_inverse_keeps_the_dtype_and_device(name):
         identity = build_flow(name, 3, 0, 8).double()
     z, logdet = identity.inverse(y.double(), h.double())
     assert torch.equal(z, y.double()) and logdet.dtype == torch.float64 and not logdet.any()
+    z, logdet = identity(y.double(), h.double())  # the forward pass too (a planar flow of 0 steps crashed)
+    assert torch.equal(z, y.double()) and logdet.shape == (4, 2) and not logdet.any()
 
 
 def test_flow_posterior_rsample_draws_n_samples_from_the_generator():

@@ -65,7 +65,7 @@ class PlanarFlow(nn.Module):
             t = torch.baddbmm(b[:, k, None, None], rows, w[:, k, :, None]).tanh()  # tanh(w.z + b): (B, N, 1)
             rows = torch.baddbmm(rows, t, u_hat[:, k, None, :])  # z + u' tanh(...)
             tanhs.append(t)
-        t = torch.cat(tanhs, -1)  # (B, N, K)
+        t = torch.cat(tanhs, -1) if tanhs else rows.new_zeros(*rows.shape[:-1], 0)  # (B, N, K); K = 0: identity
         logdet = torch.log1p(((1 - t * t) * wu_hat[:, None, :]).clamp_min(-1 + 1e-6)).sum(-1)  # (B, N)
         return (rows.reshape(n_images, *lead, z_dim).movedim(0, -2),
                 logdet.reshape(n_images, *lead).movedim(0, -1))
