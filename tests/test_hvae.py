@@ -321,6 +321,7 @@ def test_evaluation_and_report_diagnose_each_layer(tmp_path):
     (run.dir / "evaluation.json").write_text(json.dumps(res))
     page = render(aevb.load(run.dir))
     assert "Latent layers" in page and 'id="fig-layers"' in page and "top 2 kept" not in page  # the figure is a PNG
+    assert "6-D latent in 2 layers (4+2)" in page  # the title counts every layer's code, not config.latent_dim
 
 
 def test_the_explorer_draws_the_lower_layers_at_a_temperature(tmp_path):

@@ -257,13 +257,22 @@ def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
     return out
 
 
+def _latent_words(model) -> str:
+    """The code's size for the title: "20-D latent", or a hierarchy's layers ("40-D latent in 2 layers (20+20)")."""
+    words = f"{model.capabilities.latent_dim}-D latent"
+    if has_layers(model):
+        sizes = list(model.latent_layer_sizes)
+        words += f" in {len(sizes)} layers ({'+'.join(map(str, sizes))})"
+    return words
+
+
 def render(run, data_dir: str | None = None) -> str:
     """The report as an HTML string."""
     cfg = run.config
     m = cfg.model
     given = f", conditional on {m.num_classes} classes" if m.num_classes else ""
     title = (f"aevb run {run.dir.name}: {m.family.upper()} on {cfg.data.dataset}{given}, "
-             f"{m.latent_dim}-D latent, {m.likelihood} decoder")
+             f"{_latent_words(run.model)}, {m.likelihood} decoder")
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
