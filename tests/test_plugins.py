@@ -176,6 +176,16 @@ def test_an_unknown_family_names_the_known_ones():
         build_model(ModelConfig(family="nope"))
 
 
+def test_a_setting_of_another_family_names_that_family():
+    cfg = default_config("digits")
+    with pytest.raises(aevb.config.ConfigError, match=r"'latent_layers' \(--latent-layers\) belongs to "
+                                                      r"model='hvae' \(--model hvae\), not to the 'vae' family"):
+        apply_overrides(cfg, {"latent_layers": 3})
+    with pytest.raises(aevb.config.ConfigError, match=r"^unknown setting 'bogus'$"):
+        apply_overrides(cfg, {"bogus": 1})
+    assert apply_overrides(cfg, {"model": "hvae", "latent_layers": 3}).model.latent_layers == 3
+
+
 # --- capabilities, not names; no import cycle --------------------------------------------------------
 
 

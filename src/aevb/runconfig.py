@@ -87,6 +87,18 @@ def _family_name(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _unknown_setting(key: str, family: str) -> str:
+    """The line for a setting no part of this run has: the families whose own settings it is, if any."""
+    from .models import FAMILIES
+
+    owners = [name for name, fam in FAMILIES.items() if key in {f.name for f in fields(fam.config)}]
+    if not owners:
+        return f"unknown setting {key!r}"
+    flag = "--" + key.replace("_", "-")
+    which = " or ".join(f"model={name!r} (--model {name})" for name in owners)
+    return f"setting {key!r} ({flag}) belongs to {which}, not to the {family!r} family; add the family or drop it"
+
+
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Set fields by name on whichever of model/data/train has them; ``model``/``kind`` name the family.
     A new family keeps the settings its config class shares with the old one."""
@@ -103,7 +115,7 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     for key, value in overrides.items():
         owners = [name for name, obj in parts.items() if key in {f.name for f in fields(obj)}]
         if not owners:
-            raise ConfigError(f"unknown setting {key!r}")
+            raise ConfigError(_unknown_setting(key, overrides.get("family", config.model.family)))
         changes[owners[0]][key] = value
     built = {}
     for name, obj in parts.items():
