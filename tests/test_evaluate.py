@@ -24,6 +24,7 @@ from aevb.train import train
 from aevb.runconfig import default_config
 
 from .baselines import bernoulli_baseline
+from .linear_gaussian import marginal as linear_marginal, set_exact_posterior_encoder
 
 D, Z, SIGMA = 6, 2, 0.5
 
@@ -47,19 +48,9 @@ def linear_gaussian_model():
                       latent_dim=Z, fixed_sigma=SIGMA)
     model = VAE(cfg)
     model.decoder = LinearGaussianDecoder(W, b, SIGMA)
-    # The exact posterior is N(A (x - b), S) with S = (I + W^T W / sigma^2)^-1, A = S W^T / sigma^2.
-    # The encoder gets its mean exactly and a diagonal, 1.5x inflated variance: a good but imperfect q.
-    S = torch.linalg.inv(torch.eye(Z) + W.T @ W / SIGMA**2)
-    A = S @ W.T / SIGMA**2
-    enc = model.encoder
-    with torch.no_grad():
-        enc.trunk[0].weight.copy_(torch.eye(D))
-        enc.trunk[0].bias.zero_()
-        enc.heads["mu"].weight.copy_(A)
-        enc.heads["mu"].bias.copy_(-A @ b)
-        enc.heads["log_var"].weight.zero_()
-        enc.heads["log_var"].bias.copy_(torch.log(1.5 * torch.diagonal(S)))
-    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + SIGMA**2 * torch.eye(D))
+    # The encoder gets the posterior mean exactly and a diagonal, 1.5x inflated variance: a good but imperfect q.
+    set_exact_posterior_encoder(model, W, b, SIGMA, inflate=1.5)
+    marginal = linear_marginal(W, b, SIGMA)
     return model, marginal
 
 

@@ -14,6 +14,7 @@ from aevb.config import DataConfig, ModelConfig, RunConfig
 from aevb.models import VAE, build_model
 from aevb.samplers import SAMPLERS, SamplerError, StaleSamplerWarning, encode_codes, fit_prior, fit_sampler
 
+from .linear_gaussian import marginal as linear_marginal, set_exact_posterior_encoder
 from .vizmodels import aevb
 
 # A correlated 2-D Gaussian away from the origin: what the MAF and the two-stage VAE are fitted on.
@@ -61,17 +62,8 @@ def linear_gaussian_vae(D: int = 6, Z: int = 2, sigma: float = 0.5):
     cfg = ModelConfig(input_shape=(1, 1, D), likelihood="gaussian_fixed", hidden=(D,), activation="linear",
                       latent_dim=Z, fixed_sigma=sigma)
     model = VAE(cfg)
-    S = torch.linalg.inv(torch.eye(Z) + W.T @ W / sigma**2)
-    A = S @ W.T / sigma**2
-    enc = model.encoder
-    with torch.no_grad():
-        enc.trunk[0].weight.copy_(torch.eye(D))
-        enc.trunk[0].bias.zero_()
-        enc.heads["mu"].weight.copy_(A)
-        enc.heads["mu"].bias.copy_(-A @ b)
-        enc.heads["log_var"].weight.zero_()
-        enc.heads["log_var"].bias.copy_(torch.log(torch.diagonal(S)))
-    return model.eval(), torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D)), S
+    S = set_exact_posterior_encoder(model, W, b, sigma)
+    return model.eval(), linear_marginal(W, b, sigma), S
 
 
 def test_one_component_gmm_on_a_gaussian_aggregate_posterior_reproduces_the_prior():
