@@ -106,10 +106,13 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
             cli("train", "--dataset", dataset, *TRAIN, *flags, "--no-progress", "--no-figures",
                  "--out", str(run_dir), log=log)
         train_time = {"train_wall_s": time.time() - t0, "train_cpu_s": cpu_seconds() - c0}
+        fit_cpu = {}  # CPU seconds of each fit made by this invocation (a fit kept from an earlier one: absent)
         for name, options in SAMPLERS.items():
             if not (run_dir / f"sampler-{name}.json").exists():
+                c1 = cpu_seconds()
                 cli("fit-prior", str(run_dir), "--sampler", name, *options, "--max-codes", str(FIT_CODES),
                      "--seed", "0", log=log)
+                fit_cpu[name] = cpu_seconds() - c1
         run = aevb.load(run_dir)
         logp = None
         for sampler in [None, *SAMPLERS]:
@@ -132,6 +135,8 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
             row["grid"] = str(png)
             row["sampler_fit"] = (None if sampler is None else
                                   json.loads((run_dir / f"sampler-{sampler}.json").read_text())["fit_stats"])
+            if sampler in fit_cpu:
+                row["sampler_fit_cpu_s"] = fit_cpu[sampler]
             row["score_wall_s"], row["score_cpu_s"] = time.time() - t0, cpu_seconds() - c0
             if results_path.exists():  # another process may have added rows
                 results.update({k: v for k, v in json.loads(results_path.read_text()).items() if k not in results})
@@ -141,7 +146,8 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
             log.flush()
 
 
-LABELS = {"vae": "VAE", "ae": "AE", "beta-vae": "beta-VAE (beta 4)", "vamp": "VampPrior (50 pseudo-inputs)"}
+LABELS = {"vae": "VAE", "ae": "AE", "beta-vae": "beta-VAE (beta 4)", "vamp": "VampPrior (50 pseudo-inputs)",
+          "hvae": "hierarchical VAE (2 layers of 20)"}
 
 
 def table(results: dict) -> str:
