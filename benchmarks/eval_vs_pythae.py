@@ -117,7 +117,7 @@ def model_and_images(args):
 
     torch.manual_seed(0)
     if args.run:
-        from aevb.checkpoint import load
+        from aevb.run import load
 
         run = load(args.run)
         x = run.dataset(args.data_dir).test.x

@@ -24,7 +24,8 @@ import httpx
 import torch
 import uvicorn
 
-from aevb.checkpoint import Run, load, save_model
+from aevb.checkpoint import save_model
+from aevb.run import Run, load
 from aevb.config import ModelConfig, RunConfig
 from aevb.models import build_model
 from aevb.serve.app import Explorer, create_app

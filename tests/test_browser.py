@@ -44,7 +44,8 @@ def untrained_run(latent_dim: int):
     """An untrained digits-shaped (1 x 8 x 8) model: for the layout, which does not depend on what was learned."""
     import torch
 
-    from aevb.checkpoint import load, save_model
+    from aevb.checkpoint import save_model
+    from aevb.run import load
     from aevb.config import ModelConfig, RunConfig
     from aevb.models import build_model
 
@@ -353,7 +354,7 @@ def test_steering_slider_moves_z_along_the_label_direction(page):
 @pytest.fixture
 def shot_pages(browser, server_url, wide_url):
     """The pages the screenshots show: the fixtures' models, or the runs AEVB_SCREENSHOT_*_RUN name."""
-    from aevb.checkpoint import load
+    from aevb.run import load
 
     urls, servers = {"map": server_url, "wide": wide_url}, []
     for name, run_dir in SCREENSHOT_RUNS.items():

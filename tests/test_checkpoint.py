@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import aevb
-from aevb.checkpoint import CheckpointError, load, read_safetensors, save_model
+from aevb.checkpoint import CheckpointError, read_safetensors, save_model
+from aevb.run import load
 from aevb.config import ModelConfig, RunConfig
 from aevb.data import load_dataset
 from aevb.models import build_model

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from aevb.checkpoint import load
+from aevb.run import load
 from aevb.config import ModelConfig
 from aevb.runconfig import apply_overrides, default_config
 from aevb.train import Trainer

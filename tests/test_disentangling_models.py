@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import aevb
-from aevb.checkpoint import load
+from aevb.run import load
 from aevb.config import ConfigError
 from aevb.data import load_dataset
 from aevb.distributions import DiagonalGaussian

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aevb.checkpoint import load, load_train_state
+from aevb.checkpoint import load_train_state
+from aevb.run import load
 from aevb.config import ModelConfig
 from aevb.distributed import DistInfo, ShardedNoise, reading_turn
 from aevb.distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, StandardNormal, noise

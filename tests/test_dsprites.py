@@ -18,7 +18,7 @@ import torch
 
 from click.testing import CliRunner
 
-from aevb.checkpoint import load
+from aevb.run import load
 from aevb.cli import cli
 from aevb.config import DataConfig
 from aevb.data import DataError, PackedSplit, Split, dataset_info, load_dataset

@@ -400,7 +400,7 @@ MNIST_MARGIN = 1.0  # nats
 
 @pytest.mark.slow
 def test_two_processes_end_with_the_weights_and_average_of_one(tmp_path):
-    from aevb.checkpoint import load
+    from aevb.run import load
 
     from .conftest import run_cli
     from .test_distributed import torchrun

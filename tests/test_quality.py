@@ -13,8 +13,8 @@ import scipy.linalg
 import torch
 
 from aevb import quality
-from aevb.checkpoint import Run
-from aevb.checkpoint import load as aevb_load
+from aevb.run import Run
+from aevb.run import load as aevb_load
 from aevb.config import DataConfig
 from aevb.quality import (FeatureNet, QualityUnavailable, feature_net_for, frechet_distance, knn_radii, prdc,
                           train_feature_net)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from aevb.checkpoint import TRAIN_STATE, load, read_safetensors
+from aevb.checkpoint import TRAIN_STATE, read_safetensors
+from aevb.run import load
 from aevb.data import Dataset, Split, load_dataset
 from aevb.train import Trainer, TrainingDiverged
 from aevb.runconfig import apply_overrides, default_config

@@ -37,7 +37,7 @@ def test_report_notes_missing_figures(tmp_path):
     (tmp_path / "run").mkdir()
     for name in ("config.json", "model.safetensors"):  # a run without metrics.jsonl
         (tmp_path / "run" / name).write_bytes((run.dir / name).read_bytes())
-    from aevb.checkpoint import load
+    from aevb.run import load
 
     html = write_report(load(tmp_path / "run")).read_text()
     assert "no metrics.jsonl" in html
@@ -71,7 +71,7 @@ def test_report_is_readable_by_others(tmp_path):
 
 
 def test_report_shows_the_latest_evaluation_and_the_best_epoch(tmp_path, capsys):
-    from aevb.checkpoint import load
+    from aevb.run import load
 
     from .test_cli import copied_run
 

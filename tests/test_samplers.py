@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from aevb.checkpoint import CheckpointError, load, save_model
+from aevb.checkpoint import CheckpointError, save_model
+from aevb.run import load
 from aevb.config import DataConfig, ModelConfig, RunConfig
 from aevb.models import VAE, build_model
 from aevb.samplers import SAMPLERS, SamplerError, StaleSamplerWarning, encode_codes, fit_prior, fit_sampler

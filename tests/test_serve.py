@@ -338,7 +338,8 @@ def test_autoencoder_runs_are_served_too():
 
 def test_samples_come_from_a_fitted_sampler_when_asked(tmp_path, client):
     """An AE with a GMM fitted on its codes (``aevb fit-prior``): the page lists it, /api/sample draws from it."""
-    from aevb.checkpoint import load, save_model
+    from aevb.checkpoint import save_model
+    from aevb.run import load
     from aevb.config import ModelConfig, RunConfig
     from aevb.models import build_model
     from aevb.samplers import fit_prior

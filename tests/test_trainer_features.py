@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 import aevb
-from aevb.checkpoint import BEST, CheckpointError, load, read_best, read_safetensors
+from aevb.checkpoint import BEST, CheckpointError, read_best, read_safetensors
+from aevb.run import load
 from aevb.config import ConfigError, RunConfig, TrainConfig
 from aevb.data import load_dataset
 from aevb.lr_schedules import lr_factor

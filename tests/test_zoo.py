@@ -547,7 +547,7 @@ def test_a_zoo_row_resumed_from_its_run_directory_matches_one_run_straight_throu
 
 @pytest.mark.slow
 def test_two_processes_train_a_zoo_model_to_the_weights_of_one(tmp_path):
-    from aevb.checkpoint import load
+    from aevb.run import load
 
     from .conftest import run_cli
     from .test_distributed import COMMON, torchrun

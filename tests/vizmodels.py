@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from aevb.checkpoint import Run, load, save_model
+from aevb.checkpoint import save_model
+from aevb.run import Run, load
 from aevb.config import ModelConfig, RunConfig
 
 _ROOT = Path(tempfile.mkdtemp(prefix="aevb-viz-tests-"))

@@ -21,7 +21,7 @@ __all__ = ["AE", "DataConfig", "ModelConfig", "Run", "RunConfig", "TrainConfig",
            "elbo", "evaluate", "iwae_bound", "load", "train", "__version__"]
 
 _SUBMODULE = {  # public name -> the submodule that defines it
-    "Run": "checkpoint", "load": "checkpoint",
+    "Run": "run", "load": "run",
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "evaluate": "evaluate",
     "AE": "models", "VAE": "models", "build_model": "models",

@@ -1,5 +1,5 @@
-"""What a model with several latent layers reports about each of them: evaluation terms, the report's table
-and the figure of what each layer encodes.
+"""What a model with several latent layers reports about each of them: evaluation terms and the report's table
+(the figure of what each layer encodes is ``aevb.viz.plot_layer_reconstructions``).
 
 A model takes part by having ``kl_per_layer(x, y, generator)`` -> (B, L), the closed-form KL of each layer
 at a draw of z ~ q(z|x) (the ELBO's KL is their sum), and ``latent_layer_sizes`` (the code's dimensions of
@@ -9,7 +9,6 @@ temperature)`` adds the figure. Nothing here asks which family a model is.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,32 +63,3 @@ def layers_html(evaluation: dict[str, Any]) -> str:
     return ("<h3>Latent layers</h3><p>Each layer's share of the KL term and its active units (posterior-mean "
             f"variance over images above {ACTIVE_UNIT_THRESHOLD:g}); a layer below {COLLAPSED_NATS:g} nat has "
             "collapsed to its prior.</p><table>" + head + "".join(rows) + "</table>")
-
-
-@torch.no_grad()
-def plot_layer_reconstructions(model, x: Tensor, path: str | Path, temperature: float = 1.0, seed: int = 0) -> Path:
-    """A PNG: the images x (top row), then one row per n = L, L-1, ..., 0: x's code with its top n layers kept
-    and the rest drawn from the prior at ``temperature``; n = L is the reconstruction, n = 0 a sample."""
-    import matplotlib.pyplot as plt
-
-    from .viz import image_grid, save_figure
-
-    model.eval()
-    x = x.to(model.device)
-    g = torch.Generator(device=model.device).manual_seed(seed)
-    n_layers = len(model.latent_layer_sizes)
-    shape = (len(x), *model.config.input_shape)
-    keeps = list(range(n_layers, -1, -1))
-    rows = [x.reshape(shape)]
-    rows += [model.reconstruct_keeping(x, keep, generator=g, temperature=temperature).reshape(shape) for keep in keeps]
-    images = torch.cat(rows).clamp(0, 1)
-    h, w = images.shape[-2:]
-    fig, ax = plt.subplots(figsize=(0.6 * len(x) + 1.8, 0.6 * len(rows) + 0.6))
-    ax.imshow(image_grid(images, ncol=len(x)), cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")
-    ax.set_xticks([])
-    labels = ["input"] + [f"top {k} kept" for k in keeps]
-    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(rows))], labels, fontsize=8)
-    ax.set_title(f"each layer's share: the top n layers of the code kept, the rest drawn at T={temperature:g}",
-                 fontsize=9)
-    return save_figure(fig, path)

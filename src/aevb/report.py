@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import CheckpointError, atomic_write
 from .hierarchy import has_layers, layers_html
-from .viz import PLOT_KINDS, make_plot
+from .viz import PLOT_KINDS, make_plot, plot_layer_reconstructions
 
 # A conditional model whose KL(q(z|x,y) || p(z)) is below this (nats per example) passes less than about
 # 1.4 bits through z: its samples for a label all look alike, whatever z is drawn.
@@ -247,8 +247,6 @@ def figures(run, data_dir: str | None = None) -> dict[str, bytes | str]:
             except RuntimeError as e:  # a numerical failure (torch's LinAlgError is one): say so, draw the rest
                 out[kind] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'failed'}"
     if has_layers(run.model) and callable(getattr(run.model, "reconstruct_keeping", None)) and dataset is not None:
-        from .hierarchy import plot_layer_reconstructions
-
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 out["layers"] = plot_layer_reconstructions(run.model, dataset.test.x[:8], Path(tmp) / "layers.png").read_bytes()

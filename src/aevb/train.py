@@ -59,6 +59,7 @@ from .lr_schedules import LRSchedule
 from .models import Capabilities, build_model
 from .models.base import check_networks
 from .objectives import OBJECTIVES, elbo
+from .run import Run, load as load_run
 from .schedules import kl_weight
 from .tracking import RunLogger
 
@@ -868,7 +869,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
           progress: bool = True, data: Dataset | None = None, stop_after_steps: int | None = None,
           preset: str | None = None, conditional: bool = False, overwrite: bool = False,
           encoder: nn.Module | None = None, decoder: nn.Module | None = None, trust_code: bool = False,
-          **overrides: Any) -> ckpt.Run:
+          **overrides: Any) -> Run:
     """Train a model and return the loaded run.
 
     ``aevb.train(dataset="mnist", binarize="dynamic", epochs=10, out="runs/mnist")``: keyword
@@ -905,4 +906,4 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         trainer.restore()
     trainer.run(stop_after_steps=stop_after_steps)
     networks = {part: type(net) for part, net in (("encoder", encoder), ("decoder", decoder)) if net is not None}
-    return ckpt.load(plan.out, networks=networks)  # the classes just trained with
+    return load_run(plan.out, networks=networks)  # the classes just trained with

@@ -388,6 +388,32 @@ def plot_factor_traversal(model, x: torch.Tensor, path: str | Path, dim_factors:
     return save_figure(fig, path)
 
 
+@torch.no_grad()
+def plot_layer_reconstructions(model, x: torch.Tensor, path: str | Path, temperature: float = 1.0, seed: int = 0) -> Path:
+    """A PNG for a model with latent layers (``aevb.hierarchy.has_layers``): the images x (top row), then one row
+    per n = L, L-1, ..., 0: x's code with its top n layers kept and the rest drawn from the prior at
+    ``temperature``; n = L is the reconstruction, n = 0 a sample."""
+    model.eval()
+    x = x.to(model.device)
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    n_layers = len(model.latent_layer_sizes)
+    shape = (len(x), *model.config.input_shape)
+    keeps = list(range(n_layers, -1, -1))
+    rows = [x.reshape(shape)]
+    rows += [model.reconstruct_keeping(x, keep, generator=g, temperature=temperature).reshape(shape) for keep in keeps]
+    images = torch.cat(rows).clamp(0, 1)
+    h, w = images.shape[-2:]
+    fig, ax = plt.subplots(figsize=(0.6 * len(x) + 1.8, 0.6 * len(rows) + 0.6))
+    ax.imshow(image_grid(images, ncol=len(x)), cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    labels = ["input"] + [f"top {k} kept" for k in keeps]
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(rows))], labels, fontsize=8)
+    ax.set_title(f"each layer's share: the top n layers of the code kept, the rest drawn at T={temperature:g}",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     """Training and validation (or test, for a run without a validation split) ELBO, KL and
     reconstruction terms per epoch (nats per example)."""
@@ -443,7 +469,7 @@ def make_plot(run, kind: str, path: str | Path, *, data_dir: str | None = None, 
               index_a: int = 0, index_b: int = 1, dataset=None, label: int | None = None,
               grid: int | None = None, images: int | None = None, points: int | None = None,
               steps: int | None = None) -> Path:
-    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.checkpoint.Run``). ``label``: the
+    """Draw one ``kind`` of PLOT_KINDS for a loaded run (``aevb.run.Run``). ``label``: the
     class a conditional model's manifold and samples are drawn for (data images use their own).
 
     Each kind's count has its own name (``COUNTS``): ``grid`` (the manifold's side), ``images``

@@ -46,7 +46,7 @@ def denoise(run_dir, images, out, invert, label, n_test, noise, split, seed, dat
     """
     if images and (n_test is not None or noise is not None):
         raise UserError("--test and --noise are for the test-image figure; give them without IMAGES")
-    from ..checkpoint import load
+    from ..run import load
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     if images:

@@ -48,7 +48,7 @@ def edit(run_dir, image, toward, away, amount, steps, out, invert, split, n_code
     """
     import torch
 
-    from ..checkpoint import load
+    from ..run import load
     from ..images import read_image, write_image
     from ..steering import SteeringError, label_direction, labelled_codes, steer
 

@@ -57,7 +57,8 @@ def evaluate(run_dir, k, split, limit, batch_size, chunk, seed, data_dir, device
     KL per latent dimension and latent-probe accuracies (nats per example); --k 0 skips log p(x).
     The result, with k, the number of images, the seed and the binarization, is kept in
     RUN_DIR/evaluation.json (the latest evaluation; report.html shows it)."""
-    from ..checkpoint import load, write_evaluation
+    from ..checkpoint import write_evaluation
+    from ..run import load
     from ..evaluate import evaluate as run_eval
     from ..evaluate import evaluation_record
 

@@ -57,7 +57,8 @@ def sample(run_dir, n, label, sampler, temperature, seed, out, device, trust_cod
     N // classes columns (at least one), each column sharing one z, so a row shows a class and
     a column one style.
     """
-    from ..checkpoint import check_writable, load
+    from ..checkpoint import check_writable
+    from ..run import load
     from ..conditional import check_label
     from ..viz import plot_samples
 
@@ -88,7 +89,8 @@ def sample(run_dir, n, label, sampler, temperature, seed, out, device, trust_cod
 @trust_code_option
 def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
     """A PNG of test inputs above their reconstructions."""
-    from ..checkpoint import check_writable, load
+    from ..checkpoint import check_writable
+    from ..run import load
     from ..viz import plot_reconstructions
 
     device = resolved_device(device)
@@ -133,7 +135,8 @@ def reconstruct(run_dir, n, split, out, data_dir, device, trust_code) -> None:
 def plot(run_dir, kinds, out, dims, grid, images, points, steps, n, split, index_a, index_b, label, seed, data_dir,
          device, trust_code) -> None:
     """PNG figures of a run: manifold, scatter, samples, reconstructions, interpolate, traverse, curves."""
-    from ..checkpoint import check_writable, load
+    from ..checkpoint import check_writable
+    from ..run import load
     from ..viz import make_plot
 
     if n is not None:
@@ -168,7 +171,8 @@ def plot(run_dir, kinds, out, dims, grid, images, points, steps, n, split, index
 @trust_code_option
 def report(run_dir, out, data_dir, device, trust_code) -> None:
     """One self-contained HTML page: configuration, metrics and every figure."""
-    from ..checkpoint import check_writable, load
+    from ..checkpoint import check_writable
+    from ..run import load
     from ..report import write_report
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)

@@ -49,7 +49,8 @@ def fit_prior(run_dir, kind, components, epochs, hidden, layers, codes, max_code
     for name, value in given.items():
         if value is not None and kind not in _OPTION_KINDS[name]:
             raise click.UsageError(f"--{name} applies to --sampler {' or '.join(_OPTION_KINDS[name])}, not {kind}")
-    from ..checkpoint import check_writable, load
+    from ..checkpoint import check_writable
+    from ..run import load
     from ..samplers import fit_prior as fit
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code, which=which)

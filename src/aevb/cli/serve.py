@@ -30,7 +30,7 @@ def serve(run_dir, host, port, data_dir, device, trust_code) -> None:
         from ..serve.app import create_app
     except ImportError as e:
         raise click.ClickException(f"the explorer needs fastapi and uvicorn ({e}); pip install 'aevb[serve]'") from None
-    from ..checkpoint import load
+    from ..run import load
 
     run = load(run_dir, device=resolved_device(device), trust_code=trust_code)
     app = create_app(run, data_dir=data_dir)

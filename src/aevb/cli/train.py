@@ -244,7 +244,7 @@ def _relaunch_under_torchrun(nproc: int) -> None:
 
 
 def _figures(run_dir: Path, device: str) -> None:
-    from ..checkpoint import load
+    from ..run import load
     from ..report import write_report
     from ..viz import plot_reconstructions, plot_samples
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from .. import checkpoint as ckpt
+from ..run import load as load_run
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..data import Dataset, load_dataset
 from .common import eval_subset, write_csv
@@ -326,7 +327,7 @@ def score_row(row: Row, run_dir: Path, x_test: torch.Tensor, k: int, seed: int =
         if (saved.get("k"), saved.get("n_test"), saved.get("passes"), saved.get("steps", steps)) == \
                 (k, len(x_test), passes, steps):
             return saved
-    run = ckpt.load(run_dir, device=device)
+    run = load_run(run_dir, device=device)
     start, cpu_start = time.perf_counter(), time.process_time()
     x = x_test.to(run.model.device)
     ll = log_likelihood(run.model, x, k=k, batch_size=100, chunk=min(k, 1000), seed=seed)

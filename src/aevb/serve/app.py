@@ -391,7 +391,7 @@ def validation_message(errors: list[dict]) -> str:
 
 
 def create_app(run, data_dir: str | None = None) -> FastAPI:
-    """The explorer for a loaded run (``aevb.checkpoint.load``)."""
+    """The explorer for a loaded run (``aevb.load``)."""
     ex = Explorer(run, data_dir=data_dir)
     app = FastAPI(title="aevb latent explorer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.explorer = ex
