@@ -148,6 +148,7 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
 
 LABELS = {"vae": "VAE", "ae": "AE", "beta-vae": "beta-VAE (beta 4)", "vamp": "VampPrior (50 pseudo-inputs)",
           "hvae": "hierarchical VAE (2 layers of 20)"}
+PRIOR_WORDS = {"vamp": "its VampPrior", "hvae": "its top-down prior"}  # a learned prior's row (others: N(0, I))
 
 
 def table(results: dict) -> str:
@@ -159,9 +160,7 @@ def table(results: dict) -> str:
     for row in sorted(results.values(), key=lambda r: (order[r["model"]], order[r["sampler"]])):
         lp = row.get("log_p")
         logp = f"{lp['log_likelihood']:.2f} ± {lp['log_likelihood_stderr']:.2f}" if lp else "(no density)"
-        source = "its N(0, I) prior" if row["sampler"] == "prior" else row["sampler"]
-        if row["sampler"] == "prior" and row["model"] == "vamp":
-            source = "its VampPrior"
+        source = PRIOR_WORDS.get(row["model"], "its N(0, I) prior") if row["sampler"] == "prior" else row["sampler"]
         if row["sampler"] == "prior" and not MODELS[row["model"]][1]:
             source = "N(0, I), decoded (it has no prior)"
         rows.append(f"| {LABELS[row['model']]} | {source} | {row['fd']:.1f} | {row['precision']:.3f} | "
@@ -191,6 +190,7 @@ def figure(results: dict, path: Path, ncol: int = 5) -> None:
         ax.imshow(img.crop((0, 0, side * ncol, side * ncol)), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{LABELS[row['model']].split(' (')[0]} + {row['sampler']}\nfd {row['fd']:.1f}", fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
     Image.open(path).convert("L").save(path, optimize=True)  # grey: a third of the bytes
 
