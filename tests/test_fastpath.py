@@ -156,7 +156,6 @@ def test_a_non_finite_loss_is_skipped_as_on_the_autograd_path(tmp_path):
     ({"algorithm": "wake-sleep"}, "only the ELBO"),
     ({"free_bits": 0.1}, "free bits"),
     ({"input_noise": "mask:0.2"}, "input noise"),
-    ({"precision": "bf16"}, "float32"),
     ({"architecture": "conv", "conv_channels": (4,)}, "MLP networks"),
     ({"family": "ae"}, "only the ELBO"),
 ])
@@ -182,6 +181,42 @@ def test_conditional_models_custom_networks_and_several_processes_are_refused():
     mine = build_model(cfg.model, encoder=MyEncoder(cfg.model, ("mu", "log_var")))
     assert "built-in MLP" in fastpath.why_not(mine, cfg.train)
     assert "float32" in fastpath.why_not(build_model(cfg.model).double(), cfg.train)
+    assert "torch.compile" in fastpath.why_not(model, dataclasses.replace(cfg.train, compile=True))
+    assert "fp16" in fastpath.why_not(model, dataclasses.replace(cfg.train, precision="fp16"))
+
+
+# --- bf16: the networks in bf16 as autocast runs them, log-densities in float32 -------------------------
+
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("likelihood", fastpath.LIKELIHOODS)
+def test_the_bf16_step_is_autocasts_to_bf16_rounding(likelihood, kl):
+    """Both run every GEMM and activation in bf16 and every log-density in float32; they differ only in
+    where bf16 rounds the gradients' sums (a few bf16 ulps: 2^-8 = 0.4% each)."""
+    cfg = ModelConfig(input_shape=(1, 8, 8), hidden=(16, 12), activation="tanh", latent_dim=5, likelihood=likelihood)
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    x = _batch(likelihood, n=32, shape=(1, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = elbo(model, x, samples=2, kl=kl, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(terms["loss"], list(model.parameters()))
+    fast = fastpath.FastELBO(model, 2, kl, torch.bfloat16).step(x, torch.Generator().manual_seed(3))
+    for k in terms:
+        torch.testing.assert_close(fast[k], terms[k].detach().float(), atol=1e-3, rtol=1e-3)
+    for (name, p), g in zip(model.named_parameters(), grads):
+        assert p.grad.dtype == torch.float32
+        assert float((p.grad - g).norm() / g.norm()) < 2e-2, name
+
+
+def test_a_bf16_run_takes_the_fast_path_and_follows_autocasts(tmp_path, monkeypatch):
+    cfg = _config(precision="bf16")
+    fast = Trainer(cfg, tmp_path / "fast", progress=False)
+    assert fast.fast_step is not None
+    fast.run(stop_after_steps=20)
+    monkeypatch.setattr(fastpath, "ENABLED", False)
+    slow = Trainer(cfg, tmp_path / "slow", progress=False)
+    slow.run(stop_after_steps=20)
+    for k in ("elbo", "kl"):
+        assert float(fast.sums[k]) == pytest.approx(float(slow.sums[k]), rel=1e-2), k
 
 
 def test_onednn_off_turns_the_fast_path_off(monkeypatch):

@@ -48,6 +48,7 @@ from .nets import _POST_OPS, ONEDNN, MLPDecoder, MLPEncoder, layer_pairs, onednn
 
 ENABLED = os.environ.get("AEVB_FASTPATH", "1") != "0"
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TrainConfig.precision -> the networks' compute dtype
 _lin = None  # torch.ops.mkldnn._linear_pointwise, bound at first use
 
 
@@ -71,8 +72,8 @@ def why_not(model: nn.Module, train, distributed: bool = False) -> str | None:
     objective = train.objective or model.capabilities.default_objective
     if train.algorithm != "aevb" or objective != "elbo":
         return "only the ELBO of the aevb algorithm is written out"
-    if train.precision != "fp32" or train.compile:
-        return "only float32 eager steps (no autocast, no torch.compile)"
+    if train.precision not in DTYPES or train.compile:
+        return "only float32 or bf16 eager steps (no fp16, no torch.compile)"
     if train.free_bits or train.input_noise:
         return "free bits and input noise are not written out"
     caps = model.capabilities
@@ -123,9 +124,6 @@ class _Dense:
     linear: nn.Linear
     post_op: str
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return _linear(x, self.linear.weight, self.linear.bias, self.post_op)
-
 
 def _activation_backward(dy: Tensor, y: Tensor, post_op: str) -> Tensor:
     """dL/da from dL/dy for y = act(a), from the output y (the kernels autograd calls for these)."""
@@ -145,11 +143,12 @@ class FastELBO:
     ``elbo`` returns with ``reduction="mean"`` (``loss`` detached: there is no graph). ``why_not(model,
     ...)`` must be None."""
 
-    def __init__(self, model: nn.Module, samples: int = 1, kl: str = "analytic"):
+    def __init__(self, model: nn.Module, samples: int = 1, kl: str = "analytic", dtype: torch.dtype = torch.float32):
         if kl not in ("analytic", "mc"):
             raise ValueError(f"kl must be 'analytic' or 'mc'; got {kl!r}")
         cfg = model.config
         self.model, self.samples, self.kl = model, samples, kl
+        self.dtype = dtype  # of the networks' GEMMs and activations (bf16: what autocast runs them in)
         enc, dec = model.encoder, model.decoder
         self.encoder = [_Dense(lin, _POST_OPS[type(act)]) for lin, act in layer_pairs(enc.trunk)]
         self.mu, self.log_var = enc.heads["mu"], enc.heads["log_var"]
@@ -160,38 +159,44 @@ class FastELBO:
         self.q_bounds = (model.posterior.log_var_min, model.posterior.log_var_max)
         self.x_bounds = (cfg.log_var_min, cfg.log_var_max)
         self.fixed_log_var = 2.0 * math.log(cfg.fixed_sigma)
-        self.input_shape = tuple(cfg.input_shape)
         self.latent = cfg.latent_dim
-        self.params = _network_parameters(model)
-        self._grads: dict[int, Tensor] = {}
-        self._w_heads: Tensor | None = None  # [W_mu; W_log_var] (2Z, H), refreshed every step
-        self._b_heads: Tensor | None = None
+        self._bias_grads: dict[int, Tensor] = {}
+        z, h = self.mu.weight.shape
+        self._w_heads = torch.empty(2 * z, h, dtype=dtype)  # [W_mu; W_log_var], refreshed every step
+        self._b_heads = torch.empty(2 * z, dtype=dtype)
 
-    # -- buffers ----------------------------------------------------------------------------------
+    @classmethod
+    def for_training(cls, model: nn.Module, train) -> "FastELBO":
+        """The step a ``TrainConfig`` asks for (``why_not(model, train)`` is None)."""
+        return cls(model, train.samples, train.estimator, DTYPES[train.precision])
 
-    def _grad(self, p: Tensor) -> Tensor:
-        """The gradient buffer of parameter p (kept from step to step)."""
-        g = self._grads.get(id(p))
-        if g is None:
-            g = self._grads[id(p)] = torch.empty_like(p)
-        return g
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def _cast(self, t: Tensor) -> Tensor:
+        return t if t.dtype == self.dtype else t.to(self.dtype)
+
+    def _weights(self, linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
+        """The layer's weight and bias in the compute dtype (the parameters themselves in float32)."""
+        return self._cast(linear.weight.detach()), None if linear.bias is None else self._cast(linear.bias.detach())
 
     def _heads(self) -> tuple[Tensor, Tensor]:
         """The two heads as one layer: weights (2Z, H) and biases (2Z,), copied from the parameters."""
-        w_mu, w_lv = self.mu.weight, self.log_var.weight
-        if self._w_heads is None:
-            self._w_heads = torch.empty(2 * w_mu.shape[0], w_mu.shape[1], dtype=w_mu.dtype)
-            self._b_heads = torch.empty(2 * w_mu.shape[0], dtype=w_mu.dtype)
-        torch.cat([w_mu.detach(), w_lv.detach()], out=self._w_heads)
-        torch.cat([self.mu.bias.detach(), self.log_var.bias.detach()], out=self._b_heads)
+        z = self.mu.weight.shape[0]
+        self._w_heads[:z].copy_(self.mu.weight.detach())
+        self._w_heads[z:].copy_(self.log_var.weight.detach())
+        self._b_heads[:z].copy_(self.mu.bias.detach())
+        self._b_heads[z:].copy_(self.log_var.bias.detach())
         return self._w_heads, self._b_heads
 
     def _set_linear_grads(self, linear: nn.Linear, da: Tensor, h: Tensor) -> None:
-        """linear's weight and bias gradients for the pre-activation gradient da (N, out) at its input h (N, in)."""
-        linear.weight.grad = _linear(da.t(), h.t(), None)  # (out, in) = da^T h
+        """linear's weight and bias gradients (float32) for the pre-activation gradient da (N, out) at its
+        input h (N, in)."""
+        linear.weight.grad = _linear(da.t(), h.t(), None).float()  # (out, in) = da^T h
         if linear.bias is not None:
-            torch.sum(da, 0, out=self._grad(linear.bias))
-            linear.bias.grad = self._grad(linear.bias)
+            g = self._bias_grads.get(id(linear))
+            if g is None:
+                g = self._bias_grads[id(linear)] = torch.empty_like(linear.bias)
+            linear.bias.grad = torch.sum(da, 0, dtype=g.dtype, out=g)
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -202,43 +207,51 @@ class FastELBO:
         n, L, Z = x.shape[0], self.samples, self.latent
         x = x.reshape(n, -1)  # (B, D)
         # encoder: h_0 = x, h_i = act(h_{i-1} W_i^T + b_i)
-        hs = [x]
-        for layer in self.encoder:
-            hs.append(layer(hs[-1]))
+        enc = [self._weights(layer.linear) for layer in self.encoder]
+        hs = [self._cast(x)]
+        for layer, (w, b) in zip(self.encoder, enc):
+            hs.append(_linear(hs[-1], w, b, layer.post_op))
         w_heads, b_heads = self._heads()
         heads = _linear(hs[-1], w_heads, b_heads)  # (B, 2Z): [mu, raw log sigma^2]
-        mu, raw_lv = heads[:, :Z], heads[:, Z:]
-        lv = raw_lv.clamp(*self.q_bounds)
+        raw_lv = heads[:, Z:]
+        mu, lv = heads[:, :Z].float(), raw_lv.clamp(*self.q_bounds).float()  # log-densities in float32
         std = torch.exp(0.5 * lv)  # (B, Z)
-        eps = standard_normal((L, n, Z), generator, x.device, x.dtype, batch_axis=-2)  # as DiagonalGaussian.rsample
-        z = torch.addcmul(mu, std, eps)  # (L, B, Z)
+        eps = standard_normal((L, n, Z), generator, x.device, mu.dtype, batch_axis=-2)  # as DiagonalGaussian.rsample
+        z = torch.addcmul(mu, std, eps)  # (L, B, Z), float32
         # decoder: g_0 = z, g_i = act(g_{i-1} W_i^T + b_i), then the likelihood's parameters
-        gs = [z.view(L * n, Z)]
-        for layer in self.decoder:
-            gs.append(layer(gs[-1]))
+        dec = [self._weights(layer.linear) for layer in self.decoder]
+        gs = [self._cast(z.view(L * n, Z))]
+        for layer, (w, b) in zip(self.decoder, dec):
+            gs.append(_linear(gs[-1], w, b, layer.post_op))
         scale = 1.0 / (L * n)  # d loss / d log p(x|z) of each (sample, example): the means over L and B
-        d_out, d_var, reconstruction = self._likelihood(gs[-1], x, L, n, scale)
+        outputs = [self._weights(self.out_mean)] + ([self._weights(self.out_var)] if self.out_var is not None else [])
+        d_outs, reconstruction = self._likelihood(gs[-1], outputs, x, L, n, scale)
         # the KL, estimator B (closed form) or A (log q(z|x) - log p(z) at the samples), and its gradients
         d_mu, d_lv, d_z_kl, kl = self._kl(mu, lv, z, eps, beta / n)
         # back through the decoder
-        dg = self._back_output(d_out, d_var, gs[-1])
-        for layer, g_in, g_out in zip(reversed(self.decoder), reversed(gs[:-1]), reversed(gs[1:])):
+        dg = None
+        for linear, (w, _), d in zip((self.out_mean, self.out_var), outputs, d_outs):
+            self._set_linear_grads(linear, d, gs[-1])
+            dg = _linear(d, w.t(), None) if dg is None else dg.add_(_linear(d, w.t(), None))  # (N, H) = d W
+        for layer, (w, _), g_in, g_out in zip(reversed(self.decoder), reversed(dec), reversed(gs[:-1]),
+                                              reversed(gs[1:])):
             da = _activation_backward(dg, g_out, layer.post_op)
             self._set_linear_grads(layer.linear, da, g_in)
-            dg = _linear(da, layer.linear.weight.t(), None)  # (N, in) = da W
-        dz = dg.view(L, n, Z)  # d loss / dz through the decoder
+            dg = _linear(da, w.t(), None)  # (N, in) = da W
+        dz = dg.view(L, n, Z).float()  # d loss / dz through the decoder
         if d_z_kl is not None:
             dz = dz + d_z_kl
         # z = mu + std * eps: d mu = sum_L dz, d lv = sum_L dz * eps * std / 2; the clamp passes [min, max]
-        d_heads = torch.empty(n, 2 * Z, dtype=x.dtype)
+        d_heads = torch.empty(n, 2 * Z, dtype=dz.dtype)
         torch.sum(dz, 0, out=d_heads[:, :Z]).add_(d_mu)
         d_std = (dz * eps).sum(0).mul_(std).mul_(0.5).add_(d_lv)
         lo, hi = self.q_bounds
         torch.mul(d_std, (raw_lv >= lo) & (raw_lv <= hi), out=d_heads[:, Z:])
+        d_heads = self._cast(d_heads)
         # back through the heads and the encoder
         h = hs[-1]
-        w_grad = _linear(d_heads.t(), h.t(), None)  # (2Z, H)
-        b_grad = d_heads.sum(0)
+        w_grad = _linear(d_heads.t(), h.t(), None).float()  # (2Z, H)
+        b_grad = torch.sum(d_heads, 0, dtype=torch.float32)
         self.mu.weight.grad, self.log_var.weight.grad = w_grad[:Z], w_grad[Z:]
         self.mu.bias.grad, self.log_var.bias.grad = b_grad[:Z], b_grad[Z:]
         if self.encoder:
@@ -248,50 +261,44 @@ class FastELBO:
                 da = _activation_backward(dh, hs[i + 1], layer.post_op)
                 self._set_linear_grads(layer.linear, da, hs[i])
                 if i:
-                    dh = _linear(da, layer.linear.weight.t(), None)
+                    dh = _linear(da, enc[i][0].t(), None)
         rec = reconstruction * scale  # batch mean of the L-sample mean of log p(x|z)
         kl_mean = kl / n
         return {"loss": -rec + beta * kl_mean, "elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean}
 
-    def _likelihood(self, g: Tensor, x: Tensor, L: int, n: int,
-                    scale: float) -> tuple[Tensor, Tensor | None, Tensor]:
-        """The decoder's output layer(s) on the last hidden layer g (L*B, H) and the log-likelihood of x:
-        d loss / d (mean pre-activation) (L*B, D), d loss / d (log-variance output) or None, and the sum
-        of log p(x|z) over samples and batch (a 0-dim tensor)."""
-        out = _linear(g, self.out_mean.weight, self.out_mean.bias).view(L, n, -1)  # (L, B, D)
+    def _likelihood(self, g: Tensor, outputs: list[tuple[Tensor, Tensor | None]], x: Tensor, L: int, n: int,
+                    scale: float) -> tuple[list[Tensor], Tensor]:
+        """The decoder's output layer(s) (``outputs``: weights and biases, the mean's first) on the last hidden
+        layer g (L*B, H) and the log-likelihood of x: d loss / d (each output layer's pre-activation) (L*B, D),
+        in the compute dtype, and the sum of log p(x|z) over samples and batch (a 0-dim float32 tensor)."""
+        (w, b), cast = outputs[0], self._cast
+        out = _linear(g, w, b).view(L, n, -1)  # (L, B, D)
         if self.likelihood == "bernoulli":
-            total = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="sum")
-            d_out = out.sigmoid_().sub_(x).mul_(scale)  # d(-log p)/d logits = sigmoid(l) - x, over the logits
-            return d_out.view(L * n, -1), None, total
-        mean = torch.sigmoid(out) if self.sigmoid_mean else out
-        diff = x - mean  # (L, B, D)
+            logits = out.float()
+            total = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="sum")
+            d_out = logits.sigmoid_().sub_(x).mul_(scale)  # d(-log p)/d logits = sigmoid(l) - x, over the logits
+            return [cast(d_out).view(L * n, -1)], total
+        mean_c = torch.sigmoid(out) if self.sigmoid_mean else out
+        diff = x - mean_c.float()  # (L, B, D)
+        d_var = None
         if self.out_var is None:  # fixed variance
             prec = math.exp(-self.fixed_log_var)
             sq = diff.square()
             total = -0.5 * (LOG_2PI + self.fixed_log_var) * sq.numel() - 0.5 * prec * sq.sum()
             d_mean = diff.mul_(-prec * scale)
-            d_var = None
         else:
-            raw = _linear(g, self.out_var.weight, self.out_var.bias).view(L, n, -1)
+            raw = _linear(g, *outputs[1]).view(L, n, -1)
             lo, hi = self.x_bounds
-            lv = raw.clamp(lo, hi)
+            lv = raw.clamp(lo, hi).float()
             prec = torch.exp(-lv)
             wsq = diff.square().mul_(prec)  # (x - mean)^2 / sigma^2
             total = -0.5 * (LOG_2PI * wsq.numel() + lv.sum() + wsq.sum())
-            d_var = wsq.sub_(1.0).mul_(-0.5 * scale).mul_((raw >= lo) & (raw <= hi)).view(L * n, -1)
+            d_var = cast(wsq.sub_(1.0).mul_(-0.5 * scale).mul_((raw >= lo) & (raw <= hi))).view(L * n, -1)
             d_mean = diff.mul_(prec).mul_(-scale)
+        d_mean = cast(d_mean)
         if self.sigmoid_mean:
-            d_mean = torch.ops.aten.sigmoid_backward(d_mean, mean)
-        return d_mean.view(L * n, -1), d_var, total
-
-    def _back_output(self, d_out: Tensor, d_var: Tensor | None, g: Tensor) -> Tensor:
-        """The output layers' gradients; returns d loss / d g (L*B, H)."""
-        self._set_linear_grads(self.out_mean, d_out, g)
-        dg = _linear(d_out, self.out_mean.weight.t(), None)
-        if d_var is not None:
-            self._set_linear_grads(self.out_var, d_var, g)
-            dg = dg.add_(_linear(d_var, self.out_var.weight.t(), None))
-        return dg
+            d_mean = torch.ops.aten.sigmoid_backward(d_mean, mean_c)
+        return [d_mean.view(L * n, -1)] + ([] if d_var is None else [d_var]), total
 
     def _kl(self, mu: Tensor, lv: Tensor, z: Tensor, eps: Tensor,
             weight: float) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:

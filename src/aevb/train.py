@@ -453,7 +453,7 @@ class Trainer:
         self.step_fn = torch.compile(self.step_module) if t.compile else self.step_module
         # The ELBO's step written out by hand where it computes the same (aevb.fastpath), else autograd.
         self.fast_path_refused = fastpath.why_not(self.model, t, self.dist.enabled)
-        self.fast_step = None if self.fast_path_refused else fastpath.FastELBO(self.model, t.samples, t.estimator).step
+        self.fast_step = None if self.fast_path_refused else fastpath.FastELBO.for_training(self.model, t).step
         self.compile_seconds: float | None = None
         self.interrupted = False
         self.lr_schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
