@@ -28,8 +28,9 @@ What it covers (``why_not``): the VAE of one stochastic layer with the built-in 
 depth, activations relu, tanh, sigmoid or linear, the Gaussian posterior (log-variance clamped) and the
 N(0, I) prior, no labels; Bernoulli, Gaussian (learned, clamped log-variance) and fixed-variance
 Gaussian decoders, identity or sigmoid mean; the SGVB ELBO with estimator A (``kl="mc"``) or B
-(``"analytic"``), L samples, any KL weight beta, no free bits; float32 on a CPU where oneDNN's fused
-linear runs; one process. The trainer takes it when ``why_not`` finds nothing (``AEVB_FASTPATH=0``
+(``"analytic"``), L samples, any KL weight beta, no free bits; float32, or bf16 as autocast runs it (the
+GEMMs and activations in bf16; eps, z and every log-density in float32; float32 gradients), on a CPU where
+oneDNN's fused linear runs; one process. The trainer takes it when ``why_not`` finds nothing (``AEVB_FASTPATH=0``
 turns it off) and runs autograd otherwise.
 """
 
