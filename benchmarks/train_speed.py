@@ -15,7 +15,8 @@ of an epoch: 3 passes (forward, and two for backward) of the four weight matrice
 same fixed draw for every system) is at most 100 nats, evaluating after every epoch (the
 evaluation is not counted), and reports the training seconds to get there.
 
-Systems: aevb (fp32, eager), aevb-b32 (the same at batch 32), aevb-mkl (the same with AEVB_ONEDNN=0: every layer through
+Systems: aevb (fp32, eager; the trainer takes the hand-written ELBO step of ``aevb.fastpath``), aevb-autograd
+(the same through autograd: AEVB_FASTPATH=0), aevb-b32 and aevb-b32-autograd (both at batch 32), aevb-mkl (the same with AEVB_ONEDNN=0: every layer through
 PyTorch's own linear instead of oneDNN, see aevb.nets.dense), aevb-compile (``--compile``), aevb-bf16 (bf16 autocast),
 aevb-fast (the ``fast`` preset: see aevb.config.PRESETS), recipe (pytorch/examples/vae
 as written there: per-item Dataset + DataLoader, ``.item()`` every step) and pythae
@@ -25,6 +26,17 @@ on one fixed binarization of the training set. aevb-stack4 trains 4 models (init
 0-3, one data order, each its own binarization and noise) in one stacked step (``aevb.batched``, the
 loop of ``aevb reproduce``; fused Adam per model), the way a sweep over seeds or settings runs; its
 ``seconds`` are per model (the stack's epoch / 4), so its ratios compare the cost of one model's epoch.
+
+The zoo systems (zoo-planar, zoo-iaf, zoo-vamp, zoo-2l: rows planar-10, iaf, vamp and vae-2l of
+``aevb.reproduce.zoo``; hvae: ``aevb.reproduce.hvae.RECIPES["mnist"]``) train their own model at their paper's
+batch size for ``--zoo-steps`` steps after 10 of warm-up (an epoch of them would take minutes), reported as
+seconds per 60,000 images; each has its own floor, the FLOPs of its step's matrix products as
+``torch.utils.flop_counter`` counts them on the autograd path (the VampPrior's pseudo-inputs, the flows' and
+the second layer's networks included) at the run's matmul rate.
+
+Every child reports wall seconds (``seconds``) and the CPU seconds of its process over the same steps
+(``cpu_seconds``, ``time.process_time``, evaluation excluded): on a loaded machine the CPU seconds move far
+less with the load than the wall seconds do, so the report gives ratios of both.
 """
 
 from __future__ import annotations
@@ -49,28 +61,32 @@ sys.path.insert(0, str(HERE))
 from mnist_vs_recipe import (BinarizedMNIST, RecipeVAE, peak_rss_mb, recipe_epoch, recipe_test_elbo,  # noqa: E402
                              report)
 
-SYSTEMS = ("aevb", "aevb-b32", "aevb-mkl", "aevb-compile", "aevb-bf16", "aevb-fast", "aevb-stack4", "recipe", "pythae")
+ZOO = {"zoo-planar": "planar-10", "zoo-iaf": "iaf", "zoo-vamp": "vamp", "zoo-2l": "vae-2l", "hvae": None}
+SYSTEMS = ("aevb", "aevb-autograd", "aevb-b32", "aevb-b32-autograd", "aevb-mkl", "aevb-compile", "aevb-bf16", "aevb-fast",
+           "aevb-stack4", "recipe", "pythae", *ZOO)
 STACK = 4  # aevb-stack4: this many models (seeds 0..3) in one stacked step (aevb.batched)
-ENV = {"aevb-mkl": {"AEVB_ONEDNN": "0"}}  # per-system environment of the child
+AUTOGRAD = {"AEVB_FASTPATH": "0"}
+ENV = {"aevb-mkl": {"AEVB_ONEDNN": "0"}, "aevb-autograd": AUTOGRAD, "aevb-b32-autograd": AUTOGRAD}  # per-system environment
 N_TRAIN, BATCH = 60_000, 128
 # forward + backward (x3) multiply-adds (x2) of the weight matrices 784x400, 400x(20+20), 20x400, 400x784
 FLOP_PER_SAMPLE = 3 * 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
-    """The float32 GEMM rate this process reaches on ``device`` (the best of three timings)."""
+def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu", clock=time.perf_counter) -> float:
+    """The float32 GEMM rate this process reaches on ``device`` (the best of three timings) by ``clock``
+    (``time.process_time``: per CPU second of this process)."""
     a = torch.randn(n, n, device=device)
     a @ a
     best = 0.0
     for _ in range(3):
         if device != "cpu":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         for _ in range(reps):
             a @ a
         if device != "cpu":
             torch.cuda.synchronize()
-        best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
+        best = max(best, reps * 2 * n**3 / (clock() - start))
     return best / 1e9
 
 
@@ -88,7 +104,8 @@ def aevb_config(system: str, epochs: int, device: str = "cpu"):
     cfg = RunConfig(model=ModelConfig(input_shape=(1, 28, 28), hidden=(400,), activation="relu", latent_dim=20),
                     data=DataConfig(dataset="mnist", binarize="dynamic", valid_size=0),
                     train=TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, seed=0, device=device))
-    extra = {"aevb": {}, "aevb-b32": {"batch_size": 32}, "aevb-mkl": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
+    extra = {"aevb": {}, "aevb-autograd": {}, "aevb-b32": {"batch_size": 32}, "aevb-b32-autograd": {"batch_size": 32},
+             "aevb-mkl": {}, "aevb-compile": {"compile": True}, "aevb-bf16": {"precision": "bf16"},
              "aevb-fast": dict(PRESETS["fast"])}[system]
     return apply_overrides(cfg, extra)
 
@@ -102,11 +119,24 @@ def run_aevb(system: str, epochs: int, target: float | None, device: str = "cpu"
     data = load_dataset(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", dataset=data, progress=False)
+        validate, in_validation = trainer._validate, [0.0]
+
+        def timed_validate():  # the CPU time of the evaluation, subtracted from the epoch's
+            start = time.process_time()
+            try:
+                return validate()
+            finally:
+                in_validation[0] += time.process_time() - start
+
+        trainer._validate = timed_validate
         for epoch in range(1, epochs + 1):
             trainer.config = RunConfig(cfg.model, cfg.data, TrainConfig(**{**cfg.train.__dict__, "epochs": epoch}))
+            in_validation[0], cpu = 0.0, time.process_time()
             line = trainer.run()[-1]  # the test split is scored after each epoch (valid_size 0)
-            emit(epoch=epoch, seconds=line["seconds"], compile_seconds=line.get("compile_seconds", 0.0),
-                 test_elbo=line["test_elbo"], batch_size=cfg.train.batch_size)
+            cpu = time.process_time() - cpu - in_validation[0]
+            emit(epoch=epoch, seconds=line["seconds"], cpu_seconds=cpu, compile_seconds=line.get("compile_seconds", 0.0),
+                 test_elbo=line["test_elbo"], batch_size=cfg.train.batch_size,
+                 fast_path=trainer.fast_step is not None)
             if target is not None and -line["test_elbo"] <= target:
                 break
 
@@ -124,9 +154,10 @@ def run_stack(epochs: int) -> None:
     opt = StackedOptimizer(stack, "adam", [1e-3] * STACK)
     steps = N_TRAIN // BATCH
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         train_stacked(stack, data.train.x, "elbo", opt, steps, BATCH, seed=epoch, dynamic_binarize=True)
-        emit(epoch=epoch, seconds=(time.perf_counter() - start) / STACK, batch_size=BATCH)
+        emit(epoch=epoch, seconds=(time.perf_counter() - start) / STACK, cpu_seconds=(time.process_time() - cpu) / STACK,
+             batch_size=BATCH)
 
 
 def run_recipe(epochs: int, target: float | None) -> None:
@@ -139,13 +170,69 @@ def run_recipe(epochs: int, target: float | None) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(BinarizedMNIST(data.train.x.view(-1, 784)), batch_size=BATCH, shuffle=True)
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         recipe_epoch(model, opt, loader)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         elbo = recipe_test_elbo(model, data.test.x.view(-1, 784)) if target is not None else None
-        emit(epoch=epoch, seconds=seconds, test_elbo=elbo, batch_size=BATCH)
+        emit(epoch=epoch, seconds=seconds, cpu_seconds=cpu, test_elbo=elbo, batch_size=BATCH)
         if target is not None and -elbo <= target:
             break
+
+
+def zoo_config(system: str):
+    """The run configuration of a zoo system: its row's (or the hierarchy's recipe) on dynamically binarized MNIST."""
+    from aevb.runconfig import apply_overrides, default_config
+
+    if ZOO[system] is None:
+        from aevb.reproduce.hvae import RECIPES
+
+        return apply_overrides(default_config("mnist"), {**RECIPES["mnist"], "device": "cpu", "valid_size": 0})
+    from aevb.reproduce.zoo import ROWS, row_config
+
+    row = next(r for r in ROWS if r.name == ZOO[system])
+    cfg = row_config(row, N_TRAIN, device="cpu")
+    return apply_overrides(cfg, {"dataset": "mnist", "binarize": "dynamic", "valid_size": 0})
+
+
+def step_flops(trainer, x: torch.Tensor) -> int:
+    """The FLOPs of the matrix products of one training step (forward and backward, through autograd, every layer
+    through PyTorch's own linear so that the counter sees it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from aevb import nets
+
+    before, nets.ONEDNN = nets.ONEDNN, False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            terms = trainer.step_module(x, trainer.noise, beta=1.0)
+            torch.autograd.grad(terms["loss"], trainer.params, allow_unused=True)
+    finally:
+        nets.ONEDNN = before
+    return counter.get_total_flops()
+
+
+def run_zoo(system: str, steps: int, warm: int = 10) -> None:
+    """A zoo system: ``steps`` timed training steps after ``warm``, and its step's FLOPs."""
+    from aevb.data import load_dataset
+    from aevb.train import Trainer
+
+    cfg = zoo_config(system)
+    data = load_dataset(cfg.data)
+    marks: list[tuple[float, float]] = []
+
+    def mark() -> bool:  # asked after every step
+        marks.append((time.perf_counter(), time.process_time()))
+        return len(marks) >= warm + steps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run", dataset=data, progress=False)
+        trainer.run(stop_when=mark)
+        batch = cfg.train.batch_size
+        per_epoch = (N_TRAIN // batch) / steps  # the timed steps' seconds, scaled to an epoch of 60,000 images
+        (w0, c0), (w1, c1) = marks[warm - 1], marks[-1]
+        flops = step_flops(trainer, trainer._batch(torch.arange(batch)))
+        emit(epoch=1, seconds=(w1 - w0) * per_epoch, cpu_seconds=(c1 - c0) * per_epoch, batch_size=batch,
+             flop_per_sample=flops / batch, fast_path=trainer.fast_step is not None, steps=steps)
 
 
 def pythae_model():
@@ -200,13 +287,13 @@ def run_pythae(epochs: int, target: float | None) -> None:
 
     class Timer(TrainingCallback):
         def on_epoch_begin(self, training_config, **kw):
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, training_config, **kw):
-            seconds = time.perf_counter() - self.start
+            seconds, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
             epoch = kw.get("epoch")
             elbo = pythae_test_elbo(model, data.test.x) if target is not None else None
-            emit(epoch=epoch, seconds=seconds, test_elbo=elbo, batch_size=BATCH)
+            emit(epoch=epoch, seconds=seconds, cpu_seconds=cpu, test_elbo=elbo, batch_size=BATCH)
             if target is not None and -elbo <= target:
                 raise StopIteration  # pythae has no early stop on a target: end the child here
 
@@ -222,7 +309,11 @@ def run_pythae(epochs: int, target: float | None) -> None:
 def child(args) -> None:
     torch.set_num_threads(args.threads)
     target = args.target if args.mode == "target" else None
-    if args.system == "aevb-stack4":
+    if args.system in ZOO:
+        if target is not None:
+            raise SystemExit("the zoo systems are timed in the speed mode only")
+        run_zoo(args.system, args.zoo_steps)
+    elif args.system == "aevb-stack4":
         if target is not None:
             raise SystemExit("aevb-stack4 is timed in the speed mode only")
         run_stack(args.epochs)
@@ -237,9 +328,10 @@ def child(args) -> None:
 
 # --- parent ------------------------------------------------------------------------------------
 
-def spawn(system: str, mode: str, epochs: int, threads: int, target: float, device: str = "cpu") -> list[dict]:
+def spawn(system: str, mode: str, epochs: int, threads: int, target: float, device: str = "cpu",
+          zoo_steps: int = 100) -> list[dict]:
     cmd = [sys.executable, __file__, mode, "--child", "--system", system, "--epochs", str(epochs),
-           "--threads", str(threads), "--target", str(target), "--device", device]
+           "--threads", str(threads), "--target", str(target), "--device", device, "--zoo-steps", str(zoo_steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV.get(system, {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -258,33 +350,56 @@ def available(systems: list[str]) -> list[str]:
 
 def speed(args) -> dict:
     gflops = [matmul_gflops(device=args.device)]
+    cpu_gflops = [matmul_gflops(device=args.device, clock=time.process_time)] if args.device == "cpu" else []
     epochs: dict[str, list[dict]] = {s: [] for s in args.systems}
     rss: dict[str, float] = {}
     compiled: dict[str, float] = {}  # the longest first-step compilation seen (excluded from the epoch times)
+    loads = [round(os.getloadavg()[0], 1)]
     for r in range(args.rounds):
         for system in args.systems:
-            rows = spawn(system, "speed", args.epochs, args.threads, 0.0, args.device)
+            rows = spawn(system, "speed", args.epochs, args.threads, 0.0, args.device, args.zoo_steps)
             rss[system] = max(rss.get(system, 0.0), rows[-1]["peak_rss_mb"])
             timed = [row for row in rows if "seconds" in row]
             compiled[system] = max([compiled.get(system, 0.0)] + [row.get("compile_seconds", 0.0) for row in timed])
             epochs[system] += timed[1:] if len(timed) > 1 else timed  # each child's first epoch warms up
-            print(f"round {r + 1} {system:13s} " + " ".join(f"{row['seconds']:.2f}" for row in timed), flush=True)
+            loads.append(round(os.getloadavg()[0], 1))
+            print(f"round {r + 1} {system:17s} " + " ".join(f"{row['seconds']:.2f}/{row['cpu_seconds']:.2f}"
+                                                            for row in timed) + f" s (wall/CPU), load {loads[-1]}",
+                  flush=True)
     gflops.append(matmul_gflops(device=args.device))
+    if cpu_gflops:
+        cpu_gflops.append(matmul_gflops(device=args.device, clock=time.process_time))
     peak = max(gflops)
+    cpu_peak = max(cpu_gflops) if cpu_gflops else peak
     floor = FLOP_PER_SAMPLE * N_TRAIN / (peak * 1e9)
     res: dict = {"matmul_gflops": [round(g, 1) for g in gflops], "floor_seconds_per_epoch": round(floor, 3),
-                 "flop_per_sample": FLOP_PER_SAMPLE, "systems": {}}
-    base = statistics.median(row["seconds"] for row in epochs["aevb"]) if "aevb" in epochs else None
+                 "matmul_gflops_per_cpu_second": [round(g, 1) for g in cpu_gflops],
+                 "cpu_floor_seconds_per_epoch": round(FLOP_PER_SAMPLE * N_TRAIN / (cpu_peak * 1e9), 3),
+                 "flop_per_sample": FLOP_PER_SAMPLE, "load_average": {"min": min(loads), "max": max(loads)},
+                 "systems": {}}
+    medians = {s: {k: statistics.median(row[k] for row in rows) for k in ("seconds", "cpu_seconds")}
+               for s, rows in epochs.items()}
     for system, rows in epochs.items():
         t = [row["seconds"] for row in rows]
-        med = statistics.median(t)
+        med, cpu = medians[system]["seconds"], medians[system]["cpu_seconds"]
         steps = N_TRAIN // rows[0]["batch_size"]
+        own = rows[0].get("flop_per_sample")  # a zoo system's own floor
+        flop = FLOP_PER_SAMPLE if own is None else own
+        sys_floor, cpu_floor = flop * N_TRAIN / (peak * 1e9), flop * N_TRAIN / (cpu_peak * 1e9)
         res["systems"][system] = {
             "seconds_per_epoch": {"median": round(med, 3), "min": round(min(t), 3), "max": round(max(t), 3), "n": len(t)},
+            "cpu_seconds_per_epoch": round(cpu, 3),
             "samples_per_second": round(steps * rows[0]["batch_size"] / med),
-            "over_floor": round(med / floor, 2), "over_aevb": round(med / base, 2) if base else None,
+            "over_floor": round(med / sys_floor, 2), "cpu_over_floor": round(cpu / cpu_floor, 2),
             "peak_rss_mb": round(rss[system]), "batch_size": rows[0]["batch_size"],
-            "compile_seconds": round(compiled[system], 2)}
+            "compile_seconds": round(compiled[system], 2), "fast_path": rows[0].get("fast_path")}
+        if own is not None:
+            res["systems"][system].update(flop_per_sample=round(own), floor_seconds_per_epoch=round(sys_floor, 3),
+                                          cpu_floor_seconds_per_epoch=round(cpu_floor, 3))
+        for ref in ("aevb", "aevb-autograd", "recipe"):  # this system's time over the reference's, wall and CPU
+            if ref in medians and own is None:
+                res["systems"][system][f"over_{ref.replace('-', '_')}"] = round(med / medians[ref]["seconds"], 2)
+                res["systems"][system][f"cpu_over_{ref.replace('-', '_')}"] = round(cpu / medians[ref]["cpu_seconds"], 2)
     return res
 
 
@@ -316,6 +431,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2, help="speed: epochs per child (the first is warm-up)")
     ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--zoo-steps", type=int, default=100, help="speed: timed steps of each zoo system")
     ap.add_argument("--target", type=float, default=100.0, help="target: test -ELBO in nats")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", type=Path)

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import fastpath
 from .conditional import check_data_labels
 from .corruption import corrupt
 from .config import ConfigError, RunConfig, TrainConfig
@@ -324,19 +325,26 @@ def guarded_step(step_fn: Callable[..., dict[str, Tensor]], optimizer: torch.opt
                  x: Tensor, y: Tensor | None, noise, beta, t: TrainConfig, guard: Guard,
                  autocast_dtype: torch.dtype | None = None, scaler=None,
                  device_guard: bool = False, x_in: Tensor | None = None,
-                 objective_kw: dict[str, Any] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+                 objective_kw: dict[str, Any] | None = None,
+                 hand_grads: Callable[..., dict[str, Tensor]] | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step, or a skipped one: forward, backward, clip, guard, step or skip.
     ``x_in``: a denoising model's corrupted batch, which the encoder reads instead of ``x``;
-    ``objective_kw``: more keyword arguments of the objective (the step count of one that follows it).
+    ``objective_kw``: more keyword arguments of the objective (the step count of one that follows it);
+    ``hand_grads(x, noise, beta)``: the objective's terms with every gradient already written into the
+    parameters' ``.grad`` (``aevb.fastpath``), in place of ``step_fn`` and autograd.
 
     Returns the objective's terms and a boolean device tensor, true when the step was skipped (the
     loss or the gradient norm not finite, or the norm above ``t.skip_grad_norm``). Nothing here waits
     for the device unless the optimizer cannot skip on it (``_step_or_skip``)."""
-    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        terms = step_fn(x, noise, beta=beta, y=y, **({} if x_in is None else {"x_in": x_in}), **(objective_kw or {}))
-    optimizer.zero_grad(set_to_none=True)
-    loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
-    loss.backward()
+    if hand_grads is not None:
+        terms = hand_grads(x, noise, beta)
+    else:
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            terms = step_fn(x, noise, beta=beta, y=y, **({} if x_in is None else {"x_in": x_in}),
+                            **(objective_kw or {}))
+        optimizer.zero_grad(set_to_none=True)
+        loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
+        loss.backward()
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # all-reduced: one decision
@@ -444,6 +452,9 @@ class Trainer:
         self.device_guard = self.scaler is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.guard = Guard.on(self.device)
         self.step_fn = torch.compile(self.step_module) if t.compile else self.step_module
+        # The ELBO's step written out by hand where it computes the same (aevb.fastpath), else autograd.
+        self.fast_path_refused = fastpath.why_not(self.model, t, self.dist.enabled)
+        self.fast_step = None if self.fast_path_refused else fastpath.FastELBO.for_training(self.model, t).step
         self.compile_seconds: float | None = None
         self.interrupted = False
         self.lr_schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
@@ -552,7 +563,7 @@ class Trainer:
             kw = {"step": torch.tensor(self.global_step, device=self.device) if t.compile else self.global_step}
         terms, bad = guarded_step(self.step_fn, self.optimizer, self.params, x, y, self.step_noise, beta, t,
                                   self.guard, self.autocast_dtype, self.scaler, self.device_guard, x_in=x_in,
-                                  objective_kw=kw)
+                                  objective_kw=kw, hand_grads=self.fast_step)
         extra = self.model.after_step(x, y, self.step_noise, bad)  # the family's own updates (none by default)
         return ({**terms, **extra} if extra else terms), bad
 
