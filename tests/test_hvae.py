@@ -374,27 +374,31 @@ def test_a_temperature_per_layer_is_refused_in_one_line_for_a_model_with_one_lay
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met yet: after 500 steps the hierarchy reaches -116.95 nats against the "
-                   "VAE's -115.35 (its bottom layer carries ~0 nats at this budget); strict, so the day it passes "
-                   "this marker must go")
 def test_a_short_mnist_run_beats_the_single_layer_vae_of_the_same_size_and_budget(data_dir, tmp_path):
-    """The same networks (784-200 bottom-up, 200-784 decoder), 16 latent dimensions per layer, the same 500
-    steps, warm-up and seed; test log p(x) (k = 50, 500 test images, the same protocol for both)."""
+    """The same networks (784-200 bottom-up, 200-784 decoder) and the same 32 latent dimensions (VAE: one layer of
+    32; hvae: two of 16), the same 500 steps, batch, learning rate, seed and KL warm-up over the whole run; test
+    log p(x) (k = 50, 500 test images, the same protocol for both).
+
+    Measured (docs/results-hierarchical.md), seeds 0, 1, 2: hvae -114.61, -112.96, -112.83; VAE -116.61, -116.40,
+    -116.90; hvae with one layer of 32 (the hierarchy replaced by a single layer, its moving average kept)
+    -116.97 at seed 0, so the margin is the hierarchy's. With the warm-up over the first 200 steps only, the
+    bottom layer collapses (0.01 nats: the KL balancing that shields it ends with the warm-up) and hvae loses."""
     from aevb.evaluate import log_likelihood
     from aevb.reproduce.common import eval_subset
 
     common = dict(dataset="mnist", data_dir=str(data_dir), subset=10000, epochs=5, batch_size=100, lr=3e-3,
-                  hidden=(200,), activation="relu", kl_schedule="linear", warmup_steps=200, progress=False,
+                  hidden=(200,), activation="relu", kl_schedule="linear", warmup_steps=500, progress=False,
                   device="cpu", seed=0)
-    vae = aevb.train(out=tmp_path / "vae", latent_dim=16, **common)
+    vae = aevb.train(out=tmp_path / "vae", latent_dim=32, **common)
     hvae = aevb.train(out=tmp_path / "hvae", model="hvae", latent_layers=2, latent_sizes=(16, 16), **common)
+    assert vae.model.latent_dim == hvae.model.latent_dim == 32
     x = eval_subset(vae.dataset().test.x, 500)
-    lv = log_likelihood(vae.model, x, k=50, seed=0).mean().item()
-    lh = log_likelihood(hvae.model, x, k=50, seed=0).mean().item()
+    lv = log_likelihood(vae.model.eval(), x, k=50, seed=0).mean().item()
+    lh = log_likelihood(hvae.model.eval(), x, k=50, seed=0).mean().item()
     assert lh > lv + MNIST_MARGIN, (lh, lv)
 
 
-MNIST_MARGIN = 1.0  # nats
+MNIST_MARGIN = 1.0  # nats: half the smallest margin measured over three seeds (2.0 nats, seed 0)
 
 
 @pytest.mark.slow
