@@ -431,3 +431,12 @@ def test_reproduce_counts_training_cpu_across_a_resume(tmp_path):
     assert _train_cpu(tmp_path, [], 50) == pytest.approx(5.0)  # stopped before the last segment's checkpoint
     md = table({"log_px": -90.0, "bits_per_dim": 0.1, "images": 10, "k": 1000}, "mnist")
     assert "| aevb hvae (10 test images, k=1000) | 90.00 |" in md and "82.90" in md
+
+
+def test_the_reproduce_command_offers_every_recipe():
+    from aevb.cli.reproduce import hvae as command
+    from aevb.reproduce.hvae import RECIPES
+
+    choices = next(p for p in command.params if p.name == "recipe").type.choices
+    assert set(choices) == set(RECIPES)
+    assert RECIPES["fashion_mnist_mixture"]["likelihood"] == "discretized_logistic_mixture"
