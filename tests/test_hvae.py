@@ -375,27 +375,35 @@ def test_a_temperature_per_layer_is_refused_in_one_line_for_a_model_with_one_lay
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met yet: after 500 steps the hierarchy reaches -116.95 nats against the "
-                   "VAE's -115.35 (its bottom layer carries ~0 nats at this budget); strict, so the day it passes "
-                   "this marker must go")
 def test_a_short_mnist_run_beats_the_single_layer_vae_of_the_same_size_and_budget(data_dir, tmp_path):
-    """The same networks (784-200 bottom-up, 200-784 decoder), 16 latent dimensions per layer, the same 500
-    steps, warm-up and seed; test log p(x) (k = 50, 500 test images, the same protocol for both)."""
+    """The same networks (784-200 bottom-up, 200-784 decoder) and the same 32 latent dimensions (VAE: one layer of
+    32; hvae: two of 16), the same 500 steps, batch, learning rate, seed and KL warm-up over the whole run; test
+    log p(x) (k = 50, 500 test images, the same protocol for both).
+
+    Measured (docs/results-hierarchical.md), seeds 0, 1, 2: hvae -114.61, -112.96, -112.83; VAE -116.61, -116.40,
+    -116.90; hvae with one layer of 32 (the hierarchy replaced by a single layer, its moving average kept)
+    -116.97 at seed 0. With the warm-up over the first 200 steps only, hvae loses (its bottom layer collapses);
+    the margin at this budget comes mostly from the hierarchy's networks (without KL balancing the bottom layer
+    collapses and hvae does better still), so the test also checks that both layers carry a code."""
     from aevb.evaluate import log_likelihood
+    from aevb.hierarchy import layer_statistics
     from aevb.reproduce.common import eval_subset
 
     common = dict(dataset="mnist", data_dir=str(data_dir), subset=10000, epochs=5, batch_size=100, lr=3e-3,
-                  hidden=(200,), activation="relu", kl_schedule="linear", warmup_steps=200, progress=False,
+                  hidden=(200,), activation="relu", kl_schedule="linear", warmup_steps=500, progress=False,
                   device="cpu", seed=0)
-    vae = aevb.train(out=tmp_path / "vae", latent_dim=16, **common)
+    vae = aevb.train(out=tmp_path / "vae", latent_dim=32, **common)
     hvae = aevb.train(out=tmp_path / "hvae", model="hvae", latent_layers=2, latent_sizes=(16, 16), **common)
+    assert vae.model.latent_dim == hvae.model.latent_dim == 32
     x = eval_subset(vae.dataset().test.x, 500)
-    lv = log_likelihood(vae.model, x, k=50, seed=0).mean().item()
-    lh = log_likelihood(hvae.model, x, k=50, seed=0).mean().item()
+    lv = log_likelihood(vae.model.eval(), x, k=50, seed=0).mean().item()
+    lh = log_likelihood(hvae.model.eval(), x, k=50, seed=0).mean().item()
     assert lh > lv + MNIST_MARGIN, (lh, lv)
+    kl_top, kl_bottom = layer_statistics(hvae.model, x)["kl_per_layer"]
+    assert kl_bottom > 1.0 and kl_top > 1.0, (kl_top, kl_bottom)  # both layers in use (3.15 and 12.44 nats)
 
 
-MNIST_MARGIN = 1.0  # nats
+MNIST_MARGIN = 1.0  # nats: half the smallest margin measured over three seeds (2.0 nats, seed 0)
 
 
 @pytest.mark.slow
@@ -428,3 +436,12 @@ def test_reproduce_counts_training_cpu_across_a_resume(tmp_path):
     assert _train_cpu(tmp_path, [], 50) == pytest.approx(5.0)  # stopped before the last segment's checkpoint
     md = table({"log_px": -90.0, "bits_per_dim": 0.1, "images": 10, "k": 1000}, "mnist")
     assert "| aevb hvae (10 test images, k=1000) | 90.00 |" in md and "82.90" in md
+
+
+def test_the_reproduce_command_offers_every_recipe():
+    from aevb.cli.reproduce import hvae as command
+    from aevb.reproduce.hvae import RECIPES
+
+    choices = next(p for p in command.params if p.name == "recipe").type.choices
+    assert set(choices) == set(RECIPES)
+    assert RECIPES["fashion_mnist_mixture"]["likelihood"] == "discretized_logistic_mixture"

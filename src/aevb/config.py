@@ -19,7 +19,7 @@ from typing import Any
 
 FORMAT_VERSION = 2  # bump when config.json or the checkpoint layout changes incompatibly (then migrate in _migrate)
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_fixed", "discretized_logistic", "discretized_logistic_mixture")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "linear")
 ARCHITECTURES = ("mlp", "conv", "conv64")  # conv64: Locatello et al. 2019's network for 64x64 images
 OPTIMIZERS = ("adagrad", "adam", "sgd")
@@ -93,7 +93,9 @@ class ModelConfig:
 
     ``likelihood="discretized_logistic"`` is for 8-bit images scaled to [0, 1]: a
     logistic per pixel integrated over its 1/255-wide bin (``distributions.DiscretizedLogistic``),
-    so log p(x) is a probability of the pixel values and bits/dim are comparable to the literature. The paper's MNIST model is
+    so log p(x) is a probability of the pixel values and bits/dim are comparable to the literature;
+    ``"discretized_logistic_mixture"`` is a mixture of ``mixture_components`` of them per pixel (PixelCNN++,
+    with its colour coefficients for 3 channels; ``distributions.DiscretizedLogisticMixture``). The paper's MNIST model is
     ``hidden=(500,), activation="tanh"``; its Frey Face model ``hidden=(200,)`` with
     ``likelihood="gaussian"`` (sigmoid mean, learned log-variance).
     """
@@ -114,6 +116,8 @@ class ModelConfig:
     decoder_mean: str = "sigmoid"
     log_var_min: float = -10.0
     log_var_max: float = 10.0
+    # "discretized_logistic_mixture": K, the logistics per pixel (PixelCNN++ and NVAE use 10).
+    mixture_components: int = 10
     # Standard deviation of the N(0, std^2) weight initialisation (the paper uses
     # 0.01); None keeps PyTorch's default (Kaiming-uniform) initialisation.
     init_std: float | None = None
@@ -175,7 +179,7 @@ class ModelConfig:
                f"num_classes must be 0 (unconditional) or a positive number of classes; got {self.num_classes!r}")
         _choice("prior", self.prior, PRIORS)
         _choice("flow", self.flow, FLOWS)
-        for name in ("prior_components", "flow_steps", "top_latent_dim"):
+        for name in ("prior_components", "flow_steps", "top_latent_dim", "mixture_components"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                    f"{name} must be a positive integer; got {value!r}")

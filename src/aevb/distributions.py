@@ -279,6 +279,47 @@ class Gaussian:
         return mean + std * eps
 
 
+LOG_SCALE_MIN = -8.0
+LOG_SCALE_MAX = 5.0
+
+
+def clamp_log_scale(log_scale: Tensor) -> Tensor:
+    """The one clamp of a discretized logistic's log-scale (every component of every 8-bit likelihood goes
+    through here; decoders pass theirs unclamped). s >= 3.4e-4: a twelfth of a bin width, which puts 99.4% of
+    an interior pixel's mass in its bin; s <= 148 is flatter than any use of [0, 1] needs, and keeps bin
+    widths / s far from float32 underflow."""
+    return log_scale.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+
+
+BIN = 1.0 / 255.0
+
+
+def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) of 8-bit values x = k/255 under logistic(mean, exp(log_scale)) integrated over each value's
+    1/255-wide bin, elementwise (broadcast), in float32 or wider; the first and last bins stretched to -inf
+    and +inf, as PixelCNN++ does, so the 256 probabilities sum to 1. ``log_scale`` is taken as it is
+    (clamped by the caller, through ``clamp_log_scale``)."""
+    mean, log_scale, x = _wide(mean), _wide(log_scale), _wide(x)
+    inv_s = torch.exp(-log_scale)
+    centered = x - mean
+    plus = (centered + 0.5 * BIN) * inv_s
+    minus = (centered - 0.5 * BIN) * inv_s
+    log_cdf_plus = F.logsigmoid(plus)  # log P(X <= upper edge): the first bin
+    log_sf_minus = F.logsigmoid(-minus)  # log P(X > lower edge): the last bin
+    # A middle bin: log(sigmoid(plus) - sigmoid(minus)), written so that neither
+    # subtraction cancels: sigmoid(a) - sigmoid(b) = sigmoid(a) * sigmoid(-b) * (1 - exp(b - a)).
+    log_mid = F.logsigmoid(plus) + F.logsigmoid(-minus) + _log1mexp(plus - minus)
+    return torch.where(x < 0.5 * BIN, log_cdf_plus, torch.where(x > 1.0 - 0.5 * BIN, log_sf_minus, log_mid))
+
+
+def _logistic_bins(mean: Tensor, log_scale: Tensor, u: Tensor) -> Tensor:
+    """A logistic(mean, exp(log_scale)) draw from uniforms u, rounded to the nearest of the 256 values and
+    clamped to [0, 1]: exactly the bins ``discretized_logistic_log_prob`` scores (edges to +-inf)."""
+    u = u.clamp(1e-6, 1 - 1e-6)
+    x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+    return (x.clamp(0.0, 1.0) * 255.0).round() / 255.0
+
+
 class DiscretizedLogistic:
     """p(x|z) for 8-bit images scaled to [0, 1]: each pixel's 256 values k/255 are bins of
     width 1/255 under a logistic(mean, scale) density (Salimans et al. 2017, PixelCNN++,
@@ -293,18 +334,15 @@ class DiscretizedLogistic:
     the edge tests use half a bin of slack).
     """
 
-    BIN = 1.0 / 255.0
-    # The one clamp of the log-scale (decoders pass theirs unclamped). s >= 3.4e-4: a twelfth of a
-    # bin width, which puts 99.4% of an interior pixel's mass in its bin; s <= 148 is flatter than
-    # any use of [0, 1] needs, and keeps bin widths / s far from float32 underflow.
-    LOG_SCALE_MIN = -8.0
-    LOG_SCALE_MAX = 5.0
+    BIN = BIN
+    LOG_SCALE_MIN = LOG_SCALE_MIN  # the clamp of ``clamp_log_scale``
+    LOG_SCALE_MAX = LOG_SCALE_MAX
 
     discrete = True  # log_prob is a log-probability of the 256 levels (bits/dim apply)
 
     def __init__(self, mean: Tensor, log_scale: Tensor, event_ndim: int = 1):
         self._mean = mean
-        self.log_scale = log_scale.clamp(self.LOG_SCALE_MIN, self.LOG_SCALE_MAX)
+        self.log_scale = clamp_log_scale(log_scale)
         self.event_ndim = event_ndim
 
     def at_clamp(self) -> Tensor:
@@ -318,18 +356,7 @@ class DiscretizedLogistic:
 
     def log_prob_per_dim(self, x: Tensor) -> Tensor:
         """log P(x) per pixel, unsummed, in float32 (or wider)."""
-        mean, log_scale, x = _wide(self._mean), _wide(self.log_scale), _wide(x)
-        inv_s = torch.exp(-log_scale)
-        centered = x - mean
-        plus = (centered + 0.5 * self.BIN) * inv_s
-        minus = (centered - 0.5 * self.BIN) * inv_s
-        log_cdf_plus = F.logsigmoid(plus)  # log P(X <= upper edge): the first bin
-        log_sf_minus = F.logsigmoid(-minus)  # log P(X > lower edge): the last bin
-        # A middle bin: log(sigmoid(plus) - sigmoid(minus)), written so that neither
-        # subtraction cancels: sigmoid(a) - sigmoid(b) = sigmoid(a) * sigmoid(-b) * (1 - exp(b - a)).
-        log_mid = F.logsigmoid(plus) + F.logsigmoid(-minus) + _log1mexp(plus - minus)
-        return torch.where(x < 0.5 * self.BIN, log_cdf_plus,
-                           torch.where(x > 1.0 - 0.5 * self.BIN, log_sf_minus, log_mid))
+        return discretized_logistic_log_prob(x, self._mean, self.log_scale)
 
     def log_prob(self, x: Tensor) -> Tensor:
         lp = self.log_prob_per_dim(x.expand_as(self._mean) if x.dim() < self._mean.dim() else x)
@@ -339,10 +366,123 @@ class DiscretizedLogistic:
         """Logistic noise, rounded to the nearest bin and clamped to [0, 1]."""
         mean, log_scale = _wide(self._mean), _wide(self.log_scale)
         u = uniform(mean.shape, generator, mean.device, mean.dtype, batch_axis=-(self.event_ndim + 1))
-        u = u.clamp(1e-6, 1 - 1e-6)
-        scale = torch.exp(log_scale)  # clamped once, in the constructor
-        x = mean + scale * (torch.log(u) - torch.log1p(-u))
-        return (x.clamp(0.0, 1.0) * 255.0).round() / 255.0
+        return _logistic_bins(mean, log_scale, u)
+
+
+def mixture_params_per_channel(components: int, channels: int) -> int:
+    """P, the decoder's parameter planes per image channel for ``DiscretizedLogisticMixture.from_params``:
+    K logits, K means, K log-scales and, for 3 channels, K planes of the 3 colour coefficients."""
+    return 3 * components + (components if channels == 3 else 0)
+
+
+class DiscretizedLogisticMixture:
+    """p(x|z) for 8-bit images (C, H, W) scaled to [0, 1]: at each pixel a mixture of K discretized logistics
+    (Salimans et al. 2017, PixelCNN++; NVAE's decoder), the mixture weights shared by the pixel's channels:
+
+        P(x_pixel) = sum_k pi_k prod_c P_DL(x_c; mu_kc, s_kc)
+
+    with each channel's P_DL the ``DiscretizedLogistic`` bin probability (edge bins to +-inf, the log-scale
+    clamped by ``clamp_log_scale``). For 3 channels the means are autoregressive in the channels, as in
+    PixelCNN++: mu_k,G = m_k,G + a_k x_R and mu_k,B = m_k,B + b_k x_R + c_k x_G, with (a, b, c) = tanh of
+    the coefficients; for 1 channel it is the mixture alone. With K = 1 (and, for 3 channels, zero
+    coefficients) it is ``DiscretizedLogistic`` exactly.
+
+    ``logits`` (..., K, H, W); ``means``, ``log_scales`` (..., K, C, H, W); ``coeffs`` (..., K, 3, H, W) for
+    3 channels, else None. ``log_prob`` is a log-probability of the pixel values (bits/dim apply), computed
+    in float32 or wider.
+    """
+
+    discrete = True  # log_prob is a log-probability of the 256 levels (bits/dim apply)
+    event_ndim = 3
+
+    def __init__(self, logits: Tensor, means: Tensor, log_scales: Tensor, coeffs: Tensor | None = None):
+        channels = means.shape[-3]
+        if (coeffs is None) != (channels != 3):
+            raise ValueError(f"the colour coefficients are for 3 channels (and needed there); got {channels} "
+                             f"channels and coeffs {'None' if coeffs is None else tuple(coeffs.shape)}")
+        self.logits = logits
+        self.means = means
+        self.log_scales = clamp_log_scale(log_scales)
+        self.coeffs = None if coeffs is None else torch.tanh(_wide(coeffs))
+
+    @classmethod
+    def from_params(cls, params: Tensor, components: int, mean_fn=None) -> "DiscretizedLogisticMixture":
+        """From a decoder's planes (..., P, C, H, W), P = ``mixture_params_per_channel(K, C)``: the logits
+        (summed over the channels: one weight per pixel), the means (through ``mean_fn``, e.g. a sigmoid),
+        the log-scales and, for 3 channels, the coefficients (a, b, c as the 3 "channels" of their planes)."""
+        k = components
+        channels = params.shape[-3]
+        logits = params[..., :k, :, :, :].sum(-3)  # (..., K, H, W)
+        means = params[..., k : 2 * k, :, :, :]
+        means = means if mean_fn is None else mean_fn(means)
+        log_scales = params[..., 2 * k : 3 * k, :, :, :]
+        coeffs = params[..., 3 * k : 4 * k, :, :, :] if channels == 3 else None
+        return cls(logits, means, log_scales, coeffs)
+
+    @property
+    def components(self) -> int:
+        return self.logits.shape[-3]
+
+    def at_clamp(self) -> Tensor:
+        """Where a component's log-scale sits at its clamp (bool, (..., K, C, H, W))."""
+        return (self.log_scales <= LOG_SCALE_MIN) | (self.log_scales >= LOG_SCALE_MAX)
+
+    def _channel_means(self, x: Tensor) -> Tensor:
+        """The components' means given the pixel values x (..., C, H, W) of the channels before: (..., K, C, H, W)."""
+        means = _wide(self.means)
+        if self.coeffs is None:
+            return means
+        x = _wide(x).unsqueeze(-4)  # (..., 1, 3, H, W)
+        a, b, c = self.coeffs.unbind(-3)  # (..., K, H, W) each
+        r = means[..., 0, :, :]
+        g = means[..., 1, :, :] + a * x[..., 0, :, :]
+        bl = means[..., 2, :, :] + b * x[..., 0, :, :] + c * x[..., 1, :, :]
+        return torch.stack(torch.broadcast_tensors(r, g, bl), -3)
+
+    def log_prob_per_pixel(self, x: Tensor) -> Tensor:
+        """log P(x) per pixel (..., H, W): the log of the mixture over the components of the channels' product."""
+        lp = discretized_logistic_log_prob(_wide(x).unsqueeze(-4), self._channel_means(x), self.log_scales)
+        log_mix = torch.log_softmax(_wide(self.logits), -3) + lp.sum(-3)  # (..., K, H, W)
+        return torch.logsumexp(log_mix, -3)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.log_prob_per_pixel(x).sum((-2, -1))
+
+    @property
+    def mean(self) -> Tensor:
+        """sum_k pi_k of each component's location clamped to [0, 1], the colour coefficients applied to the
+        component's own red and green locations (..., C, H, W): close to the mixture's mean when the scales
+        are small."""
+        weights = torch.softmax(_wide(self.logits), -3).unsqueeze(-3)  # (..., K, 1, H, W)
+        means = _wide(self.means).clamp(0.0, 1.0)
+        if self.coeffs is not None:
+            a, b, c = self.coeffs.unbind(-3)
+            r = means[..., 0, :, :]
+            g = (means[..., 1, :, :] + a * r).clamp(0.0, 1.0)
+            means = torch.stack([r, g, (means[..., 2, :, :] + b * r + c * g).clamp(0.0, 1.0)], -3)
+        return (weights * means).sum(-4)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """x ~ p(x|z) on the 256 values: a component per pixel by the Gumbel-max trick, then each channel's
+        logistic draw rounded to its bin, red, green, blue in turn (green's and blue's means use the values
+        drawn before, as ``log_prob`` uses the data's)."""
+        logits = _wide(self.logits)
+        g = uniform(logits.shape, generator, logits.device, logits.dtype, batch_axis=-4).clamp(1e-6, 1 - 1e-6)
+        pick = (logits - torch.log(-torch.log(g))).argmax(-3)  # (..., H, W)
+        onehot = F.one_hot(pick, self.components).movedim(-1, -3).to(logits.dtype)  # (..., K, H, W)
+
+        def chosen(t: Tensor) -> Tensor:  # (..., K, C', H, W) -> (..., C', H, W), the picked component's
+            return (t * onehot.unsqueeze(-3)).sum(-4)
+
+        means, log_scales = chosen(_wide(self.means)), chosen(_wide(self.log_scales))
+        u = uniform(means.shape, generator, means.device, means.dtype, batch_axis=-4)
+        if self.coeffs is None:
+            return _logistic_bins(means, log_scales, u)
+        a, b, c = chosen(self.coeffs).unbind(-3)
+        r = _logistic_bins(means[..., 0, :, :], log_scales[..., 0, :, :], u[..., 0, :, :])
+        gr = _logistic_bins(means[..., 1, :, :] + a * r, log_scales[..., 1, :, :], u[..., 1, :, :])
+        bl = _logistic_bins(means[..., 2, :, :] + b * r + c * gr, log_scales[..., 2, :, :], u[..., 2, :, :])
+        return torch.stack([r, gr, bl], -3)
 
 
 def _log1mexp(a: Tensor) -> Tensor:

@@ -25,8 +25,11 @@ this contract, checked with a clear error before training (``check_networks``):
 - the **decoder** is called as ``decoder(z)`` with z shaped (..., latent_dim) (conditional:
   ``decoder(z, c)``) and returns the likelihood's parameters shaped (..., C, H, W): logits for
   ``bernoulli``, the pre-sigmoid mean for ``gaussian_fixed``; for ``gaussian`` (learned variance)
-  and ``discretized_logistic`` (..., 2, C, H, W): the mean, then the log-variance / log-scale. It
-  may instead return a likelihood object of ``aevb.distributions``.
+  and ``discretized_logistic`` (..., 2, C, H, W): the mean, then the log-variance / log-scale; for
+  ``discretized_logistic_mixture`` with K components (..., P, C, H, W), P = 3K (+ K for 3 channels): K
+  planes of logits, of means, of log-scales (and of colour coefficients), as
+  ``DiscretizedLogisticMixture.from_params`` reads them. It may instead return a likelihood object of
+  ``aevb.distributions``.
 
 A run records each of your classes as its import path and constructor arguments
 (``network_spec``), never as pickled code: the arguments are read from the instance's attributes
@@ -49,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig
-from .distributions import Bernoulli, DiscretizedLogistic, Gaussian
+from .distributions import Bernoulli, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian, mixture_params_per_channel
 
 _ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -185,8 +188,20 @@ class MLPEncoder(nn.Module):
 
 
 def _params_per_pixel(cfg: ModelConfig) -> int:
-    """How many numbers the decoder emits per pixel: 2 (location and log-scale/variance) or 1."""
+    """How many numbers the decoder emits per pixel and channel: 2 (location and log-scale/variance), 1, or
+    the mixture of discretized logistics' planes (``mixture_params_per_channel``)."""
+    if cfg.likelihood == "discretized_logistic_mixture":
+        return mixture_params_per_channel(cfg.mixture_components, cfg.input_shape[0])
     return 2 if cfg.likelihood in ("gaussian", "discretized_logistic") else 1
+
+
+def likelihood_from_params(cfg: ModelConfig, params: Tensor):
+    """p(x|z) from a decoder's parameters (..., P, C, H, W), P = ``_params_per_pixel(cfg)``."""
+    if cfg.likelihood == "discretized_logistic_mixture":
+        mean_fn = torch.sigmoid if cfg.decoder_mean == "sigmoid" else None
+        return DiscretizedLogisticMixture.from_params(params, cfg.mixture_components, mean_fn)
+    second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
+    return make_likelihood(cfg, params[..., 0, :, :, :], second)
 
 
 def make_likelihood(cfg: ModelConfig, out: Tensor, second: Tensor | None) -> Bernoulli | Gaussian | DiscretizedLogistic:
@@ -228,12 +243,12 @@ def as_likelihood(cfg: ModelConfig, out):
                                "likelihood's parameters or a likelihood object (aevb.nets explains the contract)")
         return out
     shape = tuple(cfg.input_shape)
-    two = _params_per_pixel(cfg) == 2
-    want = (2, *shape) if two else shape
+    planes = _params_per_pixel(cfg)
+    want = (planes, *shape) if planes > 1 else shape
     if tuple(out.shape[-len(want):]) != want:
         raise NetworkError(f"the decoder returned a tensor shaped {tuple(out.shape)}; a {cfg.likelihood} decoder "
                            f"of {shape[0]}x{shape[1]}x{shape[2]} images returns (..., {', '.join(map(str, want))})")
-    return make_likelihood(cfg, out[..., 0, :, :, :], out[..., 1, :, :, :]) if two else make_likelihood(cfg, out, None)
+    return likelihood_from_params(cfg, out) if planes > 1 else make_likelihood(cfg, out, None)
 
 
 def network_spec(module: nn.Module) -> dict[str, Any]:
@@ -295,9 +310,11 @@ class MLPDecoder(nn.Module):
         self.cfg = cfg
         sizes = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
         self.trunk = mlp(sizes, cfg.activation)
-        self.mean = nn.Linear(sizes[-1], cfg.data_dim)  # logits for Bernoulli, pre-sigmoid mean for the others
+        planes = _params_per_pixel(cfg)
+        # logits for Bernoulli, pre-sigmoid mean for the others; every plane of a mixture's parameters
+        self.mean = nn.Linear(sizes[-1], cfg.data_dim * (planes if planes > 2 else 1))
         # log-variance (gaussian) or log-scale (discretized_logistic)
-        self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if _params_per_pixel(cfg) == 2 else None
+        self.log_var = nn.Linear(sizes[-1], cfg.data_dim) if planes == 2 else None
 
     def hidden_layers(self) -> list[tuple[nn.Linear, nn.Module]]:
         """The trunk as (linear layer, the activation after it) pairs, first to last; ``self.mean``
@@ -308,6 +325,8 @@ class MLPDecoder(nn.Module):
         cfg = self.cfg
         h = run_mlp(self.trunk, _with_label(z, c))
         shape = (*z.shape[:-1], *cfg.input_shape)  # (..., latent) -> (..., C, H, W)
+        if self.mean.out_features > cfg.data_dim:  # a mixture: (..., P * D) -> (..., P, C, H, W)
+            return likelihood_from_params(cfg, dense(h, self.mean).view(*z.shape[:-1], -1, *cfg.input_shape))
         second = dense(h, self.log_var).view(shape) if self.log_var is not None else None
         return make_likelihood(cfg, dense(h, self.mean).view(shape), second)
 
@@ -377,8 +396,7 @@ class ConvDecoder(nn.Module):
         h = self.deconvs(h.view(h.shape[0], -1, *self.start))  # (N, c_first, h * 2^n, w * 2^n)
         params = self.out(h)[:, :, :height, :width]  # crop: h * 2^n >= H by construction
         params = params.reshape(*lead, -1, channels, height, width)  # (..., P, C, H, W)
-        second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
-        return make_likelihood(cfg, params[..., 0, :, :, :], second)
+        return likelihood_from_params(cfg, params)
 
 
 # --- conv64: the network of Locatello et al. (2019) for 64x64 images -----------------------------------
@@ -448,8 +466,7 @@ class Conv64Decoder(nn.Module):
         h = self.project(run_mlp(self.trunk, zc.reshape(-1, zc.shape[-1])))  # (N, 1024)
         params = self.out(self.deconvs(h.view(h.shape[0], -1, 4, 4)))  # (N, 64, 4, 4) -> (N, P*C, 64, 64)
         params = params.reshape(*lead, -1, *cfg.input_shape)  # (..., P, C, H, W)
-        second = params[..., 1, :, :, :] if params.shape[-4] == 2 else None
-        return make_likelihood(cfg, params[..., 0, :, :, :], second)
+        return likelihood_from_params(cfg, params)
 
 
 _ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder, "conv64": Conv64Encoder}

@@ -161,8 +161,9 @@ def zoo(rows, budget, k, n_test, subset, cpu_hours, curve_minutes, curve_k, curv
 
 
 @click.command()
-@click.option("--recipe", type=click.Choice(["mnist", "fashion_mnist"]), default="mnist", show_default=True,
-              help="mnist: the MLP ladder on dynamically binarized MNIST; fashion_mnist: the conv hierarchy.")
+@click.option("--recipe", type=click.Choice(["mnist", "fashion_mnist", "fashion_mnist_mixture"]), default="mnist",
+              show_default=True, help="mnist: the MLP ladder on dynamically binarized MNIST; fashion_mnist: the conv "
+              "hierarchy (discretized logistic); fashion_mnist_mixture: the same with a mixture of 5 logistics.")
 @click.option("--steps", type=click.IntRange(min=1), default=300000, show_default=True, help="Optimizer steps in all.")
 @click.option("--curve-every", type=click.FloatRange(min=0), default=900.0, show_default=True,
               help="Training CPU seconds between points of the log p(x) curve.")

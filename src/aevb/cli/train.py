@@ -46,7 +46,10 @@ def _tracking_uri(ctx, param, value: str | None) -> str | None:
               "families registered by your own code too.")
 @click.option("--kind", help="Deprecated alias of --model (removed in the next release).")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS),
-              help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE) or discretized_logistic (8-bit).")
+              help="Decoder: bernoulli, gaussian (learned variance), gaussian_fixed (MSE), discretized_logistic (8-bit) "
+                   "or discretized_logistic_mixture (8-bit, --mixture-components logistics per pixel).")
+@click.option("--mixture-components", type=click.IntRange(min=1),
+              help="discretized_logistic_mixture: K, the logistics per pixel (default 10, as PixelCNN++ and NVAE).")
 @click.option("--architecture", type=click.Choice(ARCHITECTURES),
               help="mlp, conv (convolutional), or conv64 (Locatello et al. 2019's network for 64x64 images, the "
                    "default for built-in 64x64 data sets).")

@@ -3,6 +3,7 @@ score the test set with k >= 1000 importance samples; every part resumable.
 
     aevb reproduce hvae --recipe mnist --steps 300000 --out results/hvae        # results/hvae/mnist/...
     aevb reproduce hvae --recipe fashion_mnist --steps 100000 --out results/hvae
+    aevb reproduce hvae --recipe fashion_mnist_mixture --steps 100000 --out results/hvae   # 5 logistics per pixel
 
 Under OUT/RECIPE: ``run/`` (the run directory, checkpointed), ``curve.jsonl`` (one line per point: training
 steps, training CPU seconds of this process's threads, test log p(x) with ``curve_k`` samples on a fixed
@@ -40,13 +41,18 @@ RECIPES: dict[str, dict[str, Any]] = {
                       "warmup_steps": 5000, "ema_decay": 0.999, "skip_grad_norm": 1e6, "clip_grad_norm": 1e5,
                       "eval_batch_size": 500},
 }
+# The same hierarchy with a mixture of 5 discretized logistics per pixel (PixelCNN++/NVAE) as its likelihood.
+RECIPES["fashion_mnist_mixture"] = {**RECIPES["fashion_mnist"], "likelihood": "discretized_logistic_mixture",
+                                    "mixture_components": 5}
 
 # Published test -log p(x) on dynamically binarized MNIST (nats) and bits/dim elsewhere, for the table.
 PUBLISHED = {
     "mnist": [("IWAE, 2 layers, k=50 (Burda et al. 2016)", 82.90), ("LVAE, MLP ladder (Sonderby et al. 2016)", 81.74),
               ("Efficient-VDVAE (Hazami et al. 2022)", 79.09), ("NVAE (Vahdat & Kautz 2020)", 78.01)],
-    "fashion_mnist": [("aevb single-layer conv VAE, k=1000 on 200 test images", 3.61)],
+    "fashion_mnist": [("aevb single-layer conv VAE, k=1000 on the first 200 test images", 3.61),
+                      ("aevb single-layer conv VAE, k=20 on all 10,000 test images", 3.69)],
 }
+PUBLISHED["fashion_mnist_mixture"] = PUBLISHED["fashion_mnist"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
