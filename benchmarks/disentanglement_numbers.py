@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-STEPS = 1500
+STEPS = 1000
 BATCH = 64
 TRAIN = ["--dataset", "dsprites", "--epochs", "1", "--batch-size", str(BATCH), "--subset", str(STEPS * BATCH),
          "--valid-size", "1000"]
@@ -49,7 +49,7 @@ MODELS = {
 }
 SEEDS = (0, 1)
 # smaller than Locatello et al.'s (LOCATELLO_SIZES) so that the whole table fits about 2 CPU-hours
-SIZES = {"beta_vae_train": 500, "beta_vae_eval": 250, "factor_vae_train": 500, "factor_vae_eval": 250,
+SIZES = {"beta_vae_train": 300, "beta_vae_eval": 150, "factor_vae_train": 300, "factor_vae_eval": 150,
          "dci_train": 1000, "dci_test": 500}
 N_ELBO = 2000  # test images for the ELBO, KL per dimension and active units
 

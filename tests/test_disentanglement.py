@@ -120,6 +120,12 @@ def test_a_factor_split_across_two_dimensions_lowers_mig_and_completeness_as_pre
     assert d["dci_disentanglement"] > 0.98  # each dimension still serves one factor
 
 
+def test_dci_fitted_in_parallel_gives_the_same_answer():
+    gt = ground_truth(lambda rows: STD[rows] @ ROTATION + 0.3 * np.random.default_rng(len(rows)).normal(size=(len(rows), 4)))
+    args = (*codes_and_factors(gt, 100, 1), *codes_and_factors(gt, 50, 2))
+    assert dis.dci_from_codes(*args, n_jobs=2) == dis.dci_from_codes(*args)
+
+
 def test_estimators_closed_forms():
     a = np.array([0, 0, 1, 1] * 25)
     assert dis.mutual_info(a, a) == pytest.approx(math.log(2))
