@@ -193,8 +193,19 @@ SCORES = ("beta_vae_score", "factor_vae_score", "mig", "sap", "dci_disentangleme
           "dci_informativeness")
 
 
+def captured(row: dict) -> str:
+    """The factors the code's dimensions capture most: how many dimensions each, and the largest share."""
+    dims = row["disentanglement"]["factor_of_dim"]
+    counts: dict[str, int] = {}
+    for d in dims:
+        counts[d["factor"]] = counts.get(d["factor"], 0) + 1
+    best = max(dims, key=lambda d: d["share"])
+    return (", ".join(f"{f} {n}" for f, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            + f" (best: {best['factor']} {best['share']:.2f})")
+
+
 def report(results: dict) -> str:
-    """Markdown: one line per row, then the median per model."""
+    """Markdown: one line per row, then the median per model, then what each row's dimensions capture."""
     head = ("| model | hyperparameter | seed | " + " | ".join(SCORES) + " | active dims | ELBO | train CPU-s | "
             "metric CPU-s |\n|" + "---|" * (len(SCORES) + 7))
     lines = [head]
@@ -212,6 +223,12 @@ def report(results: dict) -> str:
         if mine:
             lines.append(f"| {model} | {len(mine)} | "
                          + " | ".join(f"{statistics.median(r[s] for r in mine):.3f}" for s in SCORES) + " |")
+    lines += ["", "| model | hyperparameter | seed | dimensions by the factor they share most with | KL per dimension "
+              "(nats) | active units |", "|---|---|---|---|---|---|"]
+    for r in done:
+        kl = [r["elbo"][f"kl_dim_{d}"] for d in range(len(r["disentanglement"]["factor_of_dim"]))]
+        lines.append(f"| {r['model']} | {r['hyperparameter']} {r['value']:g} | {r['seed']} | {captured(r)} | "
+                     + " ".join(f"{v:.1f}" for v in sorted(kl, reverse=True)) + f" | {r['elbo']['active_units']} |")
     return "\n".join(lines)
 
 
