@@ -120,6 +120,18 @@ def test_a_factor_split_across_two_dimensions_lowers_mig_and_completeness_as_pre
     assert d["dci_disentanglement"] > 0.98  # each dimension still serves one factor
 
 
+def test_dci_fitted_in_parallel_gives_the_same_answer():
+    """Threads here, to spare the test two worker processes' start-up (tests/test_dsprites.py runs the
+    default process pool through ``aevb evaluate --disentanglement-jobs 2``)."""
+    from joblib import parallel_config
+
+    gt = ground_truth(lambda rows: STD[rows] @ ROTATION + 0.3 * np.random.default_rng(len(rows)).normal(size=(len(rows), 4)))
+    args = (*codes_and_factors(gt, 100, 1), *codes_and_factors(gt, 50, 2))
+    with parallel_config(backend="threading"):
+        parallel = dis.dci_from_codes(*args, n_jobs=2)
+    assert parallel == dis.dci_from_codes(*args)
+
+
 def test_estimators_closed_forms():
     a = np.array([0, 0, 1, 1] * 25)
     assert dis.mutual_info(a, a) == pytest.approx(math.log(2))

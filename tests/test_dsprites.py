@@ -232,6 +232,23 @@ def test_evaluate_disentanglement_on_dsprites_small(tmp_path):
     assert bad.exit_code != 0 and "--disentanglement-size" in bad.output
 
 
+def test_a_run_trained_on_a_subset_is_scored_on_the_whole_factor_grid(tmp_path):
+    """The metrics draw from every image of the data set, not from the run's --subset (which would be a
+    partial grid); --disentanglement-jobs fits DCI's classifiers in parallel with the same answer."""
+    from aevb.disentanglement import SCORE_KEYS, evaluate_disentanglement
+
+    run = train(dataset="dsprites_small", subset=100, epochs=1, batch_size=100, hidden=(32,), latent_dim=4,
+                out=tmp_path / "run", progress=False, device="cpu")
+    r = _evaluate(run.dir, "--disentanglement", "--json", "--disentanglement-jobs", "2",
+                  *(a for s in SIZES for a in ("--disentanglement-size", s)))
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    sizes = {k: int(v) for k, v in (s.split("=") for s in SIZES)}
+    whole = evaluate_disentanglement(load(run.dir).model, load_dataset(DataConfig(dataset="dsprites_small")),
+                                     sizes=sizes)
+    assert {k: res[k] for k in SCORE_KEYS} == {k: whole[k] for k in SCORE_KEYS}
+
+
 def test_a_data_set_without_factors_says_so_in_one_line(tmp_path):
     run = train(dataset="digits", epochs=1, hidden=(8,), latent_dim=2, out=tmp_path / "digits", progress=False,
                 device="cpu")

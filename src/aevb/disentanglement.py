@@ -203,20 +203,27 @@ def dci_from_importance(importance: np.ndarray) -> tuple[float, float]:
     return disentanglement, completeness
 
 
-def dci_from_codes(codes: np.ndarray, factors: np.ndarray, codes_test: np.ndarray, factors_test: np.ndarray,
-                   seed: int = 0) -> dict[str, Any]:
-    """DCI with one gradient-boosted-trees classifier (scikit-learn's defaults) per factor."""
+def _fit_gbt(codes: np.ndarray, labels: np.ndarray, codes_test: np.ndarray, labels_test: np.ndarray,
+             seed: int) -> tuple[np.ndarray, float]:
+    """One factor's classifier of DCI: its (D,) absolute feature importances and its test accuracy."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    importance = np.zeros((codes.shape[1], factors.shape[1]))
-    test_accuracy = []
-    for k in range(factors.shape[1]):
-        gbt = GradientBoostingClassifier(random_state=seed).fit(codes, factors[:, k])
-        importance[:, k] = np.abs(gbt.feature_importances_)
-        test_accuracy.append(np.mean(gbt.predict(codes_test) == factors_test[:, k]))
+    gbt = GradientBoostingClassifier(random_state=seed).fit(codes, labels)
+    return np.abs(gbt.feature_importances_), float(np.mean(gbt.predict(codes_test) == labels_test))
+
+
+def dci_from_codes(codes: np.ndarray, factors: np.ndarray, codes_test: np.ndarray, factors_test: np.ndarray,
+                   seed: int = 0, n_jobs: int = 1) -> dict[str, Any]:
+    """DCI with one gradient-boosted-trees classifier (scikit-learn's defaults) per factor. The classifiers
+    are independent, so ``n_jobs`` processes fit them side by side (joblib) with the same answer."""
+    from joblib import Parallel, delayed
+
+    fits = Parallel(n_jobs=n_jobs)(delayed(_fit_gbt)(codes, factors[:, k], codes_test, factors_test[:, k], seed)
+                                   for k in range(factors.shape[1]))
+    importance = np.stack([imp for imp, _ in fits], axis=1)  # (D, K)
     disentanglement, completeness = dci_from_importance(importance)
     return {"dci_disentanglement": disentanglement, "dci_completeness": completeness,
-            "dci_informativeness": float(np.mean(test_accuracy)), "dci_importance": importance.tolist()}
+            "dci_informativeness": float(np.mean([acc for _, acc in fits])), "dci_importance": importance.tolist()}
 
 
 # --- metrics that draw their own batches ----------------------------------------------------
@@ -283,9 +290,10 @@ def factor_vae_score(gt: GroundTruth, rng: np.random.Generator, batch: int = 64,
 
 
 def disentanglement_scores(gt: GroundTruth, seed: int = 0, sizes: dict[str, int] | None = None,
-                           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                           progress: Callable[[str], None] | None = None, n_jobs: int = 1) -> dict[str, Any]:
     """The five metrics (``SCORE_KEYS``) and their details, with Locatello et al.'s sample sizes
-    (``LOCATELLO_SIZES``; ``sizes`` overrides some). Each metric draws from ``default_rng((seed, i))``."""
+    (``LOCATELLO_SIZES``; ``sizes`` overrides some). Each metric draws from ``default_rng((seed, i))``;
+    ``n_jobs`` processes fit DCI's classifiers (one per factor) side by side, with the same answer."""
     n = {**LOCATELLO_SIZES, **(sizes or {})}
     unknown = set(n) - set(LOCATELLO_SIZES)
     if unknown:
@@ -306,7 +314,7 @@ def disentanglement_scores(gt: GroundTruth, seed: int = 0, sizes: dict[str, int]
     say("DCI (gradient-boosted trees)")
     g = rng(4)
     out.update(dci_from_codes(*_codes_and_factors(gt, n["dci_train"], g), *_codes_and_factors(gt, n["dci_test"], g),
-                              seed=seed))
+                              seed=seed, n_jobs=n_jobs))
     out["factor_names"] = list(gt.names)
     out["disentanglement_seed"] = seed
     out["disentanglement_sizes"] = n
@@ -322,14 +330,15 @@ def factor_of_each_dim(result: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def evaluate_disentanglement(model, dataset, seed: int = 0, sizes: dict[str, int] | None = None,
-                             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                             progress: Callable[[str], None] | None = None, n_jobs: int = 1) -> dict[str, Any]:
     """What ``aevb evaluate --disentanglement`` adds to evaluation.json: the seven scores (``SCORE_KEYS``)
     at the top level and the details under ``disentanglement`` (the mutual informations, importances and
     accuracies, each code dimension's factor, the seed and sample sizes)."""
     if getattr(dataset, "factors", None) is None:
         raise ValueError(f"data set {dataset.name} has no ground-truth factors; the disentanglement metrics need "
                          "a data set with factors (dsprites, dsprites_small, or npy: with a factors array)")
-    result = disentanglement_scores(GroundTruth.of_model(model, dataset), seed=seed, sizes=sizes, progress=progress)
+    result = disentanglement_scores(GroundTruth.of_model(model, dataset), seed=seed, sizes=sizes, progress=progress,
+                                   n_jobs=n_jobs)
     details = {k: v for k, v in result.items() if k not in SCORE_KEYS}
     details["factor_of_dim"] = [{"factor": name, "share": share} for name, share in factor_of_each_dim(result)]
     return {**{k: result[k] for k in SCORE_KEYS}, "disentanglement": details}
