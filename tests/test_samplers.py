@@ -151,6 +151,20 @@ def test_two_stage_samples_draw_the_decoders_noise():
                        two.sample(5, torch.Generator().manual_seed(3), temperature=0.0))  # T = 0: g(0), no noise
 
 
+def test_a_two_stage_sampler_stored_before_decoder_noise_still_samples_decoded_means():
+    """A record without the skip and decoder_noise options (aevb before them) rebuilds the plain MLPs and samples
+    g(u), the decoded means, as it did."""
+    two = fit_sampler("two-stage", gaussian_draws(200, 0), seed=0, epochs=1, hidden=8, skip=False)
+    tensors, meta = two.state()
+    for key in ("skip", "decoder_noise"):
+        del meta["options"][key]
+    old = type(two).from_state(tensors, meta)
+    u = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = two.vae.decoder(u) * two.scale + two.shift
+    assert torch.allclose(old.sample(4, torch.Generator().manual_seed(0)), expected)
+
+
 # --- storage --------------------------------------------------------------------------------
 
 
