@@ -115,7 +115,8 @@ def do_dataset(dataset: str, out: Path, results: dict, results_path: Path, log) 
                 cli("fit-prior", str(run_dir), "--sampler", name, *options, "--seed", "0", log=log)
                 fit_cpu[name] = cpu_seconds() - c1
         run = aevb.load(run_dir)
-        logp = None
+        # the model's log p(x), from a row kept from an earlier invocation if there is one (it is the same in all)
+        logp = next((row["log_p"] for key, row in results.items() if key.startswith(f"{dataset}/{model}/")), None)
         for sampler in [None, *SAMPLERS]:
             key = f"{dataset}/{model}/{sampler or 'prior'}"
             if key in results:
