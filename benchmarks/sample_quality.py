@@ -162,8 +162,8 @@ def table(results: dict) -> str:
         lp = row.get("log_p")
         logp = f"{lp['log_likelihood']:.2f} ± {lp['log_likelihood_stderr']:.2f}" if lp else "(no density)"
         source = "its N(0, I) prior" if row["sampler"] == "prior" else row["sampler"]
-        if row["sampler"] == "prior" and row["model"] == "vamp":
-            source = "its VampPrior"
+        if row["sampler"] == "prior" and row["model"] in ("vamp", "hvae"):
+            source = {"vamp": "its VampPrior", "hvae": "its hierarchical prior"}[row["model"]]
         if row["sampler"] == "prior" and not MODELS[row["model"]][1]:
             source = "N(0, I), decoded (it has no prior)"
         rows.append(f"| {LABELS[row['model']]} | {source} | {row['fd']:.1f} | {row['precision']:.3f} | "
