@@ -129,13 +129,40 @@ def test_maf_fits_a_correlated_gaussian():
 def test_two_stage_vae_fits_a_correlated_gaussian():
     torch.set_num_threads(1)
     codes = gaussian_draws(3000, 0)
-    two = fit_sampler("two-stage", codes, seed=0, epochs=20, hidden=64)
+    two = fit_sampler("two-stage", codes, seed=0, epochs=20, hidden=64, decoder_noise=False)
     z = two.sample(8000, torch.Generator().manual_seed(1))
     assert (z.mean(0) - MEAN).abs().max() < 0.12
     # Decoded means leave out the decoder's noise gamma (in standardized units): with it, the codes' covariance.
     noise = torch.diag(two.fit_stats["gamma"] * two.scale**2)
     assert (torch.cov(z.T) + noise - COV).abs().max() < 0.25
     assert two.fit_stats["gamma"] < 0.5  # it explains most of the variance through u (standardized variance 1)
+
+
+def test_two_stage_samples_draw_the_decoders_noise():
+    """Dai & Wipf sample z ~ p(z|u) = N(g(u), gamma I), not g(u): the samples have the codes' covariance, where
+    decoded means alone fall short of it by gamma (standardized units) on the diagonal."""
+    torch.set_num_threads(1)
+    two = fit_sampler("two-stage", gaussian_draws(3000, 0), seed=0, epochs=20, hidden=64)
+    assert two.options["decoder_noise"] is True
+    z = two.sample(8000, torch.Generator().manual_seed(1))
+    assert (z.mean(0) - MEAN).abs().max() < 0.12
+    assert (torch.cov(z.T) - COV).abs().max() < 0.12
+    assert torch.equal(two.sample(5, torch.Generator().manual_seed(2), temperature=0.0),
+                       two.sample(5, torch.Generator().manual_seed(3), temperature=0.0))  # T = 0: g(0), no noise
+
+
+def test_a_two_stage_sampler_stored_before_decoder_noise_still_samples_decoded_means():
+    """A record without the skip and decoder_noise options (aevb before them) rebuilds the plain MLPs and samples
+    g(u), the decoded means, as it did."""
+    two = fit_sampler("two-stage", gaussian_draws(200, 0), seed=0, epochs=1, hidden=8, skip=False)
+    tensors, meta = two.state()
+    for key in ("skip", "decoder_noise"):
+        del meta["options"][key]
+    old = type(two).from_state(tensors, meta)
+    u = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = two.vae.decoder(u) * two.scale + two.shift
+    assert torch.allclose(old.sample(4, torch.Generator().manual_seed(0)), expected)
 
 
 # --- storage --------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ _OPTION_KINDS = {"components": ("gmm",), "layers": ("maf",), "hidden": ("maf", "
               help="gmm: a Gaussian mixture; maf: a masked autoregressive flow; two-stage: a second VAE on the "
                    "codes (Dai & Wipf 2019).")
 @click.option("--components", type=click.IntRange(min=1), help="gmm: mixture components (default 10).")
-@click.option("--epochs", type=click.IntRange(min=1), help="maf, two-stage: training epochs (default 50).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="maf, two-stage: training epochs (default 50 for maf, 60 for two-stage).")
 @click.option("--hidden", type=click.IntRange(min=1),
-              help="maf, two-stage: hidden units per layer (default 128 for maf, 512 for two-stage).")
+              help="maf, two-stage: hidden units per layer (default 128 for maf, 256 for two-stage).")
 @click.option("--layers", type=click.IntRange(min=1), help="maf: MADE layers (default 5).")
 @click.option("--codes", type=click.Choice(CODE_KINDS), default="mean", show_default=True,
               help="mean: the deterministic codes (posterior means); sample: one z ~ q(z|x) per image (a VAE).")
