@@ -584,3 +584,328 @@ def test_objectives_name_a_bad_setting_in_one_line():
         elbo(None, None, kl="exact")
     with pytest.raises(ValueError, match=r"^reduction must be 'mean' or 'none'; got 'sum'$"):
         reduce_terms({"loss": torch.zeros(())}, "sum")
+
+
+# --- the training step (aevb.train: guarded_step and what it calls) --------------------------------------
+
+def _step_setup(w=(1.0, 2.0)):
+    """A two-weight 'model' w and a third parameter the loss never reads; SGD without momentum."""
+    w = torch.nn.Parameter(torch.tensor(w))
+    unused = torch.nn.Parameter(torch.zeros(2))
+    return w, unused, torch.optim.SGD([w, unused], lr=0.5)
+
+
+def _loss_of(w, a=(3.0, 4.0), record=None):
+    """step_fn with loss a . w, so the gradient is a (norm 5 for (3, 4)); ``record`` keeps its arguments."""
+    a = torch.tensor(a)
+
+    def step_fn(x, noise, beta=1.0, y=None, **kw):
+        if record is not None:
+            record.append({"x": x, "noise": noise, "beta": beta, "y": y, **kw})
+        return {"loss": (a * w).sum() * x.sum(), "term": (a * w).sum().detach()}
+    return step_fn
+
+
+def test_guarded_step_applies_sgd_and_passes_the_objective_its_arguments():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard, calls = Guard.on(CPU), []
+    x, y, x_in, noise = torch.ones(1), torch.tensor([2]), torch.zeros(1), object()
+    terms, bad = guarded_step(_loss_of(w, record=calls), opt, [w, unused], x, y, noise, 0.25, TrainConfig(), guard,
+                              x_in=x_in, objective_kw={"step": 7})
+    assert not bool(bad) and bad.dtype == torch.bool
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 0.5 * 3, 2.0 - 0.5 * 4]))  # w - lr * a
+    assert unused.grad is None and torch.equal(unused.detach(), torch.zeros(2))  # grads set to None, not zeroed
+    assert terms["term"].item() == 11.0
+    (call,) = calls
+    assert call["x"] is x and call["y"] is y and call["noise"] is noise and call["beta"] == 0.25
+    assert call["x_in"] is x_in and call["step"] == 7
+    assert (int(guard.skipped), int(guard.consecutive), float(guard.bad_norm)) == (0, 0, 0.0)
+    # a second step uses this step's gradient only (zero_grad before backward), not the sum of both
+    calls.clear()
+    guarded_step(_loss_of(w, record=calls), opt, [w, unused], x, None, noise, 1.0, TrainConfig(), guard)
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 2 * 0.5 * 3, 2.0 - 2 * 0.5 * 4]))
+    assert "x_in" not in calls[0] and "step" not in calls[0]
+
+
+def test_guarded_step_skips_above_the_norm_limit_and_counts_in_the_guard():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard, x = Guard.on(CPU), torch.ones(1)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], x, None, None, 1.0, TrainConfig(skip_grad_norm=5.0), guard)
+    assert not bool(bad)  # a norm of exactly 5 is not above the limit 5
+    start = w.detach().clone()
+    for k in (1, 2):
+        _, bad = guarded_step(_loss_of(w), opt, [w, unused], x, None, None, 1.0, TrainConfig(skip_grad_norm=4.9), guard)
+        assert bool(bad) and torch.equal(w.detach(), start)  # skipped: the weights stay
+        assert (int(guard.skipped), int(guard.consecutive)) == (k, k)
+        assert guard.bad_norm.item() == pytest.approx(5.0, rel=1e-6)
+    _, bad = guarded_step(_loss_of(w, a=(0.6, 0.8)), opt, [w, unused], x, None, None, 1.0,
+                          TrainConfig(skip_grad_norm=4.9), guard)
+    assert not bool(bad) and (int(guard.skipped), int(guard.consecutive)) == (2, 0)  # the run of skips ends
+    assert guard.bad_norm.item() == pytest.approx(5.0, rel=1e-6)  # the last skipped step's norm is kept
+    _, bad = guarded_step(_loss_of(w, a=(float("nan"), 1.0)), opt, [w, unused], x, None, None, 1.0, TrainConfig(),
+                          guard)
+    assert bool(bad) and math.isnan(guard.bad_norm.item()) and int(guard.consecutive) == 1
+
+
+def test_guarded_step_clips_the_gradient_to_the_norm_given():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard = Guard.on(CPU)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(clip_grad_norm=1.0), guard)
+    assert not bool(bad)
+    assert torch.allclose(w.detach(), torch.tensor([1.0 - 0.5 * 0.6, 2.0 - 0.5 * 0.8]), atol=1e-6)  # w - lr a / |a|
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(clip_grad_norm=1.0, skip_grad_norm=4.0), guard)
+    assert bool(bad) and guard.bad_norm.item() == pytest.approx(5.0)  # the norm before clipping decides
+
+
+def test_guarded_step_on_a_fused_optimizer_skips_on_the_device():
+    """device_guard: the fused kernel reads the decision as found_inf; a skipped step leaves the weights,
+    the moments and the step count, a good one is the unfused optimizer's step."""
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, _ = _step_setup()
+    fused = torch.optim.Adam([w, unused], lr=0.1, fused=True)
+    w2 = torch.nn.Parameter(w.detach().clone())
+    plain = torch.optim.Adam([w2], lr=0.1)
+    guard, x, t = Guard.on(CPU), torch.ones(1), TrainConfig(skip_grad_norm=4.9)
+    _, bad = guarded_step(_loss_of(w), fused, [w, unused], x, None, None, 1.0, t, guard, device_guard=True)
+    assert bool(bad) and torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+    assert fused.state[w]["step"].item() == 0 and torch.equal(fused.state[w]["exp_avg"], torch.zeros(2))
+    assert not hasattr(fused, "found_inf") and not hasattr(fused, "grad_scale")  # removed after the step
+    _, bad = guarded_step(_loss_of(w, a=(0.6, 0.8)), fused, [w, unused], x, None, None, 1.0, t, guard,
+                          device_guard=True)
+    guarded_step(_loss_of(w2, a=(0.6, 0.8)), plain, [w2], x, None, None, 1.0, t, Guard.on(CPU))
+    assert not bool(bad) and fused.state[w]["step"].item() == 1
+    assert torch.allclose(w.detach(), w2.detach(), atol=1e-7) and not torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_guarded_step_runs_the_objective_under_the_autocast_dtype_given():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    seen = []
+
+    def step_fn(x, noise, beta=1.0, y=None):
+        out = lin(x)
+        seen.append(out.dtype)
+        return {"loss": out.float().sum()}
+    for dtype, expected in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        guarded_step(step_fn, opt, list(lin.parameters()), torch.ones(3, 2), None, None, 1.0, TrainConfig(),
+                     Guard.on(CPU), autocast_dtype=dtype)
+        assert seen.pop() == expected
+
+
+def test_the_gradient_scaler_scales_the_loss_and_steps_with_the_unscaled_gradient():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(skip_grad_norm=6.0), Guard.on(CPU), scaler=scaler)
+    assert not bool(bad)  # the norm compared is the unscaled 5, not 5 * 1024
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 0.5 * 3, 2.0 - 0.5 * 4]))
+
+
+def test_guard_counters_start_at_zero_on_the_device_as_int64_and_float():
+    from aevb.train import Guard
+
+    g = Guard.on(CPU)
+    for counter in (g.skipped, g.consecutive):
+        assert counter.shape == () and counter.dtype == torch.int64 and counter.item() == 0
+    assert g.bad_norm.shape == () and g.bad_norm.dtype == torch.float32 and g.bad_norm.item() == 0.0
+    assert g.skipped is not g.consecutive
+    g.record(torch.tensor(True), torch.tensor(7.0, dtype=torch.float64))
+    assert g.bad_norm.dtype == torch.float32 and g.bad_norm.item() == 7.0 and g.skipped.item() == 1
+    g.record(torch.tensor(False), torch.tensor(3.0))
+    assert (g.skipped.item(), g.consecutive.item(), g.bad_norm.item()) == (1, 0, 7.0)
+
+
+def test_make_objective_binds_the_settings_of_the_objective_named():
+    from functools import partial
+
+    from aevb.config import ConfigError
+    from aevb.models import build_model
+    from aevb.objectives import OBJECTIVES
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import make_objective
+
+    cfg = apply_overrides(default_config("digits"), {"hidden": (8,), "latent_dim": 2})
+    f = make_objective(apply_overrides(cfg, {"objective": "iwae", "iwae_k": 7}))
+    assert isinstance(f, partial) and f.func is OBJECTIVES["iwae"] and f.keywords == {"k": 7}
+    f = make_objective(apply_overrides(cfg, {"samples": 3, "estimator": "mc", "free_bits": 0.5}))
+    assert f.func is OBJECTIVES["elbo"] and f.keywords == {"samples": 3, "kl": "mc", "free_bits": 0.5}
+    ae = apply_overrides(cfg, {"family": "ae", "likelihood": "gaussian_fixed"})
+    caps = build_model(ae.model).capabilities
+    assert make_objective(ae) is OBJECTIVES[caps.default_objective]  # no settings: the function itself
+    assert make_objective(ae, caps) is OBJECTIVES[caps.default_objective]
+    with pytest.raises(ConfigError, match=r"^objective 'iwae' does not apply to the ae model, which trains on "):
+        make_objective(apply_overrides(ae, {"objective": "iwae"}))
+    from aevb.wake_sleep import wake_sleep_step_loss
+    assert make_objective(apply_overrides(cfg, {"algorithm": "wake-sleep"})) is wake_sleep_step_loss
+    with pytest.raises(ConfigError, match=r"^the wake-sleep algorithm needs a recognition model q\(z\|x\) and a "
+                                          r"prior; the ae model has no posterior or no prior \(use the vae family\)$"):
+        make_objective(apply_overrides(ae, {"algorithm": "wake-sleep"}))
+
+
+def test_takes_argument_sees_unbound_parameters_only():
+    from functools import partial
+
+    from aevb.train import takes_argument
+
+    def f(model, x, step=0):
+        return step
+    assert takes_argument(f, "step") and not takes_argument(f, "dataset_size")
+    assert takes_argument(partial(f, step=3), "x")  # x is still free
+    assert takes_argument(partial(f, None, None), "step")
+    assert not takes_argument(math.hypot, "step") and not takes_argument(torch.add, "step")  # no signature
+
+
+def test_make_optimizer_builds_the_named_optimizer_with_its_settings():
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import make_optimizer
+
+    cfg = default_config("digits")
+    for name, cls in (("adam", torch.optim.Adam), ("adagrad", torch.optim.Adagrad), ("sgd", torch.optim.SGD)):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = make_optimizer(apply_overrides(cfg, {"optimizer": name, "lr": 0.25, "weight_decay": 0.125}), iter([p]))
+        assert type(opt) is cls and opt.param_groups[0]["params"] == [p]  # a generator of parameters is fine
+        group = opt.param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (0.25, 0.125)
+        assert group.get("momentum", 0.9 if name == "sgd" else None) == (0.9 if name == "sgd" else None)
+        assert group["fused"] is True  # CPU float32 has fused kernels for all three
+    half = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    try:
+        torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))], fused=True).step()
+        fused_half = True
+    except (RuntimeError, TypeError, ValueError):
+        fused_half = False
+    opt = make_optimizer(apply_overrides(cfg, {"optimizer": "adagrad"}), [half])
+    assert bool(opt.param_groups[0]["fused"]) is fused_half
+
+
+def test_fused_steps_tries_one_step_per_device_and_dtype():
+    from aevb.train import _fused_steps
+
+    made = []
+
+    class Recorder(torch.optim.SGD):
+        def __init__(self, params, fails_on=None, **kw):
+            params = list(params)
+            made.append((params, kw))
+            self.fails_on = fails_on
+            super().__init__(params, **{k: v for k, v in kw.items() if k != "fused"})
+
+        def step(self, closure=None):
+            p = self.param_groups[0]["params"][0]
+            if p.dtype == torch.float64:
+                raise RuntimeError("no fused kernel for float64")
+
+    ps = [torch.zeros(2), torch.zeros(3), torch.zeros(1, dtype=torch.bfloat16)]
+    assert _fused_steps(Recorder, ps, momentum=0.5)
+    assert len(made) == 2  # one probe per (device, dtype), not per parameter
+    for (probe,), kw in made:
+        assert probe.shape == (1,) and probe.requires_grad and torch.equal(probe.grad, torch.zeros(1))
+        assert probe.grad.dtype == probe.dtype and kw == {"lr": 0.0, "fused": True, "momentum": 0.5}
+    assert {probe.dtype for (probe,), _ in made} == {torch.float32, torch.bfloat16}
+    assert not _fused_steps(Recorder, [torch.zeros(2), torch.zeros(2, dtype=torch.float64)])
+
+    class NoFused(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            raise TypeError("fused is not an argument here")
+    assert not _fused_steps(NoFused, [torch.zeros(1)])
+
+    class BadValue(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            raise ValueError("fused needs CUDA")
+    assert not _fused_steps(BadValue, [torch.zeros(1)])
+
+
+def test_binarize_draw_is_uniform_below_the_pixel_and_keeps_nan():
+    from aevb.train import binarize_draw
+
+    x = torch.tensor([[0.0, 0.25, 0.5, 1.0], [0.9, float("nan"), 0.1, 0.75]], dtype=torch.float64)
+    out = binarize_draw(x, seeded(3))
+    u = torch.rand(x.shape, generator=seeded(3), dtype=torch.float64)
+    expected = (u < x).double()
+    expected[1, 1] = float("nan")
+    assert out.dtype == torch.float64 and out.shape == x.shape
+    assert torch.equal(out.nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    assert set(out[~out.isnan()].tolist()) <= {0.0, 1.0} and out[0, 0] == 0.0 and out[0, 3] == 1.0
+
+
+def test_objective_module_calls_the_objective_with_the_model_and_its_generator():
+    from aevb.train import ObjectiveModule
+
+    model, g, seen = torch.nn.Linear(1, 1), seeded(0), []
+    module = ObjectiveModule(model, lambda m, x, generator, **kw: seen.append((m, x, generator, kw)) or {"loss": x})
+    x = torch.ones(2)
+    assert module(x, g, beta=0.5)["loss"] is x
+    assert seen == [(model, x, g, {"beta": 0.5})]
+
+
+def _tiny_trainer(tmp_path, **settings):
+    """A Trainer on 100 random 4x4 binary images (nothing is read from disk)."""
+    from aevb.data import Dataset, Split
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import Trainer
+
+    cfg = default_config("digits")
+    cfg = apply_overrides(cfg, {"hidden": (8,), "latent_dim": 2, "batch_size": 10, "input_shape": (1, 4, 4),
+                                "binarize": "none", **settings})
+    x = torch.bernoulli(torch.full((100, 1, 4, 4), 0.5), generator=seeded(0))
+    data = Dataset(name="tiny", train=Split(x[:80]), valid=Split(x[80:]), test=None, binary=True)
+    return Trainer(cfg, tmp_path, dataset=data, progress=False)
+
+
+def test_trainer_step_passes_the_kl_weight_of_the_step_and_the_family_terms(tmp_path, monkeypatch):
+    trainer = _tiny_trainer(tmp_path, kl_schedule="linear", warmup_steps=8, beta=2.0)
+    seen = []
+    step_fn = trainer.step_fn
+
+    def recording(x, noise, beta=1.0, y=None, **kw):
+        seen.append((beta, kw, noise))
+        return step_fn(x, noise, beta=beta, y=y)  # the elbo takes no step: it is only recorded
+    trainer.step_fn = recording
+    trainer.objective_takes_step = True
+    monkeypatch.setattr(trainer.model, "after_step", lambda x, y, g, bad: {"family": torch.ones(()) + bad})
+    trainer.global_step = 2
+    x = trainer.data.train.x[:10]
+    terms, bad = trainer.step(x)
+    (beta, kw, noise), = seen
+    assert beta == 2.0 * 2 / 8 and kw == {"step": 2} and noise is trainer.noise
+    assert not bool(bad) and terms["family"].item() == 1.0 and {"loss", "elbo", "family"} <= set(terms)
+
+
+def test_check_guard_stops_at_max_skips_and_says_why(tmp_path):
+    from aevb.train import TrainingDiverged
+
+    trainer = _tiny_trainer(tmp_path, max_skips=3, skip_grad_norm=10.0)
+    trainer.guard.consecutive.fill_(2)
+    trainer.check_guard()  # two in a row: below the limit
+    trainer.guard.consecutive.fill_(3)
+    trainer.guard.bad_norm.fill_(1234.5)
+    trainer.global_step = 41
+    with pytest.raises(TrainingDiverged, match=r"^training stopped at step 41: the last 3 steps were skipped \(limit "
+                                               r"3\) because the loss or gradient norm was 1.23e\+03 > 10; no "
+                                               r"checkpoint was written yet\. Lower the learning rate, clip the "
+                                               r"gradient norm, or check the data for NaN/Inf$"):
+        trainer.check_guard()
+    trainer.save_state()
+    trainer.guard.bad_norm.fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"was not finite \(NaN or Inf\); the last good checkpoint "
+                                               r".*train_state\.safetensors is intact\. Lower"):
+        trainer.check_guard()
