@@ -11,11 +11,15 @@ device and dtype, so a test sees exactly what a sampler asked for.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 
 import pytest
 import torch
+
+from aevb.checkpoint import CheckpointError
 
 from aevb.distributions import (LOG_2PI, Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian,
                                 StandardNormal, analytic_kl_per_dim, noise, register_kl, standard_normal,
@@ -909,3 +913,279 @@ def test_check_guard_stops_at_max_skips_and_says_why(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"was not finite \(NaN or Inf\); the last good checkpoint "
                                                r".*train_state\.safetensors is intact\. Lower"):
         trainer.check_guard()
+
+
+# --- checkpoints (aevb.checkpoint: the weights, the optimizer and the training state) ----------------------
+
+def test_atomic_write_replaces_the_file_with_ordinary_permissions_and_leaves_no_temporary(tmp_path):
+    from aevb.checkpoint import atomic_write
+
+    path = tmp_path / "new" / "deeper" / "f.bin"  # missing folders are made
+    old = os.umask(0o027)
+    try:
+        atomic_write(path, b"first")
+        atomic_write(path, b"second")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"second" and os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
+
+
+def test_atomic_write_names_the_path_in_an_os_error_and_passes_other_errors_through(tmp_path, monkeypatch):
+    from aevb.checkpoint import atomic_write
+
+    path = tmp_path / "f.bin"
+
+    def full(*args):
+        raise OSError(28, "No space left on device", "/tmp/f.bin.xyz.tmp")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as e:
+        atomic_write(path, b"data")
+    assert type(e.value) is OSError and (e.value.errno, e.value.strerror, e.value.filename) == (
+        28, "No space left on device", str(path))
+    assert list(tmp_path.iterdir()) == []
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, b"data")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileExistsError) as e:  # a parent that is a file: the error names the path
+        (tmp_path / "file").write_bytes(b"")
+        atomic_write(tmp_path / "file" / "f.bin", b"x")
+    assert e.value.filename == str(tmp_path / "file" / "f.bin")
+
+
+def test_unwrap_finds_the_module_inside_ddp_and_compile_wrappers():
+    from aevb.checkpoint import unwrap
+
+    inner = torch.nn.Linear(1, 1)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, attr, m):
+            super().__init__()
+            setattr(self, attr, m)
+    assert unwrap(inner) is inner
+    assert unwrap(Wrap("module", Wrap("_orig_mod", Wrap("module", inner)))) is inner
+
+
+def _adam_after_steps(n_params: int = 2, steps: int = 2):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+    return model, opt
+
+
+def test_optimizer_state_round_trips_through_flat_tensors_and_json():
+    from aevb.checkpoint import optimizer_from_flat, optimizer_to_flat
+
+    model, opt = _adam_after_steps()
+    opt.state[opt.param_groups[0]["params"][0]]["count"] = 3  # a non-tensor entry goes to the JSON
+    tensors, meta = optimizer_to_flat(opt)
+    assert sorted(tensors) == sorted(f"optim.{i}.{k}" for i in range(4) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert meta["scalars"] == {"0": {"count": 3}}
+    assert json.loads(json.dumps(meta))["param_groups"][0]["betas"] == [0.8, 0.9]
+    meta = json.loads(json.dumps(meta))  # as saved
+    fresh = torch.optim.Adam(model.parameters(), lr=0.5)
+    optimizer_from_flat(fresh, tensors, meta)
+    assert fresh.param_groups[0]["lr"] == 0.01 and tuple(fresh.param_groups[0]["betas"]) == (0.8, 0.9)
+    for p in model.parameters():
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(fresh.state[p][k], opt.state[p][k])
+    assert fresh.state[opt.param_groups[0]["params"][0]]["count"] == 3
+    optimizer_from_flat(fresh, {"other.0.step": torch.ones(())}, {**meta, "scalars": {}})  # only optim.* keys
+    assert len(fresh.state) == 0
+
+
+def test_training_state_round_trips_everything_it_keeps(tmp_path):
+    from aevb.checkpoint import TRAIN_STATE, load_train_state, restore_train_state, save_train_state
+
+    model, opt = _adam_after_steps()
+    aux_model, aux = _adam_after_steps(steps=1)
+    noise = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=noise)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    save_train_state(tmp_path, _wrapped(model), opt,
+                     {"sums.elbo": torch.tensor(-12.5)}, {"global_step": 9, "epoch": 1}, generator=noise,
+                     scaler=scaler, schedule={"kind": "step", "last": 3}, auxiliary={"disc": aux})
+    tensors, progress, opt_meta = load_train_state(tmp_path)
+    assert progress == {"global_step": 9, "epoch": 1} and "param_groups" in opt_meta
+    assert {k.split(".")[0] for k in tensors} == {"model", "optim", "sums", "rng", "aux"}
+    assert "model.0.weight" in tensors  # the unwrapped model's names
+    model2, opt2 = _adam_after_steps(steps=0)
+    with torch.no_grad():
+        for p in model2.parameters():
+            p.zero_()
+    _, aux2 = _adam_after_steps(steps=0)
+    scaler2 = torch.amp.GradScaler("cpu")
+    g = torch.Generator()
+    state = restore_train_state(tmp_path, model2, opt2, g, CPU, scaler=scaler2, auxiliary={"disc": aux2})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    p0, q0 = opt.param_groups[0]["params"][0], opt2.param_groups[0]["params"][0]
+    assert torch.equal(opt2.state[q0]["exp_avg"], opt.state[p0]["exp_avg"])
+    a0, b0 = aux.param_groups[0]["params"][0], aux2.param_groups[0]["params"][0]
+    assert torch.equal(aux2.state[b0]["exp_avg"], aux.state[a0]["exp_avg"])
+    assert torch.equal(g.get_state(), noise.get_state()) and not state.noise_reseeded
+    assert scaler2.get_scale() == 256.0
+    assert state.progress == {"global_step": 9, "epoch": 1} and state.schedule == {"kind": "step", "last": 3}
+    assert set(state.sums) == {"elbo"} and state.sums["elbo"].item() == -12.5
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors: the training state has no state for the "
+                                              r"model's optimizer 'critic'; it was saved by another model$"):
+        restore_train_state(tmp_path, model2, opt2, g, CPU, auxiliary={"critic": aux2})
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 9}, generator=noise)
+    state = restore_train_state(tmp_path, model2, opt2, g, CPU, scaler=scaler2)
+    assert state.schedule is None and state.sums == {} and scaler2.get_scale() == 256.0  # no scaler saved: kept
+    assert (tmp_path / TRAIN_STATE).is_file()
+
+
+def _wrapped(model):
+    class DDPLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = model
+    return DDPLike()
+
+
+def test_a_noise_state_from_another_kind_of_device_is_reseeded_from_the_step(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from aevb.checkpoint import TRAIN_STATE, reseed_noise, restore_train_state, save_train_state
+
+    g = torch.Generator().manual_seed(11)
+    reseed_noise(g, 4)
+    assert g.initial_seed() == (11 * 1_000_003 + 4) % 2**63
+    big = torch.Generator().manual_seed(2**62)
+    reseed_noise(big, 7)
+    assert big.initial_seed() == (2**62 * 1_000_003 + 7) % 2**63
+    model, opt = _adam_after_steps(steps=1)
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 30}, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / TRAIN_STATE
+    tensors = load_file(path)
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["rng_device"] == "cpu"
+    save_file(tensors, path, {**meta, "rng_device": "cuda"})
+    g = torch.Generator().manual_seed(3)
+    with pytest.warns(UserWarning, match=r"the noise generator was saved on cuda and this run is on cpu; it "
+                                         r"continues with noise re-seeded from the step"):
+        state = restore_train_state(tmp_path, model, opt, g, CPU)
+    assert state.noise_reseeded and g.initial_seed() == (3 * 1_000_003 + 30) % 2**63
+    del meta["rng_device"]  # a file from before device tags: told apart by the state's size
+    save_file({**tensors, "rng.noise": tensors["rng.noise"][:100]}, path, meta)
+    g = torch.Generator().manual_seed(3)
+    with pytest.warns(UserWarning, match="saved on another device"):
+        assert restore_train_state(tmp_path, model, opt, g, CPU).noise_reseeded
+    save_file(tensors, path, meta)
+    g = torch.Generator()
+    assert not restore_train_state(tmp_path, model, opt, g, CPU).noise_reseeded
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_training_state_files_missing_or_corrupt_say_so(tmp_path):
+    from safetensors.torch import save_file
+
+    from aevb.checkpoint import TRAIN_STATE, load_train_state, read_train_state_bytes
+
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors is missing: the run cannot be resumed \(it "
+                                              r"finished without training state, or never reached its first "
+                                              r"checkpoint\)$"):
+        read_train_state_bytes(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / TRAIN_STATE, {"progress": "{not json"})
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors: training-state metadata is missing or "
+                                              r"corrupt \("):
+        load_train_state(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / TRAIN_STATE, {"progress": "{}"})
+    with pytest.raises(CheckpointError, match=r"metadata is missing or corrupt \('optimizer'\)$"):
+        load_train_state(tmp_path)
+    data = (tmp_path / TRAIN_STATE).read_bytes()
+    assert read_train_state_bytes(tmp_path) == data
+
+
+def _tiny_run_config():
+    from aevb.config import ModelConfig, RunConfig
+
+    return RunConfig(model=ModelConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2))
+
+
+def test_the_weights_and_the_best_weights_load_back_as_saved(tmp_path):
+    from aevb.checkpoint import BEST, CONFIG, WEIGHTS, load_model, read_best, save_best, save_model
+    from aevb.models import build_model
+
+    cfg = _tiny_run_config()
+    torch.manual_seed(0)
+    last, best = build_model(cfg.model), build_model(cfg.model)
+    assert read_best(tmp_path) is None
+    save_model(tmp_path, _wrapped(last), cfg)  # the plain module's names, not module.*
+    save_best(tmp_path, _wrapped(best), {"epoch": 3, "key": "valid_elbo", "value": -1.5})
+    assert read_best(tmp_path) == {"epoch": 3, "key": "valid_elbo", "value": -1.5}
+    for which, expected in (("last", last), ("best", best)):
+        model, config = load_model(tmp_path, which=which)
+        assert config == cfg and not model.training
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+    assert read_safetensors_meta(tmp_path / WEIGHTS) == {"format": "pt"}
+    with pytest.raises(CheckpointError, match=r"^which must be one of last, best; got 'first'$"):
+        load_model(tmp_path, which="first")
+    (tmp_path / BEST).unlink()
+    with pytest.raises(CheckpointError, match=r"has no best\.safetensors: no epoch has finished yet, or the run was "
+                                              r"trained by an aevb that kept no best checkpoint; load the last "
+                                              r"weights instead$"):
+        load_model(tmp_path, which="best")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, tmp_path / BEST, {"best": "{cut"})
+    with pytest.raises(CheckpointError, match=r"best\.safetensors: the best epoch's metadata is missing or corrupt"):
+        read_best(tmp_path)
+    save_file({"w": torch.zeros(1)}, tmp_path / BEST)
+    with pytest.raises(CheckpointError, match=r"the best epoch's metadata is missing or corrupt \('best'\)$"):
+        read_best(tmp_path)
+    assert (tmp_path / CONFIG).is_file()
+
+
+def read_safetensors_meta(path):
+    from aevb.checkpoint import read_safetensors
+
+    return read_safetensors(path)[1]
+
+
+def test_safetensors_bytes_parse_with_or_without_metadata(tmp_path):
+    from safetensors.torch import save
+
+    from aevb.checkpoint import _parse_safetensors
+
+    tensors, meta = _parse_safetensors(save({"a": torch.arange(3.0)}), tmp_path / "f")
+    assert meta == {} and torch.equal(tensors["a"], torch.arange(3.0))
+    tensors, meta = _parse_safetensors(save({"a": torch.ones(1)}, {"k": "v"}), tmp_path / "f")
+    assert meta == {"k": "v"}
+    with pytest.raises(CheckpointError, match=r"^\S+/f is empty \(0 bytes\)"):
+        _parse_safetensors(b"", tmp_path / "f")
+    good = save({"a": torch.ones(4)})
+    with pytest.raises(CheckpointError, match=r"/f is truncated"):
+        _parse_safetensors(good[:-3], tmp_path / "f")
+
+
+def test_save_model_keeps_an_existing_config_when_the_weights_fail(tmp_path, monkeypatch):
+    from aevb import checkpoint
+    from aevb.checkpoint import CONFIG, WEIGHTS, save_model
+    from aevb.models import build_model
+
+    cfg = _tiny_run_config()
+    model = build_model(cfg.model)
+    save_model(tmp_path, model, cfg)
+    real = checkpoint.atomic_write
+
+    def fail_on_weights(path, data):
+        if path.name == WEIGHTS:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+    monkeypatch.setattr(checkpoint, "atomic_write", fail_on_weights)
+    with pytest.raises(OSError):
+        save_model(tmp_path, model, cfg)
+    assert (tmp_path / CONFIG).is_file()  # the run existed: its config stays
+    with pytest.raises(OSError):
+        save_model(tmp_path / "new", model, cfg)
+    assert not (tmp_path / "new" / CONFIG).exists()  # a new run: no lone config
