@@ -1189,3 +1189,153 @@ def test_save_model_keeps_an_existing_config_when_the_weights_fail(tmp_path, mon
     with pytest.raises(OSError):
         save_model(tmp_path / "new", model, cfg)
     assert not (tmp_path / "new" / CONFIG).exists()  # a new run: no lone config
+
+
+# --- the metrics (aevb.evaluate) --------------------------------------------------------------------------
+
+def _small_vae(likelihood="bernoulli", **kw):
+    from aevb.config import ModelConfig
+    from aevb.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(input_shape=(1, 2, 5), likelihood=likelihood, hidden=(8,), latent_dim=2, **kw))
+
+
+def _binary_images(n=40, seed=0):
+    return torch.bernoulli(torch.full((n, 1, 2, 5), 0.5), generator=seeded(seed))
+
+
+def test_mean_and_stderr_in_float64_and_nan_for_one_value():
+    from aevb.evaluate import _mean_and_stderr
+
+    mean, se = _mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and se == pytest.approx(math.sqrt(5 / 3) / 2, rel=1e-12)
+    mean, _ = _mean_and_stderr(torch.tensor([2.0**24, 1.0, 1.0]))  # float32 would round 2^24 + 1 away
+    assert mean == (2**24 + 2) / 3
+    mean, se = _mean_and_stderr(torch.tensor([-3.0]))
+    assert mean == -3.0 and math.isnan(se)
+
+
+def test_bits_per_dim_and_labelled_batches():
+    from aevb.evaluate import _labelled_batches, bits_per_dim
+
+    assert bits_per_dim(-100.0, 10) == pytest.approx(100 / (10 * math.log(2)), rel=1e-15)
+    x, y = torch.arange(5.0), torch.arange(10, 15)
+    assert [(b.tolist(), c) for b, c in _labelled_batches(x, None, 2)] == [([0, 1], None), ([2, 3], None), ([4], None)]
+    assert [(b.tolist(), c.tolist()) for b, c in _labelled_batches(x, y, 3)] == [([0, 1, 2], [10, 11, 12]),
+                                                                                 ([3, 4], [13, 14])]
+
+
+def test_evaluate_elbo_is_the_mean_over_every_batch_of_the_seeded_bound():
+    from aevb.evaluate import evaluate_elbo
+    from aevb.objectives import elbo
+
+    model, x = _small_vae(), _binary_images()
+    g, sums = torch.Generator().manual_seed(4), {}
+    for start in range(0, 40, 16):
+        for k, v in elbo(model, x[start:start + 16], samples=2, kl="mc", generator=g, reduction="none").items():
+            sums[k] = sums.get(k, 0.0) + v.double().sum().item()
+    res = evaluate_elbo(model, x, batch_size=16, samples=2, kl="mc", seed=4)
+    assert set(res) == {"elbo", "reconstruction", "kl"}
+    for k in res:
+        assert res[k] == pytest.approx(sums[k] / 40, rel=1e-12)
+    assert evaluate_elbo(model, x, batch_size=16, samples=2, kl="mc", seed=5)["elbo"] != res["elbo"]
+    ae = _small_vae("gaussian_fixed", family="ae")
+    from aevb.objectives import OBJECTIVES
+    expected = OBJECTIVES[ae.capabilities.default_objective](ae, x, reduction="none")
+    res = evaluate_elbo(ae, x, batch_size=16)
+    assert set(res) == set(expected) - {"loss"}
+    assert res["reconstruction"] == pytest.approx(expected["reconstruction"].double().mean().item(), rel=1e-9)
+
+
+def test_log_likelihood_is_the_seeded_importance_estimate_and_draws_a_bar_only_when_asked(capsys):
+    from aevb.evaluate import log_likelihood
+    from aevb.importance import importance_log_likelihood
+
+    model, x = _small_vae(), _binary_images(6)
+    expected = importance_log_likelihood(model, x, 5, torch.Generator().manual_seed(3), batch_size=4, max_samples=2,
+                                         fast=False)
+    ll = log_likelihood(model, x, k=5, batch_size=4, chunk=2, seed=3, fast=False)
+    assert ll.dtype == torch.float64 and torch.allclose(ll, expected, rtol=0, atol=1e-12)
+    assert capsys.readouterr().err == ""
+    log_likelihood(model, x, k=5, progress=True)
+    assert "log p(x), k=5" in capsys.readouterr().err
+
+
+def test_latent_statistics_variance_of_means_and_mean_kl_per_dimension():
+    from aevb.distributions import analytic_kl_per_dim
+    from aevb.evaluate import embed, latent_statistics
+
+    model, x = _small_vae(), _binary_images()
+    with torch.no_grad():
+        model.encoder.heads["mu"].weight[1].zero_()  # dimension 1 ignores x
+        q = model.encode(x, None)
+        mu = q.mean.double()
+        kl = analytic_kl_per_dim(q, model.prior).double().mean(0)
+    stats = latent_statistics(model, x, batch_size=16)
+    var = mu.var(0, unbiased=True)
+    assert torch.allclose(torch.tensor(stats["active_unit_variances"], dtype=torch.float64), var, rtol=1e-9)
+    assert stats["active_units"] == int((var > 0.01).sum()) == 1
+    assert latent_statistics(model, x, threshold=float(var[0]) * 1.01)["active_units"] == 0
+    assert stats["kl_per_dim"] == pytest.approx(kl.tolist(), rel=1e-6)
+    one = latent_statistics(model, x[:1])
+    assert one["active_unit_variances"] == [0.0, 0.0] and one["active_units"] == 0
+    assert torch.equal(embed(model, x, batch_size=16), model.embed(x, None))
+
+
+def test_decoder_statistics_counts_clamped_pixels_over_all_batches():
+    from aevb.evaluate import decoder_statistics
+
+    model = _small_vae("gaussian")
+    with torch.no_grad():
+        model.decoder.log_var.weight.zero_()
+        model.decoder.log_var.bias.copy_(torch.tensor([-30.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    x = torch.rand(7, 1, 2, 5, generator=seeded(0))
+    assert decoder_statistics(model, x, batch_size=3) == {"discrete_likelihood": False,
+                                                           "decoder_scale_at_clamp": pytest.approx(0.1)}
+    assert decoder_statistics(_small_vae(), _binary_images(7), batch_size=3) == {"discrete_likelihood": True}
+
+
+def test_evaluate_puts_the_metrics_together_as_documented():
+    from aevb.evaluate import evaluate, evaluate_elbo, latent_statistics, log_likelihood
+
+    model, x = _small_vae(), _binary_images()
+    model.train()
+    res = evaluate(model, x, k=3, batch_size=7, seed=2)
+    assert not model.training
+    ll = log_likelihood(model, x, k=3, batch_size=7, seed=2)
+    elbo = evaluate_elbo(model, x, batch_size=500, seed=2)  # one batch of all 40
+    stats = latent_statistics(model, x)
+    expected = {"n": 40, "k": 3, "data_dim": 10, "conditional": False, **elbo, "discrete_likelihood": True,
+                "elbo_bits_per_dim": -elbo["elbo"] / (10 * math.log(2)), "log_likelihood": ll.mean().item(),
+                "log_likelihood_stderr": (ll.std().item() / math.sqrt(40)),
+                "bits_per_dim": -ll.mean().item() / (10 * math.log(2)), "active_units": stats["active_units"],
+                "latent_dim": 2, "kl_dim_0": stats["kl_per_dim"][0], "kl_dim_1": stats["kl_per_dim"][1]}
+    assert res.keys() == expected.keys()
+    for key, value in expected.items():
+        assert res[key] == pytest.approx(value, rel=1e-9), key
+    assert evaluate_elbo(model, x, batch_size=7, seed=2)["elbo"] != res["elbo"]  # the batch size matters
+    res = evaluate(model, x, k=0, seed=2)
+    assert "log_likelihood" not in res and "bits_per_dim" not in res and res["active_units"] == stats["active_units"]
+    res = evaluate(_small_vae("gaussian"), torch.rand(8, 1, 2, 5), k=2)
+    assert "bits_per_dim" not in res and "elbo_bits_per_dim" not in res and "log_likelihood" in res
+    ae = evaluate(_small_vae("gaussian_fixed", family="ae"), torch.rand(8, 1, 2, 5), k=2)
+    assert set(ae) == {"n", "k", "data_dim", "conditional", "reconstruction", "discrete_likelihood"}
+
+
+def test_evaluate_with_labels_adds_the_probes_of_the_codes():
+    from aevb.evaluate import embed, evaluate, probe_accuracy
+
+    model = _small_vae()
+    x, y = _binary_images(30), torch.arange(30) % 2
+    xtr, ytr = _binary_images(50, seed=1), torch.arange(50) % 2
+    res = evaluate(model, x, k=0, y=y, probe_train=(xtr, ytr), probe_max_train=20, seed=1)
+    keep = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:20]
+    probes = probe_accuracy(embed(model, xtr[keep]), ytr[keep], embed(model, x), y, seed=1, max_train=20)
+    assert probes["probe_train_size"] == 20
+    for key, value in probes.items():
+        assert res[key] == value
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, y=y)
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, probe_train=(xtr, ytr))
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, y=y, probe_train=(xtr, None))
+    assert evaluate(model, x, k=0, y=y, probe_train=(xtr, ytr), probe_max_train=0)["probe_train_size"] == 50
