@@ -1339,3 +1339,40 @@ def test_evaluate_with_labels_adds_the_probes_of_the_codes():
     assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, probe_train=(xtr, ytr))
     assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, y=y, probe_train=(xtr, None))
     assert evaluate(model, x, k=0, y=y, probe_train=(xtr, ytr), probe_max_train=0)["probe_train_size"] == 50
+
+
+def test_evaluate_gives_a_conditional_model_its_labels_everywhere():
+    """Every term of a conditional model is computed given y: each number equals the one computed with y,
+    and differs from the one computed with other labels."""
+    from aevb.conditional import LabelError
+    from aevb.distributions import analytic_kl_per_dim
+    from aevb.evaluate import decoder_statistics, embed, evaluate, evaluate_elbo, latent_statistics, log_likelihood
+    from aevb.objectives import elbo
+
+    model, x = _small_vae("gaussian", num_classes=3), torch.rand(40, 1, 2, 5, generator=seeded(1))
+    y, other = torch.arange(40) % 3, (torch.arange(40) + 1) % 3
+    with torch.no_grad():
+        model.decoder.log_var.weight.zero_()
+        model.decoder.log_var.bias.copy_(torch.tensor([-30.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    terms = elbo(model, x, generator=torch.Generator().manual_seed(2), reduction="none", y=y)
+    res = evaluate(model, x, k=3, batch_size=7, seed=2, y=y)
+    assert res["conditional"] is True and res["elbo"] == pytest.approx(terms["elbo"].double().mean().item(), rel=1e-9)
+    assert res["log_likelihood"] == pytest.approx(log_likelihood(model, x, k=3, batch_size=7, seed=2, y=y).mean().item(),
+                                                  rel=1e-12)
+    assert res["decoder_scale_at_clamp"] == pytest.approx(0.1)
+    with torch.no_grad():
+        q = model.encode(x, y)
+        kl = analytic_kl_per_dim(q, model.prior).double().mean(0)
+    assert [res["kl_dim_0"], res["kl_dim_1"]] == pytest.approx(kl.tolist(), rel=1e-6)
+    stats = latent_statistics(model, x, y=y)
+    assert stats["active_unit_variances"] == pytest.approx(q.mean.double().var(0).tolist(), rel=1e-9)
+    assert stats["kl_per_dim"] != latent_statistics(model, x, y=other)["kl_per_dim"]
+    assert evaluate_elbo(model, x, seed=2, y=y)["elbo"] != evaluate_elbo(model, x, seed=2, y=other)["elbo"]
+    assert torch.equal(embed(model, x, batch_size=16, y=y), model.embed(x, y))
+    assert decoder_statistics(model, x, batch_size=16, y=y)["decoder_scale_at_clamp"] == pytest.approx(0.1)
+    with pytest.raises(LabelError, match=r"^labels of the evaluated images must lie in 0\.\.2 \(the model's 3 "
+                                         r"classes\); found 3$"):
+        evaluate(model, x, k=0, y=y + 1)
+    plain = _small_vae("gaussian")
+    assert evaluate(plain, x, k=0, y=y)["conditional"] is False  # labels of an unconditional model: for the probes
+    assert evaluate(_small_vae(), _binary_images(2))["k"] == 5000  # the default k
