@@ -1376,3 +1376,22 @@ def test_evaluate_gives_a_conditional_model_its_labels_everywhere():
     plain = _small_vae("gaussian")
     assert evaluate(plain, x, k=0, y=y)["conditional"] is False  # labels of an unconditional model: for the probes
     assert evaluate(_small_vae(), _binary_images(2))["k"] == 5000  # the default k
+
+
+def test_evaluate_passes_its_batch_sizes_chunk_k_and_progress_on(capsys):
+    """The ELBO and the decoder's statistics run in batches of max(batch_size, 500), log p(x) in batch_size
+    with the chunk given: with a seed, each changes the draws, so each number is the one of those settings."""
+    from aevb.evaluate import evaluate, evaluate_elbo, log_likelihood
+
+    model, many = _small_vae(), _binary_images(600)
+    res = evaluate(model, many, k=0, batch_size=7, seed=1)
+    assert res["elbo"] == evaluate_elbo(model, many, batch_size=500, seed=1)["elbo"]
+    assert res["elbo"] != evaluate_elbo(model, many, batch_size=501, seed=1)["elbo"]
+    assert evaluate(model, many, k=0, batch_size=600, seed=1)["elbo"] == evaluate_elbo(model, many, batch_size=600,
+                                                                                      seed=1)["elbo"]
+    x = _binary_images(40)
+    res = evaluate(model, x, k=6, batch_size=7, chunk=2, seed=1)
+    assert res["log_likelihood"] == log_likelihood(model, x, k=6, batch_size=7, chunk=2, seed=1).mean().item()
+    assert capsys.readouterr().err == ""
+    evaluate(model, x[:2], k=1, progress=True)
+    assert "log p(x), k=1" in capsys.readouterr().err  # k=1 is an estimate too (the ELBO's one sample)
