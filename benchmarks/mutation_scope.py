@@ -1,16 +1,20 @@
-"""The scope of benchmarks/mutation.sh: which mutmut mutants it runs, and its score over them.
+"""The scope of benchmarks/mutation.sh, and its passes: which mutmut mutants it runs, and the score.
 
 mutmut mutates whole files (``only_mutate`` in pyproject.toml); the scope is every mutant of the five
 numerics files and, of ``evaluate``, ``checkpoint`` and ``train``, the mutants of the functions below
-(docs/reliability.md, "Mutation testing", says why the others are out).
+(docs/reliability.md, "Mutation testing", says why the others are out). Run in mutmut's copy (OUT/work):
 
-    python benchmarks/mutation_scope.py undecorate src/aevb/evaluate.py   # in mutmut's copy, before a run
-    python benchmarks/mutation_scope.py pending                            # in-scope names without a verdict
-    python benchmarks/mutation_scope.py globs                              # the scope as mutmut name globs
-    python benchmarks/mutation_scope.py score RESULTS [EQUIVALENT]         # counts and score over the scope
+    python mutation_scope.py undecorate src/aevb/evaluate.py  # before generating: mutmut skips decorated functions
+    python mutation_scope.py generate                          # mutmut's mutants/ (no test runs)
+    python mutation_scope.py pass1 PASS1 [ONLY]                # in-scope names for pass 1 (no verdict yet)
+    python mutation_scope.py pass2 PASS1                       # pass 1's survivors, for mutmut (pass 2)
+    python mutation_scope.py final PASS1 > FINAL               # each in-scope mutant's verdict
+    python mutation_scope.py score FINAL [EQUIVALENT]          # counts and score over the scope
 
-``pending`` and ``score`` read mutmut's ``mutants/**/*.meta`` and ``mutmut results --all true`` output
-(RESULTS); EQUIVALENT (benchmarks/mutation-equivalent.txt) lists the mutants judged equivalent, one a line.
+Pass 1 (``benchmarks/mutant_check.py`` against the fast tests written for the scope) and pass 2 (``mutmut
+run`` of pass 1's survivors against mutmut's whole test selection) both count a kill only when a test of
+the suite fails on the mutant; a survivor has survived the whole selection (or pass 2 did not reach it).
+EQUIVALENT (benchmarks/mutation-equivalent.txt): the mutants judged equivalent, one a line.
 """
 
 from __future__ import annotations
@@ -64,17 +68,71 @@ def undecorate(path: str) -> None:
         Path(path).write_text(src)
 
 
-def pending() -> list[str]:
-    """The in-scope mutants mutmut has generated and not yet run: their names, or ``FUNCTION__mutmut_*``
-    for a function no test reaches (mutmut looks an exact name's tests up and fails on such a function)."""
-    reached = json.loads(Path("mutants/mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
-    out = []
+KILLED = {1: "killed", 3: "killed"}  # mutmut's exit codes (mutmut.stats.status_by_exit_code)
+TIMEOUT = {36, -24, 24, 152, 255}
+
+
+def mutmut_verdicts() -> dict[str, str | None]:
+    """Every generated mutant's mutmut status (None: not run by mutmut)."""
+    out: dict[str, str | None] = {}
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if code is None and in_scope(name):
-                function = name.rsplit("__mutmut_", 1)[0]
-                out.append(name if reached.get(function) else function + "__mutmut_*")
-    return sorted(set(out))
+            out[name] = (None if code is None else KILLED.get(code) or ("timeout" if code in TIMEOUT else
+                         "survived" if code == 0 else "no tests" if code in (5, 33) else "suspicious"))
+    return out
+
+
+def read_verdicts(path: str) -> dict[str, str]:
+    if not Path(path).exists():
+        return {}
+    return dict(line.strip().rsplit(": ", 1) for line in open(path) if ": " in line)
+
+
+def generate() -> None:
+    """mutmut's mutants/ folder for the files of ``only_mutate``, as ``mutmut run`` makes it, without running tests."""
+    import mutmut.__main__ as m
+
+    Path("mutants").mkdir(exist_ok=True)
+    m.set_mutant_under_test("mutant_generation")
+    m.copy_src_dir()
+    m.copy_also_copy_files()
+    m.setup_source_paths()
+    m.store_lines_covered_by_tests()
+    m.create_mutants(2)
+
+
+def pass1(path: str, only: str | None = None) -> list[str]:
+    """In-scope mutants that neither mutmut nor pass 1 has killed or judged yet (of those named in the
+    file ``only``, fnmatch patterns one a line, when given)."""
+    done = read_verdicts(path)
+    patterns = [line.strip() for line in open(only) if line.strip()] if only else ["*"]
+    return [n for n, v in mutmut_verdicts().items() if in_scope(n) and v not in ("killed", "timeout")
+            and n not in done and any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def pass2(path: str) -> list[str]:
+    """Pass 1's survivors (and mutants no test of pass 1 reached) for mutmut: exact names, or
+    ``FUNCTION__mutmut_*`` for a function no selected test reaches (mutmut fails on an exact name there)."""
+    reached = {}
+    if Path("mutants/mutmut-stats.json").exists():
+        reached = json.loads(Path("mutants/mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
+    out = set()
+    for name, verdict in read_verdicts(path).items():
+        if verdict in ("survived", "no tests") and in_scope(name):
+            function = name.rsplit("__mutmut_", 1)[0]
+            out.add(name if reached.get(function) or not reached else function + "__mutmut_*")
+    return sorted(out)
+
+
+def final(path: str) -> None:
+    """Each in-scope mutant's verdict: killed or timeout by mutmut, else killed by pass 1, else mutmut's
+    verdict (pass 2), else pass 1's ("survived" there: not re-run by pass 2), else "not checked"."""
+    first = read_verdicts(path)
+    for name, verdict in mutmut_verdicts().items():
+        if in_scope(name):
+            if verdict not in ("killed", "timeout"):
+                verdict = "killed" if first.get(name) == "killed" else verdict or first.get(name) or "not checked"
+            print(f"{name}: {verdict}")
 
 
 def score(results: str, equivalent: str | None) -> None:
@@ -114,11 +172,15 @@ if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "undecorate":
         undecorate(*args)
-    elif cmd == "pending":
-        print("\n".join(pending()))
+    elif cmd == "generate":
+        generate()
+    elif cmd in ("pass1", "pass2"):
+        print("\n".join({"pass1": pass1, "pass2": pass2}[cmd](*args)))
     elif cmd == "globs":
         print("\n".join(globs()))
+    elif cmd == "final":
+        final(*args)
     elif cmd == "score":
         score(args[0], args[1] if len(args) > 1 else None)
     else:
-        sys.exit(f"unknown command {cmd!r}: undecorate, pending, globs or score")
+        sys.exit(f"unknown command {cmd!r}: undecorate, generate, pass1, pass2, globs, final or score")
