@@ -12,7 +12,8 @@
 #      selected tests that reach its function; mutmut's limit of (their time + 10 s) x 6 each).
 # Both count a kill only when a test of the suite fails. Mutant names (or globs) after OUT are run by
 # mutmut instead, e.g. survivors after new tests: benchmarks/mutation.sh OUT 'aevb.objectives.x_elbo*'.
-# ONLY: a file of name patterns (fnmatch, one a line) that limits pass 1 to those mutants of the scope.
+# ONLY: a file of name patterns (fnmatch, one a line) that limits pass 1 to those mutants of the scope;
+# SAMPLE=k: pass 1 runs every k-th mutant only (those whose number divides by k), for an estimate in less time.
 # Bounded in time: TIMEOUT seconds of wall clock for each pass (default 3600); WORKERS workers (default 2).
 # Each mutant's verdict (final.txt), the survivors' diffs and the score over the scope go to OUT.
 #
@@ -38,7 +39,7 @@ if [ $# -gt 0 ]; then
 else
     $SCOPE generate > "$OUT/generate.log" 2>&1
     rm -rf mutants/tests && cp -r tests mutants/tests  # the tests of this checkout
-    $SCOPE pass1 "$OUT/pass1.txt" ${ONLY:+"$ONLY"} > "$OUT/pass1-names.txt"
+    $SCOPE pass1 "$OUT/pass1.txt" "${ONLY:-}" "${SAMPLE:-1}" > "$OUT/pass1-names.txt"
     log "pass 1: $(wc -l < "$OUT/pass1-names.txt") mutants against tests/test_mutants.py"
     (cd mutants && timeout "${TIMEOUT:-3600}" env TIMEOUT="${TIMEOUT1:-300}" WORKERS="${WORKERS:-2}" \
         python "$HERE/benchmarks/mutant_check.py" "$OUT/pass1-names.txt" "$OUT/pass1.txt" tests/test_mutants.py) \

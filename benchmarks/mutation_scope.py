@@ -6,7 +6,7 @@ numerics files and, of ``evaluate``, ``checkpoint`` and ``train``, the mutants o
 
     python mutation_scope.py undecorate src/aevb/evaluate.py  # before generating: mutmut skips decorated functions
     python mutation_scope.py generate                          # mutmut's mutants/ (no test runs)
-    python mutation_scope.py pass1 PASS1 [ONLY]                # in-scope names for pass 1 (no verdict yet)
+    python mutation_scope.py pass1 PASS1 [ONLY [SAMPLE]]       # in-scope names for pass 1 (no verdict yet)
     python mutation_scope.py pass2 PASS1                       # pass 1's survivors, for mutmut (pass 2)
     python mutation_scope.py final PASS1 > FINAL               # each in-scope mutant's verdict
     python mutation_scope.py score FINAL [EQUIVALENT]          # counts and score over the scope
@@ -101,13 +101,20 @@ def generate() -> None:
     m.create_mutants(2)
 
 
-def pass1(path: str, only: str | None = None) -> list[str]:
-    """In-scope mutants that neither mutmut nor pass 1 has killed or judged yet (of those named in the
-    file ``only``, fnmatch patterns one a line, when given)."""
+def pass1(path: str, only: str | None = None, sample: int = 1) -> list[str]:
+    """In-scope mutants that neither mutmut nor pass 1 has killed or judged yet: of those named in the
+    file ``only`` (fnmatch patterns, one a line) when given, and of every ``sample``-th (mutant number
+    divisible by ``sample``); in turns over the functions, so that a pass cut short has reached them all."""
     done = read_verdicts(path)
     patterns = [line.strip() for line in open(only) if line.strip()] if only else ["*"]
-    return [n for n, v in mutmut_verdicts().items() if in_scope(n) and v not in ("killed", "timeout")
-            and n not in done and any(fnmatch.fnmatch(n, p) for p in patterns)]
+    by_function: dict[str, list[str]] = collections.defaultdict(list)
+    for n, v in mutmut_verdicts().items():
+        function, _, number = n.rpartition("__mutmut_")
+        if (in_scope(n) and v not in ("killed", "timeout") and n not in done and int(number) % sample == 0
+                and any(fnmatch.fnmatch(n, p) for p in patterns)):
+            by_function[function].append(n)
+    queues = list(by_function.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def pass2(path: str) -> list[str]:
@@ -174,8 +181,11 @@ if __name__ == "__main__":
         undecorate(*args)
     elif cmd == "generate":
         generate()
-    elif cmd in ("pass1", "pass2"):
-        print("\n".join({"pass1": pass1, "pass2": pass2}[cmd](*args)))
+    elif cmd == "pass1":
+        print("\n".join(pass1(args[0], args[1] if len(args) > 1 and args[1] else None,
+                               int(args[2]) if len(args) > 2 else 1)))
+    elif cmd == "pass2":
+        print("\n".join(pass2(*args)))
     elif cmd == "globs":
         print("\n".join(globs()))
     elif cmd == "final":
