@@ -15,6 +15,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -1395,3 +1396,19 @@ def test_evaluate_passes_its_batch_sizes_chunk_k_and_progress_on(capsys):
     assert capsys.readouterr().err == ""
     evaluate(model, x[:2], k=1, progress=True)
     assert "log p(x), k=1" in capsys.readouterr().err  # k=1 is an estimate too (the ELBO's one sample)
+
+
+def test_atomic_write_goes_through_a_temporary_beside_the_file_that_remove_temporaries_finds(tmp_path, monkeypatch):
+    """The temporary is NAME.<random>.tmp in the same folder (a rename within one file system, and the
+    name remove_temporaries deletes after a crash)."""
+    from aevb.checkpoint import atomic_write, remove_temporaries
+
+    seen, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: seen.append(Path(src)) or replace(src, dst))
+    atomic_write(tmp_path / "model.safetensors", b"x")
+    (tmp,) = seen
+    assert tmp.parent == tmp_path and tmp.name.startswith("model.safetensors.") and tmp.suffix == ".tmp"
+    assert len(tmp.name) > len("model.safetensors..tmp")
+    tmp.write_bytes(b"left by a crash")
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
