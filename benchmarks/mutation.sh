@@ -56,4 +56,4 @@ $SCOPE final "$OUT/pass1.txt" > "$OUT/final.txt"
 grep -E ': (survived|no tests|suspicious|segfault)$' "$OUT/final.txt" | sed 's/:.*//' | while read -r name; do
     mutmut show "$name"
 done > "$OUT/survivors.diff" 2>&1 || true
-$SCOPE score "$OUT/final.txt" "$HERE/benchmarks/mutation-equivalent.txt" | tee "$OUT/score.txt"
+$SCOPE score "$OUT/final.txt" "$HERE/benchmarks/mutation-equivalent.txt" "${SAMPLE:-1}" | tee "$OUT/score.txt"

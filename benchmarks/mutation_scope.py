@@ -9,7 +9,7 @@ numerics files and, of ``evaluate``, ``checkpoint`` and ``train``, the mutants o
     python mutation_scope.py pass1 PASS1 [ONLY [SAMPLE]]       # in-scope names for pass 1 (no verdict yet)
     python mutation_scope.py pass2 PASS1                       # pass 1's survivors, for mutmut (pass 2)
     python mutation_scope.py final PASS1 > FINAL               # each in-scope mutant's verdict
-    python mutation_scope.py score FINAL [EQUIVALENT]          # counts and score over the scope
+    python mutation_scope.py score FINAL [EQUIVALENT [SAMPLE]] # counts and score over the scope (its sample)
 
 Pass 1 (``benchmarks/mutant_check.py`` against the fast tests written for the scope) and pass 2 (``mutmut
 run`` of pass 1's survivors against mutmut's whole test selection) both count a kill only when a test of
@@ -142,9 +142,10 @@ def final(path: str) -> None:
             print(f"{name}: {verdict}")
 
 
-def score(results: str, equivalent: str | None) -> None:
+def score(results: str, equivalent: str | None, sample: int = 1) -> None:
     """Per file and in all: mutants, killed, timeout, survived, equivalent, not run; the score
-    killed / (mutants with a verdict - equivalent), with mutmut's timeouts counted as kills and not."""
+    killed / (mutants with a verdict - equivalent), with mutmut's timeouts counted as kills and not.
+    ``sample``: over every ``sample``-th mutant only (pass 1's SAMPLE)."""
     equiv = set()
     if equivalent and Path(equivalent).exists():
         equiv = {line.split()[0] for line in open(equivalent) if line.strip() and not line.startswith("#")}
@@ -153,7 +154,7 @@ def score(results: str, equivalent: str | None) -> None:
         if ": " not in line:
             continue
         name, status = line.strip().rsplit(": ", 1)
-        if not in_scope(name):
+        if not in_scope(name) or int(name.rpartition("__mutmut_")[2]) % sample:
             continue
         if status == "survived" and name in equiv:
             status = "equivalent"
@@ -191,6 +192,6 @@ if __name__ == "__main__":
     elif cmd == "final":
         final(*args)
     elif cmd == "score":
-        score(args[0], args[1] if len(args) > 1 else None)
+        score(args[0], args[1] if len(args) > 1 else None, int(args[2]) if len(args) > 2 else 1)
     else:
         sys.exit(f"unknown command {cmd!r}: undecorate, generate, pass1, pass2, globs, final or score")
