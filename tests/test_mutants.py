@@ -127,9 +127,11 @@ def test_register_kl_registers_the_function_for_the_exact_pair():
     class P:
         pass
 
-    fn = register_kl(Q, P)(lambda q, p: torch.ones(2))
-    assert torch.equal(analytic_kl_per_dim(Q(), P()), torch.ones(2))
-    assert fn(None, None).shape == (2,)
+    fn = register_kl(Q, P)(lambda q, p: torch.ones(2) * p.scale)
+    p = P()
+    p.scale = 3.0
+    assert torch.equal(analytic_kl_per_dim(Q(), p), torch.full((2,), 3.0))  # q and p both reach the function
+    assert fn(None, p).shape == (2,)
     assert analytic_kl_per_dim(P(), Q()) is None
 
 
@@ -1412,3 +1414,37 @@ def test_atomic_write_goes_through_a_temporary_beside_the_file_that_remove_tempo
     tmp.write_bytes(b"left by a crash")
     remove_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_gaussian_posterior_clamps_the_log_variance_to_its_bounds():
+    from aevb.distributions import GaussianPosterior
+
+    out = {"mu": torch.zeros(4), "log_var": torch.tensor([-30.0, -3.0, 4.0, 30.0])}
+    assert GaussianPosterior()(out).log_var.tolist() == [-10.0, -3.0, 4.0, 10.0]  # the defaults, [-10, 10]
+    q = GaussianPosterior(log_var_min=-2.0, log_var_max=3.0)(out)
+    assert q.log_var.tolist() == [-2.0, -2.0, 3.0, 3.0] and torch.equal(q.mu, torch.zeros(4))
+
+
+def test_the_defaults_of_load_model_evaluate_elbo_and_log_likelihood(tmp_path):
+    from aevb.checkpoint import load_model, save_model
+    from aevb.evaluate import evaluate_elbo, log_likelihood
+
+    from aevb.config import RunConfig
+
+    model, x = _small_vae(), _binary_images(6)
+    save_model(tmp_path, model, RunConfig(model=model.config))
+    assert load_model(tmp_path)[1] == RunConfig(model=model.config)  # which="last" by default
+    assert evaluate_elbo(model, x) == evaluate_elbo(model, x, seed=0)
+    assert torch.equal(log_likelihood(model, x, k=5), log_likelihood(model, x, k=5, seed=0, fast=True))
+    assert not torch.equal(log_likelihood(model, x, k=5), log_likelihood(model, x, k=5, fast=False))  # 1e-6 apart
+
+
+def test_restore_train_state_reads_the_bytes_it_is_given(tmp_path):
+    from aevb.checkpoint import read_train_state_bytes, restore_train_state, save_train_state
+
+    model, opt = _adam_after_steps(steps=1)
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 1}, generator=torch.Generator())
+    first = read_train_state_bytes(tmp_path)  # as rank 0 reads it and sends it to the others
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 2}, generator=torch.Generator())
+    assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU, data=first).progress == {"global_step": 1}
+    assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU).progress == {"global_step": 2}
