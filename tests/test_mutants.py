@@ -1448,3 +1448,12 @@ def test_restore_train_state_reads_the_bytes_it_is_given(tmp_path):
     save_train_state(tmp_path, model, opt, {}, {"global_step": 2}, generator=torch.Generator())
     assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU, data=first).progress == {"global_step": 1}
     assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU).progress == {"global_step": 2}
+
+
+def test_evaluate_fits_the_probes_on_at_most_10000_training_images_by_default():
+    from aevb.evaluate import evaluate
+
+    model = _small_vae()
+    big = torch.bernoulli(torch.full((10001, 1, 2, 5), 0.5), generator=seeded(2))
+    res = evaluate(model, big[:4], k=0, y=torch.tensor([0, 1, 0, 1]), probe_train=(big, torch.arange(10001) % 2))
+    assert res["probe_train_size"] == 10000
