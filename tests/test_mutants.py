@@ -766,6 +766,13 @@ def test_make_objective_binds_the_settings_of_the_objective_named():
     with pytest.raises(ConfigError, match=r"^the wake-sleep algorithm needs a recognition model q\(z\|x\) and a "
                                           r"prior; the ae model has no posterior or no prior \(use the vae family\)$"):
         make_objective(apply_overrides(ae, {"algorithm": "wake-sleep"}))
+    from aevb.models import Capabilities
+    ws = apply_overrides(cfg, {"algorithm": "wake-sleep"})
+    for has_prior, has_posterior in ((True, False), (False, True)):  # one of the two is not enough
+        caps = Capabilities(has_prior=has_prior, has_posterior=has_posterior, conditional=False,
+                            objectives=("elbo",), latent_shape=(2,))
+        with pytest.raises(ConfigError, match="needs a recognition model"):
+            make_objective(ws, caps)
 
 
 def test_takes_argument_sees_unbound_parameters_only():
@@ -989,8 +996,10 @@ def test_optimizer_state_round_trips_through_flat_tensors_and_json():
 
     model, opt = _adam_after_steps()
     opt.state[opt.param_groups[0]["params"][0]]["count"] = 3  # a non-tensor entry goes to the JSON
+    opt.state[opt.param_groups[0]["params"][1]]["ema.fast"] = torch.full((2,), 7.0)  # a name with a dot
     tensors, meta = optimizer_to_flat(opt)
-    assert sorted(tensors) == sorted(f"optim.{i}.{k}" for i in range(4) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert sorted(tensors) == sorted([f"optim.{i}.{k}" for i in range(4) for k in ("step", "exp_avg", "exp_avg_sq")]
+                                     + ["optim.1.ema.fast"])
     assert meta["scalars"] == {"0": {"count": 3}}
     assert json.loads(json.dumps(meta))["param_groups"][0]["betas"] == [0.8, 0.9]
     meta = json.loads(json.dumps(meta))  # as saved
@@ -1001,6 +1010,7 @@ def test_optimizer_state_round_trips_through_flat_tensors_and_json():
         for k in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(fresh.state[p][k], opt.state[p][k])
     assert fresh.state[opt.param_groups[0]["params"][0]]["count"] == 3
+    assert torch.equal(fresh.state[opt.param_groups[0]["params"][1]]["ema.fast"], torch.full((2,), 7.0))
     optimizer_from_flat(fresh, {"other.0.step": torch.ones(())}, {**meta, "scalars": {}})  # only optim.* keys
     assert len(fresh.state) == 0
 
@@ -1217,6 +1227,7 @@ def test_mean_and_stderr_in_float64_and_nan_for_one_value():
     assert mean == (2**24 + 2) / 3
     mean, se = _mean_and_stderr(torch.tensor([-3.0]))
     assert mean == -3.0 and math.isnan(se)
+    assert _mean_and_stderr(torch.tensor([1.0, 3.0])) == (2.0, pytest.approx(1.0))  # two values: std sqrt(2), / sqrt(2)
 
 
 def test_bits_per_dim_and_labelled_batches():
