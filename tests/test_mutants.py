@@ -1142,6 +1142,8 @@ def test_the_weights_and_the_best_weights_load_back_as_saved(tmp_path):
         assert config == cfg and not model.training
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
     assert read_safetensors_meta(tmp_path / WEIGHTS) == {"format": "pt"}
+    assert read_safetensors_meta(tmp_path / BEST) == {"format": "pt", "best": json.dumps(
+        {"epoch": 3, "key": "valid_elbo", "value": -1.5})}
     with pytest.raises(CheckpointError, match=r"^which must be one of last, best; got 'first'$"):
         load_model(tmp_path, which="first")
     (tmp_path / BEST).unlink()
