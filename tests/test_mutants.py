@@ -1470,3 +1470,20 @@ def test_evaluate_fits_the_probes_on_at_most_10000_training_images_by_default():
     big = torch.bernoulli(torch.full((10001, 1, 2, 5), 0.5), generator=seeded(2))
     res = evaluate(model, big[:4], k=0, y=torch.tensor([0, 1, 0, 1]), probe_train=(big, torch.arange(10001) % 2))
     assert res["probe_train_size"] == 10000
+
+
+def test_evaluate_gives_a_hierarchy_its_per_layer_statistics_at_the_seed():
+    from aevb.evaluate import evaluate
+    from aevb.hierarchy import layer_statistics
+    from aevb.models import build_model
+    from aevb.models.hvae import HVAEConfig
+
+    torch.manual_seed(0)
+    model = build_model(HVAEConfig(input_shape=(1, 2, 5), hidden=(8,), latent_layers=2, latent_sizes=(2, 2),
+                                   activation="tanh", ema_decay=0.0))
+    x = _binary_images(12)
+    res = evaluate(model, x, k=0, seed=3)
+    expected = layer_statistics(model, x, seed=3)
+    assert expected["kl_per_layer"] != layer_statistics(model, x, seed=4)["kl_per_layer"]  # the seed matters
+    for key, value in expected.items():
+        assert res[key] == value, key
