@@ -11,11 +11,16 @@ device and dtype, so a test sees exactly what a sampler asked for.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+
+from aevb.checkpoint import CheckpointError
 
 from aevb.distributions import (LOG_2PI, Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian,
                                 StandardNormal, analytic_kl_per_dim, noise, register_kl, standard_normal,
@@ -122,9 +127,11 @@ def test_register_kl_registers_the_function_for_the_exact_pair():
     class P:
         pass
 
-    fn = register_kl(Q, P)(lambda q, p: torch.ones(2))
-    assert torch.equal(analytic_kl_per_dim(Q(), P()), torch.ones(2))
-    assert fn(None, None).shape == (2,)
+    fn = register_kl(Q, P)(lambda q, p: torch.ones(2) * p.scale)
+    p = P()
+    p.scale = 3.0
+    assert torch.equal(analytic_kl_per_dim(Q(), p), torch.full((2,), 3.0))  # q and p both reach the function
+    assert fn(None, p).shape == (2,)
     assert analytic_kl_per_dim(P(), Q()) is None
 
 
@@ -586,3 +593,899 @@ def test_objectives_name_a_bad_setting_in_one_line():
         elbo(None, None, kl="exact")
     with pytest.raises(ValueError, match=r"^reduction must be 'mean' or 'none'; got 'sum'$"):
         reduce_terms({"loss": torch.zeros(())}, "sum")
+
+
+# --- the training step (aevb.train: guarded_step and what it calls) --------------------------------------
+
+def _step_setup(w=(1.0, 2.0)):
+    """A two-weight 'model' w and a third parameter the loss never reads; SGD without momentum."""
+    w = torch.nn.Parameter(torch.tensor(w))
+    unused = torch.nn.Parameter(torch.zeros(2))
+    return w, unused, torch.optim.SGD([w, unused], lr=0.5)
+
+
+def _loss_of(w, a=(3.0, 4.0), record=None):
+    """step_fn with loss a . w, so the gradient is a (norm 5 for (3, 4)); ``record`` keeps its arguments."""
+    a = torch.tensor(a)
+
+    def step_fn(x, noise, beta=1.0, y=None, **kw):
+        if record is not None:
+            record.append({"x": x, "noise": noise, "beta": beta, "y": y, **kw})
+        return {"loss": (a * w).sum() * x.sum(), "term": (a * w).sum().detach()}
+    return step_fn
+
+
+def test_guarded_step_applies_sgd_and_passes_the_objective_its_arguments():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard, calls = Guard.on(CPU), []
+    x, y, x_in, noise = torch.ones(1), torch.tensor([2]), torch.zeros(1), object()
+    terms, bad = guarded_step(_loss_of(w, record=calls), opt, [w, unused], x, y, noise, 0.25, TrainConfig(), guard,
+                              x_in=x_in, objective_kw={"step": 7})
+    assert not bool(bad) and bad.dtype == torch.bool
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 0.5 * 3, 2.0 - 0.5 * 4]))  # w - lr * a
+    assert unused.grad is None and torch.equal(unused.detach(), torch.zeros(2))  # grads set to None, not zeroed
+    assert terms["term"].item() == 11.0
+    (call,) = calls
+    assert call["x"] is x and call["y"] is y and call["noise"] is noise and call["beta"] == 0.25
+    assert call["x_in"] is x_in and call["step"] == 7
+    assert (int(guard.skipped), int(guard.consecutive), float(guard.bad_norm)) == (0, 0, 0.0)
+    # a second step uses this step's gradient only (zero_grad before backward), not the sum of both
+    calls.clear()
+    guarded_step(_loss_of(w, record=calls), opt, [w, unused], x, None, noise, 1.0, TrainConfig(), guard)
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 2 * 0.5 * 3, 2.0 - 2 * 0.5 * 4]))
+    assert "x_in" not in calls[0] and "step" not in calls[0]
+
+
+def test_guarded_step_skips_above_the_norm_limit_and_counts_in_the_guard():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard, x = Guard.on(CPU), torch.ones(1)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], x, None, None, 1.0, TrainConfig(skip_grad_norm=5.0), guard)
+    assert not bool(bad)  # a norm of exactly 5 is not above the limit 5
+    start = w.detach().clone()
+    for k in (1, 2):
+        _, bad = guarded_step(_loss_of(w), opt, [w, unused], x, None, None, 1.0, TrainConfig(skip_grad_norm=4.9), guard)
+        assert bool(bad) and torch.equal(w.detach(), start)  # skipped: the weights stay
+        assert (int(guard.skipped), int(guard.consecutive)) == (k, k)
+        assert guard.bad_norm.item() == pytest.approx(5.0, rel=1e-6)
+    _, bad = guarded_step(_loss_of(w, a=(0.6, 0.8)), opt, [w, unused], x, None, None, 1.0,
+                          TrainConfig(skip_grad_norm=4.9), guard)
+    assert not bool(bad) and (int(guard.skipped), int(guard.consecutive)) == (2, 0)  # the run of skips ends
+    assert guard.bad_norm.item() == pytest.approx(5.0, rel=1e-6)  # the last skipped step's norm is kept
+    _, bad = guarded_step(_loss_of(w, a=(float("nan"), 1.0)), opt, [w, unused], x, None, None, 1.0, TrainConfig(),
+                          guard)
+    assert bool(bad) and math.isnan(guard.bad_norm.item()) and int(guard.consecutive) == 1
+
+
+def test_guarded_step_clips_the_gradient_to_the_norm_given():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    guard = Guard.on(CPU)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(clip_grad_norm=1.0), guard)
+    assert not bool(bad)
+    assert torch.allclose(w.detach(), torch.tensor([1.0 - 0.5 * 0.6, 2.0 - 0.5 * 0.8]), atol=1e-6)  # w - lr a / |a|
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(clip_grad_norm=1.0, skip_grad_norm=4.0), guard)
+    assert bool(bad) and guard.bad_norm.item() == pytest.approx(5.0)  # the norm before clipping decides
+
+
+def test_guarded_step_on_a_fused_optimizer_skips_on_the_device():
+    """device_guard: the fused kernel reads the decision as found_inf; a skipped step leaves the weights,
+    the moments and the step count, a good one is the unfused optimizer's step."""
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, _ = _step_setup()
+    fused = torch.optim.Adam([w, unused], lr=0.1, fused=True)
+    w2 = torch.nn.Parameter(w.detach().clone())
+    plain = torch.optim.Adam([w2], lr=0.1)
+    guard, x, t = Guard.on(CPU), torch.ones(1), TrainConfig(skip_grad_norm=4.9)
+    _, bad = guarded_step(_loss_of(w), fused, [w, unused], x, None, None, 1.0, t, guard, device_guard=True)
+    assert bool(bad) and torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+    assert fused.state[w]["step"].item() == 0 and torch.equal(fused.state[w]["exp_avg"], torch.zeros(2))
+    assert not hasattr(fused, "found_inf") and not hasattr(fused, "grad_scale")  # removed after the step
+    _, bad = guarded_step(_loss_of(w, a=(0.6, 0.8)), fused, [w, unused], x, None, None, 1.0, t, guard,
+                          device_guard=True)
+    guarded_step(_loss_of(w2, a=(0.6, 0.8)), plain, [w2], x, None, None, 1.0, t, Guard.on(CPU))
+    assert not bool(bad) and fused.state[w]["step"].item() == 1
+    assert torch.allclose(w.detach(), w2.detach(), atol=1e-7) and not torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_guarded_step_runs_the_objective_under_the_autocast_dtype_given():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    seen = []
+
+    def step_fn(x, noise, beta=1.0, y=None):
+        out = lin(x)
+        seen.append(out.dtype)
+        return {"loss": out.float().sum()}
+    for dtype, expected in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        guarded_step(step_fn, opt, list(lin.parameters()), torch.ones(3, 2), None, None, 1.0, TrainConfig(),
+                     Guard.on(CPU), autocast_dtype=dtype)
+        assert seen.pop() == expected
+
+
+def test_the_gradient_scaler_scales_the_loss_and_steps_with_the_unscaled_gradient():
+    from aevb.config import TrainConfig
+    from aevb.train import Guard, guarded_step
+
+    w, unused, opt = _step_setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _, bad = guarded_step(_loss_of(w), opt, [w, unused], torch.ones(1), None, None, 1.0,
+                          TrainConfig(skip_grad_norm=6.0), Guard.on(CPU), scaler=scaler)
+    assert not bool(bad)  # the norm compared is the unscaled 5, not 5 * 1024
+    assert torch.equal(w.detach(), torch.tensor([1.0 - 0.5 * 3, 2.0 - 0.5 * 4]))
+
+
+def test_guard_counters_start_at_zero_on_the_device_as_int64_and_float():
+    from aevb.train import Guard
+
+    g = Guard.on(CPU)
+    for counter in (g.skipped, g.consecutive):
+        assert counter.shape == () and counter.dtype == torch.int64 and counter.item() == 0
+    assert g.bad_norm.shape == () and g.bad_norm.dtype == torch.float32 and g.bad_norm.item() == 0.0
+    assert g.skipped is not g.consecutive
+    g.record(torch.tensor(True), torch.tensor(7.0, dtype=torch.float64))
+    assert g.bad_norm.dtype == torch.float32 and g.bad_norm.item() == 7.0 and g.skipped.item() == 1
+    g.record(torch.tensor(False), torch.tensor(3.0))
+    assert (g.skipped.item(), g.consecutive.item(), g.bad_norm.item()) == (1, 0, 7.0)
+
+
+def test_make_objective_binds_the_settings_of_the_objective_named():
+    from functools import partial
+
+    from aevb.config import ConfigError
+    from aevb.models import build_model
+    from aevb.objectives import OBJECTIVES
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import make_objective
+
+    cfg = apply_overrides(default_config("digits"), {"hidden": (8,), "latent_dim": 2})
+    f = make_objective(apply_overrides(cfg, {"objective": "iwae", "iwae_k": 7}))
+    assert isinstance(f, partial) and f.func is OBJECTIVES["iwae"] and f.keywords == {"k": 7}
+    f = make_objective(apply_overrides(cfg, {"samples": 3, "estimator": "mc", "free_bits": 0.5}))
+    assert f.func is OBJECTIVES["elbo"] and f.keywords == {"samples": 3, "kl": "mc", "free_bits": 0.5}
+    ae = apply_overrides(cfg, {"family": "ae", "likelihood": "gaussian_fixed"})
+    caps = build_model(ae.model).capabilities
+    assert make_objective(ae) is OBJECTIVES[caps.default_objective]  # no settings: the function itself
+    assert make_objective(ae, caps) is OBJECTIVES[caps.default_objective]
+    with pytest.raises(ConfigError, match=r"^objective 'iwae' does not apply to the ae model, which trains on "):
+        make_objective(apply_overrides(ae, {"objective": "iwae"}))
+    from aevb.wake_sleep import wake_sleep_step_loss
+    assert make_objective(apply_overrides(cfg, {"algorithm": "wake-sleep"})) is wake_sleep_step_loss
+    with pytest.raises(ConfigError, match=r"^the wake-sleep algorithm needs a recognition model q\(z\|x\) and a "
+                                          r"prior; the ae model has no posterior or no prior \(use the vae family\)$"):
+        make_objective(apply_overrides(ae, {"algorithm": "wake-sleep"}))
+    from aevb.models import Capabilities
+    ws = apply_overrides(cfg, {"algorithm": "wake-sleep"})
+    for has_prior, has_posterior in ((True, False), (False, True)):  # one of the two is not enough
+        caps = Capabilities(has_prior=has_prior, has_posterior=has_posterior, conditional=False,
+                            objectives=("elbo",), latent_shape=(2,))
+        with pytest.raises(ConfigError, match="needs a recognition model"):
+            make_objective(ws, caps)
+
+
+def test_takes_argument_sees_unbound_parameters_only():
+    from functools import partial
+
+    from aevb.train import takes_argument
+
+    def f(model, x, step=0):
+        return step
+    assert takes_argument(f, "step") and not takes_argument(f, "dataset_size")
+    assert takes_argument(partial(f, step=3), "x")  # x is still free
+    assert takes_argument(partial(f, None, None), "step")
+    assert not takes_argument(math.hypot, "step") and not takes_argument(torch.add, "step")  # no signature
+
+
+def test_make_optimizer_builds_the_named_optimizer_with_its_settings():
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import make_optimizer
+
+    cfg = default_config("digits")
+    for name, cls in (("adam", torch.optim.Adam), ("adagrad", torch.optim.Adagrad), ("sgd", torch.optim.SGD)):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = make_optimizer(apply_overrides(cfg, {"optimizer": name, "lr": 0.25, "weight_decay": 0.125}), iter([p]))
+        assert type(opt) is cls and opt.param_groups[0]["params"] == [p]  # a generator of parameters is fine
+        group = opt.param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (0.25, 0.125)
+        assert group.get("momentum", 0.9 if name == "sgd" else None) == (0.9 if name == "sgd" else None)
+        assert group["fused"] is True  # CPU float32 has fused kernels for all three
+    half = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    try:
+        torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))], fused=True).step()
+        fused_half = True
+    except (RuntimeError, TypeError, ValueError):
+        fused_half = False
+    opt = make_optimizer(apply_overrides(cfg, {"optimizer": "adagrad"}), [half])
+    assert bool(opt.param_groups[0]["fused"]) is fused_half
+
+
+def test_fused_steps_tries_one_step_per_device_and_dtype():
+    from aevb.train import _fused_steps
+
+    made = []
+
+    class Recorder(torch.optim.SGD):
+        def __init__(self, params, fails_on=None, **kw):
+            params = list(params)
+            made.append((params, kw))
+            self.fails_on = fails_on
+            super().__init__(params, **{k: v for k, v in kw.items() if k != "fused"})
+
+        def step(self, closure=None):
+            p = self.param_groups[0]["params"][0]
+            if p.dtype == torch.float64:
+                raise RuntimeError("no fused kernel for float64")
+
+    ps = [torch.zeros(2), torch.zeros(3), torch.zeros(1, dtype=torch.bfloat16)]
+    assert _fused_steps(Recorder, ps, momentum=0.5)
+    assert len(made) == 2  # one probe per (device, dtype), not per parameter
+    for (probe,), kw in made:
+        assert probe.shape == (1,) and probe.requires_grad and torch.equal(probe.grad, torch.zeros(1))
+        assert probe.grad.dtype == probe.dtype and kw == {"lr": 0.0, "fused": True, "momentum": 0.5}
+    assert {probe.dtype for (probe,), _ in made} == {torch.float32, torch.bfloat16}
+    assert not _fused_steps(Recorder, [torch.zeros(2), torch.zeros(2, dtype=torch.float64)])
+
+    class NoFused(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            raise TypeError("fused is not an argument here")
+    assert not _fused_steps(NoFused, [torch.zeros(1)])
+
+    class BadValue(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            raise ValueError("fused needs CUDA")
+    assert not _fused_steps(BadValue, [torch.zeros(1)])
+
+
+def test_binarize_draw_is_uniform_below_the_pixel_and_keeps_nan():
+    from aevb.train import binarize_draw
+
+    x = torch.tensor([[0.0, 0.25, 0.5, 1.0], [0.9, float("nan"), 0.1, 0.75]], dtype=torch.float64)
+    out = binarize_draw(x, seeded(3))
+    u = torch.rand(x.shape, generator=seeded(3), dtype=torch.float64)
+    expected = (u < x).double()
+    expected[1, 1] = float("nan")
+    assert out.dtype == torch.float64 and out.shape == x.shape
+    assert torch.equal(out.nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    assert set(out[~out.isnan()].tolist()) <= {0.0, 1.0} and out[0, 0] == 0.0 and out[0, 3] == 1.0
+
+
+def test_objective_module_calls_the_objective_with_the_model_and_its_generator():
+    from aevb.train import ObjectiveModule
+
+    model, g, seen = torch.nn.Linear(1, 1), seeded(0), []
+    module = ObjectiveModule(model, lambda m, x, generator, **kw: seen.append((m, x, generator, kw)) or {"loss": x})
+    x = torch.ones(2)
+    assert module(x, g, beta=0.5)["loss"] is x
+    assert seen == [(model, x, g, {"beta": 0.5})]
+
+
+def _tiny_trainer(tmp_path, **settings):
+    """A Trainer on 100 random 4x4 binary images (nothing is read from disk)."""
+    from aevb.data import Dataset, Split
+    from aevb.runconfig import apply_overrides, default_config
+    from aevb.train import Trainer
+
+    cfg = default_config("digits")
+    cfg = apply_overrides(cfg, {"hidden": (8,), "latent_dim": 2, "batch_size": 10, "input_shape": (1, 4, 4),
+                                "binarize": "none", **settings})
+    x = torch.bernoulli(torch.full((100, 1, 4, 4), 0.5), generator=seeded(0))
+    data = Dataset(name="tiny", train=Split(x[:80]), valid=Split(x[80:]), test=None, binary=True)
+    return Trainer(cfg, tmp_path, dataset=data, progress=False)
+
+
+def test_trainer_step_passes_the_kl_weight_of_the_step_and_the_family_terms(tmp_path, monkeypatch):
+    trainer = _tiny_trainer(tmp_path, kl_schedule="linear", warmup_steps=8, beta=2.0)
+    seen = []
+    step_fn = trainer.step_fn
+
+    def recording(x, noise, beta=1.0, y=None, **kw):
+        seen.append((beta, kw, noise))
+        return step_fn(x, noise, beta=beta, y=y)  # the elbo takes no step: it is only recorded
+    trainer.step_fn = recording
+    trainer.objective_takes_step = True
+    monkeypatch.setattr(trainer.model, "after_step", lambda x, y, g, bad: {"family": torch.ones(()) + bad})
+    trainer.global_step = 2
+    x = trainer.data.train.x[:10]
+    terms, bad = trainer.step(x)
+    (beta, kw, noise), = seen
+    assert beta == 2.0 * 2 / 8 and kw == {"step": 2} and noise is trainer.noise
+    assert not bool(bad) and terms["family"].item() == 1.0 and {"loss", "elbo", "family"} <= set(terms)
+
+
+def test_check_guard_stops_at_max_skips_and_says_why(tmp_path):
+    from aevb.train import TrainingDiverged
+
+    trainer = _tiny_trainer(tmp_path, max_skips=3, skip_grad_norm=10.0)
+    trainer.guard.consecutive.fill_(2)
+    trainer.check_guard()  # two in a row: below the limit
+    trainer.guard.consecutive.fill_(3)
+    trainer.guard.bad_norm.fill_(1234.5)
+    trainer.global_step = 41
+    with pytest.raises(TrainingDiverged, match=r"^training stopped at step 41: the last 3 steps were skipped \(limit "
+                                               r"3\) because the loss or gradient norm was 1.23e\+03 > 10; no "
+                                               r"checkpoint was written yet\. Lower the learning rate, clip the "
+                                               r"gradient norm, or check the data for NaN/Inf$"):
+        trainer.check_guard()
+    trainer.save_state()
+    trainer.guard.bad_norm.fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"was not finite \(NaN or Inf\); the last good checkpoint "
+                                               r".*train_state\.safetensors is intact\. Lower"):
+        trainer.check_guard()
+
+
+# --- checkpoints (aevb.checkpoint: the weights, the optimizer and the training state) ----------------------
+
+def test_atomic_write_replaces_the_file_with_ordinary_permissions_and_leaves_no_temporary(tmp_path):
+    from aevb.checkpoint import atomic_write
+
+    path = tmp_path / "new" / "deeper" / "f.bin"  # missing folders are made
+    old = os.umask(0o027)
+    try:
+        atomic_write(path, b"first")
+        atomic_write(path, b"second")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"second" and os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
+
+
+def test_atomic_write_names_the_path_in_an_os_error_and_passes_other_errors_through(tmp_path, monkeypatch):
+    from aevb.checkpoint import atomic_write
+
+    path = tmp_path / "f.bin"
+
+    def full(*args):
+        raise OSError(28, "No space left on device", "/tmp/f.bin.xyz.tmp")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as e:
+        atomic_write(path, b"data")
+    assert type(e.value) is OSError and (e.value.errno, e.value.strerror, e.value.filename) == (
+        28, "No space left on device", str(path))
+    assert list(tmp_path.iterdir()) == []
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, b"data")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileExistsError) as e:  # a parent that is a file: the error names the path
+        (tmp_path / "file").write_bytes(b"")
+        atomic_write(tmp_path / "file" / "f.bin", b"x")
+    assert e.value.filename == str(tmp_path / "file" / "f.bin")
+
+
+def test_unwrap_finds_the_module_inside_ddp_and_compile_wrappers():
+    from aevb.checkpoint import unwrap
+
+    inner = torch.nn.Linear(1, 1)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, attr, m):
+            super().__init__()
+            setattr(self, attr, m)
+    assert unwrap(inner) is inner
+    assert unwrap(Wrap("module", Wrap("_orig_mod", Wrap("module", inner)))) is inner
+
+
+def _adam_after_steps(n_params: int = 2, steps: int = 2):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+    return model, opt
+
+
+def test_optimizer_state_round_trips_through_flat_tensors_and_json():
+    from aevb.checkpoint import optimizer_from_flat, optimizer_to_flat
+
+    model, opt = _adam_after_steps()
+    opt.state[opt.param_groups[0]["params"][0]]["count"] = 3  # a non-tensor entry goes to the JSON
+    opt.state[opt.param_groups[0]["params"][1]]["ema.fast"] = torch.full((2,), 7.0)  # a name with a dot
+    tensors, meta = optimizer_to_flat(opt)
+    assert sorted(tensors) == sorted([f"optim.{i}.{k}" for i in range(4) for k in ("step", "exp_avg", "exp_avg_sq")]
+                                     + ["optim.1.ema.fast"])
+    assert meta["scalars"] == {"0": {"count": 3}}
+    assert json.loads(json.dumps(meta))["param_groups"][0]["betas"] == [0.8, 0.9]
+    meta = json.loads(json.dumps(meta))  # as saved
+    fresh = torch.optim.Adam(model.parameters(), lr=0.5)
+    optimizer_from_flat(fresh, tensors, meta)
+    assert fresh.param_groups[0]["lr"] == 0.01 and tuple(fresh.param_groups[0]["betas"]) == (0.8, 0.9)
+    for p in model.parameters():
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(fresh.state[p][k], opt.state[p][k])
+    assert fresh.state[opt.param_groups[0]["params"][0]]["count"] == 3
+    assert torch.equal(fresh.state[opt.param_groups[0]["params"][1]]["ema.fast"], torch.full((2,), 7.0))
+    optimizer_from_flat(fresh, {"other.0.step": torch.ones(())}, {**meta, "scalars": {}})  # only optim.* keys
+    assert len(fresh.state) == 0
+
+
+def test_training_state_round_trips_everything_it_keeps(tmp_path):
+    from aevb.checkpoint import TRAIN_STATE, load_train_state, restore_train_state, save_train_state
+
+    model, opt = _adam_after_steps()
+    aux_model, aux = _adam_after_steps(steps=1)
+    noise = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=noise)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    save_train_state(tmp_path, _wrapped(model), opt,
+                     {"sums.elbo": torch.tensor(-12.5)}, {"global_step": 9, "epoch": 1}, generator=noise,
+                     scaler=scaler, schedule={"kind": "step", "last": 3}, auxiliary={"disc": aux})
+    tensors, progress, opt_meta = load_train_state(tmp_path)
+    assert progress == {"global_step": 9, "epoch": 1} and "param_groups" in opt_meta
+    assert {k.split(".")[0] for k in tensors} == {"model", "optim", "sums", "rng", "aux"}
+    assert "model.0.weight" in tensors  # the unwrapped model's names
+    model2, opt2 = _adam_after_steps(steps=0)
+    with torch.no_grad():
+        for p in model2.parameters():
+            p.zero_()
+    _, aux2 = _adam_after_steps(steps=0)
+    scaler2 = torch.amp.GradScaler("cpu")
+    g = torch.Generator()
+    state = restore_train_state(tmp_path, model2, opt2, g, CPU, scaler=scaler2, auxiliary={"disc": aux2})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    p0, q0 = opt.param_groups[0]["params"][0], opt2.param_groups[0]["params"][0]
+    assert torch.equal(opt2.state[q0]["exp_avg"], opt.state[p0]["exp_avg"])
+    a0, b0 = aux.param_groups[0]["params"][0], aux2.param_groups[0]["params"][0]
+    assert torch.equal(aux2.state[b0]["exp_avg"], aux.state[a0]["exp_avg"])
+    assert torch.equal(g.get_state(), noise.get_state()) and not state.noise_reseeded
+    assert scaler2.get_scale() == 256.0
+    assert state.progress == {"global_step": 9, "epoch": 1} and state.schedule == {"kind": "step", "last": 3}
+    assert set(state.sums) == {"elbo"} and state.sums["elbo"].item() == -12.5
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors: the training state has no state for the "
+                                              r"model's optimizer 'critic'; it was saved by another model$"):
+        restore_train_state(tmp_path, model2, opt2, g, CPU, auxiliary={"critic": aux2})
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 9}, generator=noise)
+    state = restore_train_state(tmp_path, model2, opt2, g, CPU, scaler=scaler2)
+    assert state.schedule is None and state.sums == {} and scaler2.get_scale() == 256.0  # no scaler saved: kept
+    assert (tmp_path / TRAIN_STATE).is_file()
+
+
+def _wrapped(model):
+    class DDPLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = model
+    return DDPLike()
+
+
+def test_a_noise_state_from_another_kind_of_device_is_reseeded_from_the_step(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from aevb.checkpoint import TRAIN_STATE, reseed_noise, restore_train_state, save_train_state
+
+    g = torch.Generator().manual_seed(11)
+    reseed_noise(g, 4)
+    assert g.initial_seed() == (11 * 1_000_003 + 4) % 2**63
+    big = torch.Generator().manual_seed(2**62)
+    reseed_noise(big, 7)
+    assert big.initial_seed() == (2**62 * 1_000_003 + 7) % 2**63
+    model, opt = _adam_after_steps(steps=1)
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 30}, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / TRAIN_STATE
+    tensors = load_file(path)
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["rng_device"] == "cpu"
+    save_file(tensors, path, {**meta, "rng_device": "cuda"})
+    g = torch.Generator().manual_seed(3)
+    with pytest.warns(UserWarning, match=r"the noise generator was saved on cuda and this run is on cpu; it "
+                                         r"continues with noise re-seeded from the step"):
+        state = restore_train_state(tmp_path, model, opt, g, CPU)
+    assert state.noise_reseeded and g.initial_seed() == (3 * 1_000_003 + 30) % 2**63
+    del meta["rng_device"]  # a file from before device tags: told apart by the state's size
+    save_file({**tensors, "rng.noise": tensors["rng.noise"][:100]}, path, meta)
+    g = torch.Generator().manual_seed(3)
+    with pytest.warns(UserWarning, match="saved on another device"):
+        assert restore_train_state(tmp_path, model, opt, g, CPU).noise_reseeded
+    save_file(tensors, path, meta)
+    g = torch.Generator()
+    assert not restore_train_state(tmp_path, model, opt, g, CPU).noise_reseeded
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_training_state_files_missing_or_corrupt_say_so(tmp_path):
+    from safetensors.torch import save_file
+
+    from aevb.checkpoint import TRAIN_STATE, load_train_state, read_train_state_bytes
+
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors is missing: the run cannot be resumed \(it "
+                                              r"finished without training state, or never reached its first "
+                                              r"checkpoint\)$"):
+        read_train_state_bytes(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / TRAIN_STATE, {"progress": "{not json"})
+    with pytest.raises(CheckpointError, match=r"train_state\.safetensors: training-state metadata is missing or "
+                                              r"corrupt \("):
+        load_train_state(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / TRAIN_STATE, {"progress": "{}"})
+    with pytest.raises(CheckpointError, match=r"metadata is missing or corrupt \('optimizer'\)$"):
+        load_train_state(tmp_path)
+    data = (tmp_path / TRAIN_STATE).read_bytes()
+    assert read_train_state_bytes(tmp_path) == data
+
+
+def _tiny_run_config():
+    from aevb.config import ModelConfig, RunConfig
+
+    return RunConfig(model=ModelConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2))
+
+
+def test_the_weights_and_the_best_weights_load_back_as_saved(tmp_path):
+    from aevb.checkpoint import BEST, CONFIG, WEIGHTS, load_model, read_best, save_best, save_model
+    from aevb.models import build_model
+
+    cfg = _tiny_run_config()
+    torch.manual_seed(0)
+    last, best = build_model(cfg.model), build_model(cfg.model)
+    assert read_best(tmp_path) is None
+    save_model(tmp_path, _wrapped(last), cfg)  # the plain module's names, not module.*
+    save_best(tmp_path, _wrapped(best), {"epoch": 3, "key": "valid_elbo", "value": -1.5})
+    assert read_best(tmp_path) == {"epoch": 3, "key": "valid_elbo", "value": -1.5}
+    for which, expected in (("last", last), ("best", best)):
+        model, config = load_model(tmp_path, which=which)
+        assert config == cfg and not model.training
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+    assert read_safetensors_meta(tmp_path / WEIGHTS) == {"format": "pt"}
+    assert read_safetensors_meta(tmp_path / BEST) == {"format": "pt", "best": json.dumps(
+        {"epoch": 3, "key": "valid_elbo", "value": -1.5})}
+    with pytest.raises(CheckpointError, match=r"^which must be one of last, best; got 'first'$"):
+        load_model(tmp_path, which="first")
+    (tmp_path / BEST).unlink()
+    with pytest.raises(CheckpointError, match=r"has no best\.safetensors: no epoch has finished yet, or the run was "
+                                              r"trained by an aevb that kept no best checkpoint; load the last "
+                                              r"weights instead$"):
+        load_model(tmp_path, which="best")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, tmp_path / BEST, {"best": "{cut"})
+    with pytest.raises(CheckpointError, match=r"best\.safetensors: the best epoch's metadata is missing or corrupt"):
+        read_best(tmp_path)
+    save_file({"w": torch.zeros(1)}, tmp_path / BEST)
+    with pytest.raises(CheckpointError, match=r"the best epoch's metadata is missing or corrupt \('best'\)$"):
+        read_best(tmp_path)
+    assert (tmp_path / CONFIG).is_file()
+
+
+def read_safetensors_meta(path):
+    from aevb.checkpoint import read_safetensors
+
+    return read_safetensors(path)[1]
+
+
+def test_safetensors_bytes_parse_with_or_without_metadata(tmp_path):
+    from safetensors.torch import save
+
+    from aevb.checkpoint import _parse_safetensors
+
+    tensors, meta = _parse_safetensors(save({"a": torch.arange(3.0)}), tmp_path / "f")
+    assert meta == {} and torch.equal(tensors["a"], torch.arange(3.0))
+    tensors, meta = _parse_safetensors(save({"a": torch.ones(1)}, {"k": "v"}), tmp_path / "f")
+    assert meta == {"k": "v"}
+    with pytest.raises(CheckpointError, match=r"^\S+/f is empty \(0 bytes\)"):
+        _parse_safetensors(b"", tmp_path / "f")
+    good = save({"a": torch.ones(4)})
+    with pytest.raises(CheckpointError, match=r"/f is truncated"):
+        _parse_safetensors(good[:-3], tmp_path / "f")
+
+
+def test_save_model_keeps_an_existing_config_when_the_weights_fail(tmp_path, monkeypatch):
+    from aevb import checkpoint
+    from aevb.checkpoint import CONFIG, WEIGHTS, save_model
+    from aevb.models import build_model
+
+    cfg = _tiny_run_config()
+    model = build_model(cfg.model)
+    save_model(tmp_path, model, cfg)
+    real = checkpoint.atomic_write
+
+    def fail_on_weights(path, data):
+        if path.name == WEIGHTS:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+    monkeypatch.setattr(checkpoint, "atomic_write", fail_on_weights)
+    with pytest.raises(OSError):
+        save_model(tmp_path, model, cfg)
+    assert (tmp_path / CONFIG).is_file()  # the run existed: its config stays
+    with pytest.raises(OSError):
+        save_model(tmp_path / "new", model, cfg)
+    assert not (tmp_path / "new" / CONFIG).exists()  # a new run: no lone config
+
+
+# --- the metrics (aevb.evaluate) --------------------------------------------------------------------------
+
+def _small_vae(likelihood="bernoulli", **kw):
+    from aevb.config import ModelConfig
+    from aevb.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(input_shape=(1, 2, 5), likelihood=likelihood, hidden=(8,), latent_dim=2, **kw))
+
+
+def _binary_images(n=40, seed=0):
+    return torch.bernoulli(torch.full((n, 1, 2, 5), 0.5), generator=seeded(seed))
+
+
+def test_mean_and_stderr_in_float64_and_nan_for_one_value():
+    from aevb.evaluate import _mean_and_stderr
+
+    mean, se = _mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and se == pytest.approx(math.sqrt(5 / 3) / 2, rel=1e-12)
+    mean, _ = _mean_and_stderr(torch.tensor([2.0**24, 1.0, 1.0]))  # float32 would round 2^24 + 1 away
+    assert mean == (2**24 + 2) / 3
+    mean, se = _mean_and_stderr(torch.tensor([-3.0]))
+    assert mean == -3.0 and math.isnan(se)
+    assert _mean_and_stderr(torch.tensor([1.0, 3.0])) == (2.0, pytest.approx(1.0))  # two values: std sqrt(2), / sqrt(2)
+
+
+def test_bits_per_dim_and_labelled_batches():
+    from aevb.evaluate import _labelled_batches, bits_per_dim
+
+    assert bits_per_dim(-100.0, 10) == pytest.approx(100 / (10 * math.log(2)), rel=1e-15)
+    x, y = torch.arange(5.0), torch.arange(10, 15)
+    assert [(b.tolist(), c) for b, c in _labelled_batches(x, None, 2)] == [([0, 1], None), ([2, 3], None), ([4], None)]
+    assert [(b.tolist(), c.tolist()) for b, c in _labelled_batches(x, y, 3)] == [([0, 1, 2], [10, 11, 12]),
+                                                                                 ([3, 4], [13, 14])]
+
+
+def test_evaluate_elbo_is_the_mean_over_every_batch_of_the_seeded_bound():
+    from aevb.evaluate import evaluate_elbo
+    from aevb.objectives import elbo
+
+    model, x = _small_vae(), _binary_images()
+    g, sums = torch.Generator().manual_seed(4), {}
+    for start in range(0, 40, 16):
+        for k, v in elbo(model, x[start:start + 16], samples=2, kl="mc", generator=g, reduction="none").items():
+            sums[k] = sums.get(k, 0.0) + v.double().sum().item()
+    res = evaluate_elbo(model, x, batch_size=16, samples=2, kl="mc", seed=4)
+    assert set(res) == {"elbo", "reconstruction", "kl"}
+    for k in res:
+        assert res[k] == pytest.approx(sums[k] / 40, rel=1e-12)
+    assert evaluate_elbo(model, x, batch_size=16, samples=2, kl="mc", seed=5)["elbo"] != res["elbo"]
+    ae = _small_vae("gaussian_fixed", family="ae")
+    from aevb.objectives import OBJECTIVES
+    expected = OBJECTIVES[ae.capabilities.default_objective](ae, x, reduction="none")
+    res = evaluate_elbo(ae, x, batch_size=16)
+    assert set(res) == set(expected) - {"loss"}
+    assert res["reconstruction"] == pytest.approx(expected["reconstruction"].double().mean().item(), rel=1e-9)
+
+
+def test_log_likelihood_is_the_seeded_importance_estimate_and_draws_a_bar_only_when_asked(capsys):
+    from aevb.evaluate import log_likelihood
+    from aevb.importance import importance_log_likelihood
+
+    model, x = _small_vae(), _binary_images(6)
+    expected = importance_log_likelihood(model, x, 5, torch.Generator().manual_seed(3), batch_size=4, max_samples=2,
+                                         fast=False)
+    ll = log_likelihood(model, x, k=5, batch_size=4, chunk=2, seed=3, fast=False)
+    assert ll.dtype == torch.float64 and torch.allclose(ll, expected, rtol=0, atol=1e-12)
+    assert capsys.readouterr().err == ""
+    log_likelihood(model, x, k=5, progress=True)
+    assert "log p(x), k=5" in capsys.readouterr().err
+
+
+def test_latent_statistics_variance_of_means_and_mean_kl_per_dimension():
+    from aevb.distributions import analytic_kl_per_dim
+    from aevb.evaluate import embed, latent_statistics
+
+    model, x = _small_vae(), _binary_images()
+    with torch.no_grad():
+        model.encoder.heads["mu"].weight[1].zero_()  # dimension 1 ignores x
+        q = model.encode(x, None)
+        mu = q.mean.double()
+        kl = analytic_kl_per_dim(q, model.prior).double().mean(0)
+    stats = latent_statistics(model, x, batch_size=16)
+    var = mu.var(0, unbiased=True)
+    assert torch.allclose(torch.tensor(stats["active_unit_variances"], dtype=torch.float64), var, rtol=1e-9)
+    assert stats["active_units"] == int((var > 0.01).sum()) == 1
+    assert latent_statistics(model, x, threshold=float(var[0]) * 1.01)["active_units"] == 0
+    assert stats["kl_per_dim"] == pytest.approx(kl.tolist(), rel=1e-6)
+    one = latent_statistics(model, x[:1])
+    assert one["active_unit_variances"] == [0.0, 0.0] and one["active_units"] == 0
+    assert torch.equal(embed(model, x, batch_size=16), model.embed(x, None))
+
+
+def test_decoder_statistics_counts_clamped_pixels_over_all_batches():
+    from aevb.evaluate import decoder_statistics
+
+    model = _small_vae("gaussian")
+    with torch.no_grad():
+        model.decoder.log_var.weight.zero_()
+        model.decoder.log_var.bias.copy_(torch.tensor([-30.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    x = torch.rand(7, 1, 2, 5, generator=seeded(0))
+    assert decoder_statistics(model, x, batch_size=3) == {"discrete_likelihood": False,
+                                                           "decoder_scale_at_clamp": pytest.approx(0.1)}
+    assert decoder_statistics(_small_vae(), _binary_images(7), batch_size=3) == {"discrete_likelihood": True}
+
+
+def test_evaluate_puts_the_metrics_together_as_documented():
+    from aevb.evaluate import evaluate, evaluate_elbo, latent_statistics, log_likelihood
+
+    model, x = _small_vae(), _binary_images()
+    model.train()
+    res = evaluate(model, x, k=3, batch_size=7, seed=2)
+    assert not model.training
+    ll = log_likelihood(model, x, k=3, batch_size=7, seed=2)
+    elbo = evaluate_elbo(model, x, batch_size=500, seed=2)  # one batch of all 40
+    stats = latent_statistics(model, x)
+    expected = {"n": 40, "k": 3, "data_dim": 10, "conditional": False, **elbo, "discrete_likelihood": True,
+                "elbo_bits_per_dim": -elbo["elbo"] / (10 * math.log(2)), "log_likelihood": ll.mean().item(),
+                "log_likelihood_stderr": (ll.std().item() / math.sqrt(40)),
+                "bits_per_dim": -ll.mean().item() / (10 * math.log(2)), "active_units": stats["active_units"],
+                "latent_dim": 2, "kl_dim_0": stats["kl_per_dim"][0], "kl_dim_1": stats["kl_per_dim"][1]}
+    assert res.keys() == expected.keys()
+    for key, value in expected.items():
+        assert res[key] == pytest.approx(value, rel=1e-9), key
+    assert evaluate_elbo(model, x, batch_size=7, seed=2)["elbo"] != res["elbo"]  # the batch size matters
+    res = evaluate(model, x, k=0, seed=2)
+    assert "log_likelihood" not in res and "bits_per_dim" not in res and res["active_units"] == stats["active_units"]
+    res = evaluate(_small_vae("gaussian"), torch.rand(8, 1, 2, 5), k=2)
+    assert "bits_per_dim" not in res and "elbo_bits_per_dim" not in res and "log_likelihood" in res
+    ae = evaluate(_small_vae("gaussian_fixed", family="ae"), torch.rand(8, 1, 2, 5), k=2)
+    assert set(ae) == {"n", "k", "data_dim", "conditional", "reconstruction", "discrete_likelihood"}
+
+
+def test_evaluate_with_labels_adds_the_probes_of_the_codes():
+    from aevb.evaluate import embed, evaluate, probe_accuracy
+
+    model = _small_vae()
+    x, y = _binary_images(30), torch.arange(30) % 2
+    xtr, ytr = _binary_images(50, seed=1), torch.arange(50) % 2
+    res = evaluate(model, x, k=0, y=y, probe_train=(xtr, ytr), probe_max_train=20, seed=1)
+    keep = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:20]
+    probes = probe_accuracy(embed(model, xtr[keep]), ytr[keep], embed(model, x), y, seed=1, max_train=20)
+    assert probes["probe_train_size"] == 20
+    for key, value in probes.items():
+        assert res[key] == value
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, y=y)
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, probe_train=(xtr, ytr))
+    assert "probe_logreg_accuracy" not in evaluate(model, x, k=0, y=y, probe_train=(xtr, None))
+    assert evaluate(model, x, k=0, y=y, probe_train=(xtr, ytr), probe_max_train=0)["probe_train_size"] == 50
+
+
+def test_evaluate_gives_a_conditional_model_its_labels_everywhere():
+    """Every term of a conditional model is computed given y: each number equals the one computed with y,
+    and differs from the one computed with other labels."""
+    from aevb.conditional import LabelError
+    from aevb.distributions import analytic_kl_per_dim
+    from aevb.evaluate import decoder_statistics, embed, evaluate, evaluate_elbo, latent_statistics, log_likelihood
+    from aevb.objectives import elbo
+
+    model, x = _small_vae("gaussian", num_classes=3), torch.rand(40, 1, 2, 5, generator=seeded(1))
+    y, other = torch.arange(40) % 3, (torch.arange(40) + 1) % 3
+    with torch.no_grad():
+        model.decoder.log_var.weight.zero_()
+        model.decoder.log_var.bias.copy_(torch.tensor([-30.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    terms = elbo(model, x, generator=torch.Generator().manual_seed(2), reduction="none", y=y)
+    res = evaluate(model, x, k=3, batch_size=7, seed=2, y=y)
+    assert res["conditional"] is True and res["elbo"] == pytest.approx(terms["elbo"].double().mean().item(), rel=1e-9)
+    assert res["log_likelihood"] == pytest.approx(log_likelihood(model, x, k=3, batch_size=7, seed=2, y=y).mean().item(),
+                                                  rel=1e-12)
+    assert res["decoder_scale_at_clamp"] == pytest.approx(0.1)
+    with torch.no_grad():
+        q = model.encode(x, y)
+        kl = analytic_kl_per_dim(q, model.prior).double().mean(0)
+    assert [res["kl_dim_0"], res["kl_dim_1"]] == pytest.approx(kl.tolist(), rel=1e-6)
+    stats = latent_statistics(model, x, y=y)
+    assert stats["active_unit_variances"] == pytest.approx(q.mean.double().var(0).tolist(), rel=1e-9)
+    assert stats["kl_per_dim"] != latent_statistics(model, x, y=other)["kl_per_dim"]
+    assert evaluate_elbo(model, x, seed=2, y=y)["elbo"] != evaluate_elbo(model, x, seed=2, y=other)["elbo"]
+    assert torch.equal(embed(model, x, batch_size=16, y=y), model.embed(x, y))
+    assert decoder_statistics(model, x, batch_size=16, y=y)["decoder_scale_at_clamp"] == pytest.approx(0.1)
+    with pytest.raises(LabelError, match=r"^labels of the evaluated images must lie in 0\.\.2 \(the model's 3 "
+                                         r"classes\); found 3$"):
+        evaluate(model, x, k=0, y=y + 1)
+    plain = _small_vae("gaussian")
+    assert evaluate(plain, x, k=0, y=y)["conditional"] is False  # labels of an unconditional model: for the probes
+    assert evaluate(_small_vae(), _binary_images(2))["k"] == 5000  # the default k
+
+
+def test_evaluate_passes_its_batch_sizes_chunk_k_and_progress_on(capsys):
+    """The ELBO and the decoder's statistics run in batches of max(batch_size, 500), log p(x) in batch_size
+    with the chunk given: with a seed, each changes the draws, so each number is the one of those settings."""
+    from aevb.evaluate import evaluate, evaluate_elbo, log_likelihood
+
+    model, many = _small_vae(), _binary_images(600)
+    res = evaluate(model, many, k=0, batch_size=7, seed=1)
+    assert res["elbo"] == evaluate_elbo(model, many, batch_size=500, seed=1)["elbo"]
+    assert res["elbo"] != evaluate_elbo(model, many, batch_size=501, seed=1)["elbo"]
+    assert evaluate(model, many, k=0, batch_size=600, seed=1)["elbo"] == evaluate_elbo(model, many, batch_size=600,
+                                                                                      seed=1)["elbo"]
+    x = _binary_images(40)
+    res = evaluate(model, x, k=6, batch_size=7, chunk=2, seed=1)
+    assert res["log_likelihood"] == log_likelihood(model, x, k=6, batch_size=7, chunk=2, seed=1).mean().item()
+    assert capsys.readouterr().err == ""
+    evaluate(model, x[:2], k=1, progress=True)
+    assert "log p(x), k=1" in capsys.readouterr().err  # k=1 is an estimate too (the ELBO's one sample)
+
+
+def test_atomic_write_goes_through_a_temporary_beside_the_file_that_remove_temporaries_finds(tmp_path, monkeypatch):
+    """The temporary is NAME.<random>.tmp in the same folder (a rename within one file system, and the
+    name remove_temporaries deletes after a crash)."""
+    from aevb.checkpoint import atomic_write, remove_temporaries
+
+    seen, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: seen.append(Path(src)) or replace(src, dst))
+    atomic_write(tmp_path / "model.safetensors", b"x")
+    (tmp,) = seen
+    assert tmp.parent == tmp_path and tmp.name.startswith("model.safetensors.") and tmp.suffix == ".tmp"
+    assert len(tmp.name) > len("model.safetensors..tmp")
+    tmp.write_bytes(b"left by a crash")
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_gaussian_posterior_clamps_the_log_variance_to_its_bounds():
+    from aevb.distributions import GaussianPosterior
+
+    out = {"mu": torch.zeros(4), "log_var": torch.tensor([-30.0, -3.0, 4.0, 30.0])}
+    assert GaussianPosterior()(out).log_var.tolist() == [-10.0, -3.0, 4.0, 10.0]  # the defaults, [-10, 10]
+    q = GaussianPosterior(log_var_min=-2.0, log_var_max=3.0)(out)
+    assert q.log_var.tolist() == [-2.0, -2.0, 3.0, 3.0] and torch.equal(q.mu, torch.zeros(4))
+
+
+def test_the_defaults_of_load_model_evaluate_elbo_and_log_likelihood(tmp_path):
+    from aevb.checkpoint import load_model, save_model
+    from aevb.evaluate import evaluate_elbo, log_likelihood
+
+    from aevb.config import RunConfig
+
+    model, x = _small_vae(), _binary_images(6)
+    save_model(tmp_path, model, RunConfig(model=model.config))
+    assert load_model(tmp_path)[1] == RunConfig(model=model.config)  # which="last" by default
+    assert evaluate_elbo(model, x) == evaluate_elbo(model, x, seed=0)
+    assert torch.equal(log_likelihood(model, x, k=5), log_likelihood(model, x, k=5, seed=0, fast=True))
+    assert not torch.equal(log_likelihood(model, x, k=5), log_likelihood(model, x, k=5, fast=False))  # 1e-6 apart
+
+
+def test_restore_train_state_reads_the_bytes_it_is_given(tmp_path):
+    from aevb.checkpoint import read_train_state_bytes, restore_train_state, save_train_state
+
+    model, opt = _adam_after_steps(steps=1)
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 1}, generator=torch.Generator())
+    first = read_train_state_bytes(tmp_path)  # as rank 0 reads it and sends it to the others
+    save_train_state(tmp_path, model, opt, {}, {"global_step": 2}, generator=torch.Generator())
+    assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU, data=first).progress == {"global_step": 1}
+    assert restore_train_state(tmp_path, model, opt, torch.Generator(), CPU).progress == {"global_step": 2}
+
+
+def test_evaluate_fits_the_probes_on_at_most_10000_training_images_by_default():
+    from aevb.evaluate import evaluate
+
+    model = _small_vae()
+    big = torch.bernoulli(torch.full((10001, 1, 2, 5), 0.5), generator=seeded(2))
+    res = evaluate(model, big[:4], k=0, y=torch.tensor([0, 1, 0, 1]), probe_train=(big, torch.arange(10001) % 2))
+    assert res["probe_train_size"] == 10000
+
+
+def test_evaluate_gives_a_hierarchy_its_per_layer_statistics_at_the_seed():
+    from aevb.evaluate import evaluate
+    from aevb.hierarchy import layer_statistics
+    from aevb.models import build_model
+    from aevb.models.hvae import HVAEConfig
+
+    torch.manual_seed(0)
+    model = build_model(HVAEConfig(input_shape=(1, 2, 5), hidden=(8,), latent_layers=2, latent_sizes=(2, 2),
+                                   activation="tanh", ema_decay=0.0))
+    x = _binary_images(12)
+    res = evaluate(model, x, k=0, seed=3)
+    expected = layer_statistics(model, x, seed=3)
+    assert expected["kl_per_layer"] != layer_statistics(model, x, seed=4)["kl_per_layer"]  # the seed matters
+    for key, value in expected.items():
+        assert res[key] == value, key

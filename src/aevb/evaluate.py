@@ -237,7 +237,8 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
     ``discrete_likelihood`` and, for a clamped decoder scale, ``decoder_scale_at_clamp``;
     a VAE adds ``log_likelihood``, ``log_likelihood_stderr``, ``bits_per_dim`` and ``elbo_bits_per_dim``
     (discrete likelihoods only), ``active_units``, ``kl_dim_0`` ...; with labels ``y`` and ``probe_train=(x_train, y_train)`` the
-    probe accuracies ``probe_logreg_accuracy`` and ``probe_knn_accuracy``. ``k=0`` skips log p(x).
+    probe accuracies ``probe_logreg_accuracy`` and ``probe_knn_accuracy``, fitted on at most ``probe_max_train``
+    training images (0: all of them). ``k=0`` skips log p(x).
 
     ``y`` are the labels of ``x``. A conditional model needs them: every term is then given y
     (log p(x|y), ...) and the result has ``conditional: true``; with ``probe_train`` it also has
@@ -274,11 +275,12 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int = 100, chunk: int 
         if probe_max_train and len(x_tr) > probe_max_train:
             keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:probe_max_train]
             x_tr, y_tr = x_tr[keep.to(x_tr.device)], y_tr[keep.to(y_tr.device)]
+        cap = probe_max_train or len(x_tr)  # 0: every training image
         with torch.no_grad():
             result.update(probe_accuracy(embed(model, x_tr, y=y_tr if conditional else None), y_tr,
-                                         embed(model, x, y=cond_y), y, seed=seed, max_train=probe_max_train))
+                                         embed(model, x, y=cond_y), y, seed=seed, max_train=cap))
         if conditional:
-            result.update(sample_label_accuracy(model, x_tr, y_tr, x, y, seed=seed, max_train=probe_max_train))
+            result.update(sample_label_accuracy(model, x_tr, y_tr, x, y, seed=seed, max_train=cap))
     return result
 
 
