@@ -199,13 +199,15 @@ def test_a_short_conv_run_with_the_mixture_loads_back_with_identical_outputs(tmp
     assert result["bits_per_dim"] == pytest.approx(-result["log_likelihood"] / (x[0].numel() * math.log(2)))
 
 
-def test_the_cli_takes_the_likelihood_and_its_components():
+def test_the_cli_takes_the_likelihood_and_its_components(tmp_path):
     from aevb.cli.train import train
 
     ctx = train.make_context("train", ["--likelihood", "discretized_logistic_mixture", "--mixture-components", "4"])
     assert ctx.params["likelihood"] == "discretized_logistic_mixture" and ctx.params["mixture_components"] == 4
     from aevb.runconfig import plan_run
 
-    plan = plan_run(overrides={"dataset": "digits", "architecture": "conv", "likelihood": "discretized_logistic_mixture",
-                               "mixture_components": 4})
+    # an out folder of its own: the default, runs/digits, holds the README's main job's run after it ran
+    plan = plan_run(out=tmp_path / "run", overrides={"dataset": "digits", "architecture": "conv",
+                                                     "likelihood": "discretized_logistic_mixture",
+                                                     "mixture_components": 4})
     assert plan.config.model.mixture_components == 4
