@@ -87,17 +87,24 @@ def _pid_with(marker: str, rank: str) -> int | None:
     return None
 
 
+def _start_and_find_rank_1(run: Path, args: list[str], marker: str, poll: float, env: dict | None = None):
+    """Two processes training ``args`` into ``run``, tagged with ``marker``; returns (torchrun's process, rank 1's
+    pid) once the first checkpoint is written (training under way)."""
+    proc = torchrun(2, *args, "--out", str(run), env={"AEVB_TEST_MARKER": marker, **(env or {})})
+    deadline = time.monotonic() + 120
+    while not (run / "train_state.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(poll)
+    pid = _pid_with(marker, "1")
+    assert pid is not None, "rank 1 not found"
+    return proc, pid
+
+
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_whole_run(tmp_path):
     marker = uuid.uuid4().hex
     run = tmp_path / "k"
-    proc = torchrun(2, *COMMON, "--epochs", "100000", "--out", str(run), env={"AEVB_TEST_MARKER": marker})
-    deadline = time.monotonic() + 120
-    while not (run / "train_state.safetensors").exists():  # training is under way
-        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-        time.sleep(0.2)
-    pid = _pid_with(marker, "1")
-    assert pid is not None, "rank 1 not found"
+    proc, pid = _start_and_find_rank_1(run, [*COMMON, "--epochs", "100000"], marker, poll=0.2)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     _, err = proc.communicate(timeout=90)  # bounded: must not hang
@@ -267,14 +274,8 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_one_step_and_resumes_mid_epoch(t
     for attempt in range(3):
         marker = uuid.uuid4().hex
         run = tmp_path / f"c{attempt}"
-        proc = torchrun(2, *args, "--checkpoint-every", "7", "--out", str(run),
-                        env={"AEVB_TEST_MARKER": marker, "AEVB_DIST_TIMEOUT": "60"})
-        deadline = time.monotonic() + 120
-        while not (run / "train_state.safetensors").exists():  # training is under way
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
-        pid = _pid_with(marker, "1")
-        assert pid is not None, "rank 1 not found"
+        proc, pid = _start_and_find_rank_1(run, [*args, "--checkpoint-every", "7"], marker, poll=0.05,
+                                           env={"AEVB_DIST_TIMEOUT": "60"})
         os.kill(pid, signal.SIGINT)  # one process only: the others never see a Ctrl-C
         sent = time.monotonic()
         _, err = proc.communicate(timeout=120)
